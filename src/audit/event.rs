@@ -1,0 +1,138 @@
+//! The record format (`"v": 1`). One `request` record per caller request, and an `intent`
+//! record made durable immediately before each upstream call.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// The version of the record format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// The outcome of one caller request.
+    Request(RequestRecord),
+    /// Graph is about to be called for a request.
+    Intent(IntentRecord),
+}
+
+/// Who called, as far as it is known. Never carries a token.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallerSummary {
+    /// `user` or `app`.
+    pub kind: &'static str,
+    /// The caller's `tid`.
+    pub tenant_id: String,
+    /// The caller's `oid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// The user's UPN, when the token names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+    /// The client application that obtained the token (`azp` / `appid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+}
+
+/// What Graph answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamSummary {
+    /// Graph's HTTP status; absent when no answer came (timeout, connection failure).
+    pub status: Option<u16>,
+    /// Graph's `request-id`.
+    pub request_id: Option<String>,
+    /// The `client-request-id` the gateway sent.
+    pub client_request_id: String,
+    /// How long the call took.
+    pub duration_ms: u64,
+}
+
+/// The record of one caller request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Record format version.
+    pub v: u32,
+    /// This record's id; also the `instance` of an error answer.
+    pub id: Uuid,
+    /// When the request arrived (UTC).
+    pub time: DateTime<Utc>,
+    /// The action requested.
+    pub action: &'static str,
+    /// Who called, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerSummary>,
+    /// The TCP peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+    /// `allowed` when the gateway's own checks passed (authentication, policy, limits), else `denied`.
+    pub decision: &'static str,
+    /// The stable error kind when the answer was an error (the denial reason when denied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The run this request was carried out by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    /// Graph's answer, when Graph was called.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSummary>,
+    /// Time spent in the gateway.
+    pub duration_ms: u64,
+    /// The caller's stated reason, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl RequestRecord {
+    /// A record for a request that has just arrived; the pipeline fills in the rest.
+    pub fn new(
+        id: Uuid,
+        time: DateTime<Utc>,
+        action: &'static str,
+        client_ip: Option<IpAddr>,
+    ) -> Self {
+        RequestRecord {
+            v: FORMAT_VERSION,
+            id,
+            time,
+            action,
+            caller: None,
+            client_ip,
+            decision: "denied",
+            code: None,
+            status: 0,
+            run_id: None,
+            upstream: None,
+            duration_ms: 0,
+            reason: None,
+        }
+    }
+}
+
+/// Made durable immediately before Graph is called, so no upstream call goes unrecorded
+/// even if the process dies before the request's own record is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentRecord {
+    /// Record format version.
+    pub v: u32,
+    /// This record's id.
+    pub id: Uuid,
+    /// When the call is about to be made.
+    pub time: DateTime<Utc>,
+    /// The request record this call serves.
+    pub request_id: Uuid,
+    /// The run the call belongs to.
+    pub run_id: Uuid,
+    /// The action.
+    pub action: &'static str,
+    /// The tenant whose Graph is called.
+    pub tenant_id: String,
+    /// Whose delegated identity the call uses.
+    pub acting_as: CallerSummary,
+    /// The `client-request-id` that will be sent.
+    pub client_request_id: String,
+}

@@ -1,0 +1,22 @@
+//! sync-gateway: a gateway in front of Microsoft Graph's Windows Autopilot sync action.
+//!
+//! See `ARCHITECTURE.md` for the map. The request lifecycle reads top to bottom in
+//! [`pipeline`]; each step is one module with one job.
+
+pub mod audit;
+pub mod caller;
+pub mod config;
+pub mod credentials;
+pub mod dev;
+pub mod limits;
+pub mod pipeline;
+pub mod policy;
+pub mod problem;
+pub mod secret;
+pub mod server;
+pub mod sim;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::Application;

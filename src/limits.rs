@@ -1,0 +1,247 @@
+//! Rate limits per caller (`tid` + `oid`) and per tenant: governor's GCRA, one atomic per key,
+//! with the draft-ietf-httpapi-ratelimit-headers-11 `RateLimit-Policy` / `RateLimit` fields.
+//!
+//! governor's keyed limiter never forgets a key by itself, so a timer drops idle keys and the
+//! number of tracked callers is capped.
+
+use crate::config::{LimitsConfig, Rate};
+use crate::problem::GatewayError;
+use actix_web::HttpResponseBuilder;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+type KeyedLimiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// Where a request stands against one policy, for the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// The policy's name: `per-caller` or `per-tenant`.
+    pub policy: &'static str,
+    /// Requests still allowed right now.
+    pub remaining: u32,
+    /// Seconds until the policy's quota is whole again (on refusal: until the next request may pass).
+    pub reset_secs: u64,
+    /// The `RateLimit-Policy` field value naming every policy.
+    pub policies: Arc<str>,
+}
+
+/// The limits of one gateway process.
+pub struct Limits {
+    per_caller: KeyedLimiter,
+    per_tenant: KeyedLimiter,
+    caller_rate: Rate,
+    tenant_rate: Rate,
+    max_tracked_callers: usize,
+    eviction: Duration,
+    policies: Arc<str>,
+}
+
+fn quota(r: Rate) -> Quota {
+    // Validated non-zero at configuration load.
+    let per_minute = NonZeroU32::new(r.per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(per_minute).allow_burst(burst)
+}
+
+impl Limits {
+    /// Builds the limiters from configuration.
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        let policies = format!(
+            "\"per-caller\";q={};w=60, \"per-tenant\";q={};w=60",
+            cfg.per_caller.per_minute, cfg.per_tenant.per_minute
+        );
+        Limits {
+            per_caller: RateLimiter::keyed(quota(cfg.per_caller))
+                .with_middleware::<StateInformationMiddleware>(),
+            per_tenant: RateLimiter::keyed(quota(cfg.per_tenant))
+                .with_middleware::<StateInformationMiddleware>(),
+            caller_rate: cfg.per_caller,
+            tenant_rate: cfg.per_tenant,
+            max_tracked_callers: cfg.max_tracked_callers,
+            eviction: Duration::from_secs(cfg.eviction_seconds),
+            policies: policies.into(),
+        }
+    }
+
+    /// Takes one request from the caller's and then the tenant's allowance.
+    ///
+    /// The caller is checked first so that one noisy caller is stopped before it eats the
+    /// tenant's allowance. Returns the tighter of the two statuses for the response headers.
+    pub fn check(&self, tenant_id: &str, object_id: &str) -> Result<RateLimitStatus, GatewayError> {
+        let caller_key = format!("{tenant_id}:{object_id}");
+        if self.per_caller.len() >= self.max_tracked_callers {
+            self.evict();
+            if self.per_caller.len() >= self.max_tracked_callers {
+                tracing::warn!(
+                    cap = self.max_tracked_callers,
+                    "limiter is tracking its maximum number of callers"
+                );
+                return Err(GatewayError::LimiterFull {
+                    retry_after_secs: self.eviction.as_secs().max(1),
+                });
+            }
+        }
+        let caller = self.take(&self.per_caller, caller_key, "per-caller", self.caller_rate)?;
+        let tenant = self.take(
+            &self.per_tenant,
+            tenant_id.to_string(),
+            "per-tenant",
+            self.tenant_rate,
+        )?;
+        Ok(if tenant.remaining < caller.remaining {
+            tenant
+        } else {
+            caller
+        })
+    }
+
+    fn take(
+        &self,
+        limiter: &KeyedLimiter,
+        key: String,
+        policy: &'static str,
+        rate: Rate,
+    ) -> Result<RateLimitStatus, GatewayError> {
+        let per_unit = Duration::from_secs_f64(60.0 / f64::from(rate.per_minute.max(1)));
+        match limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = rate.burst.saturating_sub(remaining);
+                Ok(RateLimitStatus {
+                    policy,
+                    remaining,
+                    reset_secs: (per_unit * missing).as_secs_f64().ceil() as u64,
+                    policies: self.policies.clone(),
+                })
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                Err(GatewayError::RateLimited(RateLimitStatus {
+                    policy,
+                    remaining: 0,
+                    // Whole seconds, rounded up, never 0: a client retrying at once would fail.
+                    reset_secs: (wait.as_secs_f64().ceil() as u64).max(1),
+                    policies: self.policies.clone(),
+                }))
+            }
+        }
+    }
+
+    /// Drops keys whose state is indistinguishable from a fresh one.
+    pub fn evict(&self) {
+        for l in [&self.per_caller, &self.per_tenant] {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// How many callers are tracked now.
+    pub fn tracked_callers(&self) -> usize {
+        self.per_caller.len()
+    }
+
+    /// Runs [`Limits::evict`] on a timer until the process ends.
+    pub fn spawn_eviction(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let period = self.eviction;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match me.upgrade() {
+                    Some(l) => l.evict(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` to an answer.
+pub fn insert_headers(resp: &mut HttpResponseBuilder, s: &RateLimitStatus) {
+    resp.insert_header(("RateLimit-Policy", &*s.policies));
+    resp.insert_header((
+        "RateLimit",
+        format!("\"{}\";r={};t={}", s.policy, s.remaining, s.reset_secs),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_minute: u32, burst: u32, cap: usize) -> Limits {
+        Limits::new(&LimitsConfig {
+            per_caller: Rate { per_minute, burst },
+            per_tenant: Rate {
+                per_minute: 1000,
+                burst: 1000,
+            },
+            max_tracked_callers: cap,
+            eviction_seconds: 60,
+        })
+    }
+
+    #[test]
+    fn the_burst_passes_then_the_caller_is_refused_with_a_whole_second_wait() {
+        let l = limits(10, 3, 100);
+        for expected_remaining in [2, 1, 0] {
+            assert_eq!(l.check("t", "u").unwrap().remaining, expected_remaining);
+        }
+        match l.check("t", "u") {
+            Err(GatewayError::RateLimited(s)) => {
+                assert_eq!(s.policy, "per-caller");
+                assert!((1..=6).contains(&s.reset_secs), "{}", s.reset_secs);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Another caller of the same tenant is unaffected.
+        assert!(l.check("t", "v").is_ok());
+    }
+
+    #[test]
+    fn the_tenant_limit_covers_all_its_callers() {
+        let l = Limits::new(&LimitsConfig {
+            per_caller: Rate {
+                per_minute: 100,
+                burst: 100,
+            },
+            per_tenant: Rate {
+                per_minute: 2,
+                burst: 2,
+            },
+            max_tracked_callers: 100,
+            eviction_seconds: 60,
+        });
+        assert!(l.check("t", "a").is_ok());
+        assert!(l.check("t", "b").is_ok());
+        assert!(matches!(
+            l.check("t", "c"),
+            Err(GatewayError::RateLimited(RateLimitStatus {
+                policy: "per-tenant",
+                ..
+            }))
+        ));
+        assert!(l.check("other", "c").is_ok());
+    }
+
+    #[test]
+    fn tracked_callers_are_capped() {
+        let l = limits(10, 3, 2);
+        assert!(l.check("t", "a").is_ok());
+        assert!(l.check("t", "b").is_ok());
+        // Both keys are still recent (they used part of their burst), so eviction keeps them.
+        assert!(matches!(
+            l.check("t", "c"),
+            Err(GatewayError::LimiterFull { .. })
+        ));
+        assert_eq!(l.tracked_callers(), 2);
+    }
+}

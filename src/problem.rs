@@ -1,0 +1,399 @@
+//! Errors as values with a stable kind, and the one place that maps them to HTTP answers
+//! (RFC 9457 `application/problem+json`, RFC 6750 `WWW-Authenticate` challenges).
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Why a caller's bearer token was refused. The text is safe to return: it never echoes the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRejection(pub String);
+
+/// Everything that can end a request early. Each variant has a stable [`GatewayError::kind`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// No `Authorization: Bearer` credentials at all.
+    #[error("no bearer token")]
+    MissingCredentials,
+    /// The token is malformed, expired, badly signed, for another audience, ...
+    #[error("invalid token: {}", .0 .0)]
+    InvalidToken(TokenRejection),
+    /// The token is valid but lacks the required delegated scope.
+    #[error("missing scope {required}")]
+    InsufficientScope {
+        /// The scope the action needs.
+        required: String,
+    },
+    /// An application (not a user) called; the action needs a user's delegated identity.
+    #[error("app-only callers are not accepted")]
+    AppOnlyCaller,
+    /// The caller's request is malformed (e.g. the body).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request body is larger than the gateway reads.
+    #[error("payload too large")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A rate limit refused the request.
+    #[error("rate limited by {}", .0.policy)]
+    RateLimited(crate::limits::RateLimitStatus),
+    /// The limiter is tracking as many callers as it may.
+    #[error("limiter capacity exhausted")]
+    LimiterFull {
+        /// Seconds until eviction runs again.
+        retry_after_secs: u64,
+    },
+    /// Signing keys for the caller's tenant have not been loaded yet.
+    #[error("signing keys not loaded")]
+    KeysUnavailable,
+    /// The audit trail could not make a record durable in time: fail closed. The text says
+    /// whether Graph was called (safe to show: no I/O details).
+    #[error("audit trail unavailable: {0}")]
+    AuditUnavailable(String),
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the route accepts.
+        allow: &'static str,
+    },
+    /// Entra ID asks for a step-up (MFA, Conditional Access) expressed as a claims challenge.
+    #[error("step-up required")]
+    StepUpRequired {
+        /// The `claims` JSON from Entra, minified.
+        claims: String,
+        /// Where the client should send the user to satisfy it.
+        authorization_uri: String,
+    },
+    /// Consent for the Graph permission is missing in the caller's tenant.
+    #[error("consent required")]
+    ConsentRequired {
+        /// The scope that lacks consent.
+        scope: String,
+    },
+    /// Entra ID is throttling, failing or unreachable.
+    #[error("identity provider unavailable: {detail}")]
+    IdentityProviderUnavailable {
+        /// Seconds the caller should wait.
+        retry_after_secs: u64,
+        /// What happened, without secrets.
+        detail: String,
+    },
+    /// Entra ID refused the exchange for a reason not listed above.
+    #[error("token exchange failed: {0}")]
+    ExchangeFailed(String),
+    /// The gateway's own credentials or registration are wrong: an operator must act.
+    #[error("gateway misconfigured: {0}")]
+    GatewayMisconfigured(String),
+    /// Graph answered 409 or 429 ("not now").
+    #[error("upstream busy ({status})")]
+    UpstreamBusy {
+        /// 409 or 429, passed through.
+        status: u16,
+        /// Graph's `Retry-After`, if any.
+        retry_after_secs: Option<u64>,
+        /// Graph's `request-id`.
+        request_id: Option<String>,
+    },
+    /// Graph refused the call (401/403): the delegated identity may not do this.
+    #[error("upstream refused ({status})")]
+    UpstreamForbidden {
+        /// Graph's status.
+        status: u16,
+        /// Graph's error code.
+        code: Option<String>,
+        /// Graph's `request-id`.
+        request_id: Option<String>,
+    },
+    /// Graph failed (5xx, unexpected status, connection failure).
+    #[error("upstream failed: {detail}")]
+    UpstreamFailed {
+        /// What happened.
+        detail: String,
+        /// Graph's `request-id`.
+        request_id: Option<String>,
+    },
+    /// Graph did not answer within `graph.timeout_seconds`.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// A bug or an unexpected condition.
+    #[error("internal error")]
+    Internal,
+}
+
+/// The base of every problem `type` URI. Stable: clients may branch on these.
+pub const PROBLEM_BASE: &str = "urn:sync-gateway:problem:";
+
+impl GatewayError {
+    /// The stable kind: the last segment of the problem `type`, and the audit reason code.
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            MissingCredentials => "missing-credentials",
+            InvalidToken(_) => "invalid-token",
+            InsufficientScope { .. } => "insufficient-scope",
+            AppOnlyCaller => "app-only-caller",
+            BadRequest(_) => "bad-request",
+            PayloadTooLarge { .. } => "payload-too-large",
+            RateLimited(_) => "rate-limited",
+            LimiterFull { .. } => "limiter-full",
+            KeysUnavailable => "keys-unavailable",
+            AuditUnavailable(_) => "audit-unavailable",
+            StepUpRequired { .. } => "step-up-required",
+            ConsentRequired { .. } => "consent-required",
+            IdentityProviderUnavailable { .. } => "identity-provider-unavailable",
+            ExchangeFailed(_) => "exchange-failed",
+            GatewayMisconfigured(_) => "gateway-misconfigured",
+            UpstreamBusy { .. } => "upstream-busy",
+            UpstreamForbidden { .. } => "upstream-forbidden",
+            UpstreamFailed { .. } => "upstream-failed",
+            UpstreamTimeout => "upstream-timeout",
+            Internal => "internal",
+            NotFound => "not-found",
+            MethodNotAllowed { .. } => "method-not-allowed",
+        }
+    }
+
+    /// The HTTP status answered for this error.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            MissingCredentials | InvalidToken(_) | StepUpRequired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            InsufficientScope { .. }
+            | AppOnlyCaller
+            | ConsentRequired { .. }
+            | UpstreamForbidden { .. } => StatusCode::FORBIDDEN,
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            LimiterFull { .. }
+            | KeysUnavailable
+            | AuditUnavailable(_)
+            | IdentityProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ExchangeFailed(_) | UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamBusy { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT)
+            }
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayMisconfigured(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            MissingCredentials => "Authentication required",
+            InvalidToken(_) => "Invalid bearer token",
+            InsufficientScope { .. } => "Insufficient scope",
+            AppOnlyCaller => "Application callers are not accepted",
+            BadRequest(_) => "Bad request",
+            PayloadTooLarge { .. } => "Payload too large",
+            RateLimited(_) => "Rate limit exceeded",
+            LimiterFull { .. } => "Too many distinct callers",
+            KeysUnavailable => "Signing keys not yet available",
+            AuditUnavailable(_) => "Audit trail unavailable",
+            StepUpRequired { .. } => "Additional authentication required",
+            ConsentRequired { .. } => "Consent required",
+            IdentityProviderUnavailable { .. } => "Identity provider unavailable",
+            ExchangeFailed(_) => "Token exchange failed",
+            GatewayMisconfigured(_) => "Gateway misconfigured",
+            UpstreamBusy { .. } => "Microsoft Graph is busy",
+            UpstreamForbidden { .. } => "Microsoft Graph refused the call",
+            UpstreamFailed { .. } => "Microsoft Graph failed",
+            UpstreamTimeout => "Microsoft Graph timed out",
+            Internal => "Internal error",
+            NotFound => "Not found",
+            MethodNotAllowed { .. } => "Method not allowed",
+        }
+    }
+
+    fn detail(&self) -> String {
+        use GatewayError::*;
+        match self {
+            MissingCredentials => "send an Entra ID access token as 'Authorization: Bearer <token>'".into(),
+            InvalidToken(r) => r.0.clone(),
+            InsufficientScope { required } => {
+                format!("the token does not carry the delegated scope '{required}'")
+            }
+            AppOnlyCaller => "this action acts on behalf of a user; app-only tokens cannot be exchanged for delegated access".into(),
+            BadRequest(d) => d.clone(),
+            PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
+            RateLimited(s) => format!(
+                "the {} limit is exhausted; retry after {} s",
+                s.policy, s.reset_secs
+            ),
+            LimiterFull { .. } => "the gateway is tracking as many callers as it may; retry shortly".into(),
+            KeysUnavailable => "the gateway has not loaded the signing keys for this tenant yet".into(),
+            AuditUnavailable(d) => d.clone(),
+            StepUpRequired { .. } => "Entra ID requires additional authentication (e.g. MFA or a Conditional Access policy); acquire a new token with the claims in the WWW-Authenticate challenge".into(),
+            ConsentRequired { scope } => format!(
+                "the gateway application has no consent for '{scope}' in your tenant; an administrator must grant it"
+            ),
+            IdentityProviderUnavailable { detail, .. } => format!("Entra ID is not answering: {detail}"),
+            ExchangeFailed(d) => d.clone(),
+            GatewayMisconfigured(_) => "the gateway's own registration or credentials were rejected; the operator has been told".into(),
+            UpstreamBusy { status, request_id, .. } => format!(
+                "Microsoft Graph answered {status}{}",
+                rid(request_id)
+            ),
+            UpstreamForbidden { status, code, request_id } => format!(
+                "Microsoft Graph answered {status}{}{}",
+                code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                rid(request_id)
+            ),
+            UpstreamFailed { detail, request_id } => format!("{detail}{}", rid(request_id)),
+            UpstreamTimeout => "Microsoft Graph did not answer in time; the sync may or may not have been triggered".into(),
+            Internal => "an unexpected error occurred".into(),
+            NotFound => "no such resource; the gateway serves POST /sync".into(),
+            MethodNotAllowed { allow } => format!("this resource accepts {allow}"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        use GatewayError::*;
+        match self {
+            RateLimited(s) => Some(s.reset_secs.max(1)),
+            LimiterFull { retry_after_secs } => Some(*retry_after_secs),
+            IdentityProviderUnavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            AuditUnavailable(_) | KeysUnavailable => Some(5),
+            UpstreamBusy {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge, for 401 and scope 403 answers (RFC 6750 §3).
+    fn challenge(&self) -> Option<String> {
+        use GatewayError::*;
+        match self {
+            MissingCredentials => Some("Bearer realm=\"sync-gateway\"".into()),
+            InvalidToken(r) => Some(format!(
+                "Bearer realm=\"sync-gateway\", error=\"invalid_token\", error_description=\"{}\"",
+                quote_safe(&r.0)
+            )),
+            InsufficientScope { required } => Some(format!(
+                "Bearer realm=\"sync-gateway\", error=\"insufficient_scope\", scope=\"{}\", error_description=\"the token lacks the required scope\"",
+                quote_safe(required)
+            )),
+            StepUpRequired {
+                claims,
+                authorization_uri,
+            } => {
+                use base64::Engine;
+                Some(format!(
+                    "Bearer realm=\"\", authorization_uri=\"{}\", error=\"insufficient_claims\", claims=\"{}\"",
+                    quote_safe(authorization_uri),
+                    base64::engine::general_purpose::STANDARD.encode(claims.as_bytes())
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn rid(request_id: &Option<String>) -> String {
+    request_id
+        .as_deref()
+        .map(|r| format!("; Graph request-id {r}"))
+        .unwrap_or_default()
+}
+
+/// Keeps a value safe inside a quoted-string header parameter.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+/// The RFC 9457 body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// Stable URI per error kind.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary of the kind.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong in this case.
+    pub detail: String,
+    /// The audit record of this request, so an operator can find it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Graph's status for upstream errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+}
+
+/// The one mapping from an error to an HTTP answer. `audit_id` is the request's audit record,
+/// when it has one.
+pub fn respond(err: &GatewayError, audit_id: Option<Uuid>) -> HttpResponse {
+    let status = err.status();
+    let upstream_status = match err {
+        GatewayError::UpstreamBusy { status, .. }
+        | GatewayError::UpstreamForbidden { status, .. } => Some(*status),
+        _ => None,
+    };
+    let body = Problem {
+        type_uri: format!("{PROBLEM_BASE}{}", err.kind()),
+        title: err.title().into(),
+        status: status.as_u16(),
+        detail: err.detail(),
+        instance: audit_id.map(|id| format!("urn:uuid:{id}")),
+        upstream_status,
+    };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+    resp.insert_header((header::CACHE_CONTROL, "no-store"));
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+    }
+    if let Some(c) = err.challenge() {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            resp.insert_header((header::WWW_AUTHENTICATE, v));
+        }
+    }
+    if let GatewayError::MethodNotAllowed { allow } = err {
+        resp.insert_header((header::ALLOW, *allow));
+    }
+    if let GatewayError::RateLimited(s) = err {
+        crate::limits::insert_headers(&mut resp, s);
+    }
+    resp.json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_description_cannot_break_out_of_its_quotes() {
+        let e = GatewayError::InvalidToken(TokenRejection("bad \"x\"\r\n".into()));
+        let c = e.challenge().unwrap();
+        assert!(c.ends_with("error_description=\"bad x\""), "{c}");
+    }
+
+    #[test]
+    fn step_up_claims_are_base64_of_the_claims_json() {
+        let e = GatewayError::StepUpRequired {
+            claims: "{\"access_token\":{}}".into(),
+            authorization_uri: "https://login/t/oauth2/v2.0/authorize".into(),
+        };
+        let c = e.challenge().unwrap();
+        assert!(c.contains("error=\"insufficient_claims\""));
+        assert!(c.contains("claims=\"eyJhY2Nlc3NfdG9rZW4iOnt9fQ==\""), "{c}");
+    }
+}

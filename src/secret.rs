@@ -1,0 +1,91 @@
+//! Types that hold secrets. Each redacts itself in `Debug` and has no `Display`, so a secret
+//! cannot reach a log line, an error body or an audit record by accident: code that needs the
+//! value must call `expose()`, which is easy to find in review.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A configured secret (client secret, keys). Serializes as a mask, never as its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value, for the one place that must send it (e.g. the token request form).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment overrides are parsed loosely (a numeric-looking secret arrives as a
+        // number), so accept any scalar and keep its text.
+        let value = serde_json::Value::deserialize(d)?;
+        match value {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            serde_json::Value::Number(n) => Ok(Secret(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Secret(b.to_string())),
+            _ => Err(serde::de::Error::custom("expected a string")),
+        }
+    }
+}
+
+/// A bearer token presented by a caller. Kept only as long as the request (and the
+/// verified-token cache) needs it; it leaves the gateway only as the on-behalf-of assertion.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Wraps the raw token text.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw token, for verification and for the on-behalf-of assertion only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(********)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new("hunter2");
+        let t = BearerToken::new("eyJhbGciOi");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{t:?}").contains("eyJ"));
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"********\"");
+    }
+
+    #[test]
+    fn numeric_secret_from_environment_is_kept_as_text() {
+        let s: Secret = serde_json::from_str("12345").unwrap();
+        assert_eq!(s.expose(), "12345");
+    }
+}

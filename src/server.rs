@@ -1,0 +1,210 @@
+//! Builds the running gateway from a [`Config`]: shared state, routes, listener.
+//!
+//! [`Application::build`] binds the listener (port 0 picks a free one, which tests read back
+//! with [`Application::port`]) and starts the background work (signing-key refresh, limiter
+//! eviction); [`Application::run_until_stopped`] serves until SIGTERM/SIGINT.
+
+use crate::audit::AuditLog;
+use crate::caller::keys::KeyStore;
+use crate::caller::Authenticator;
+use crate::config::{Config, SYNC_PERMISSION};
+use crate::credentials::obo::OboClient;
+use crate::credentials::Credentials;
+use crate::limits::Limits;
+use crate::pipeline::{self, Action, Gateway};
+use crate::policy::CallerPolicy;
+use crate::problem::{self, GatewayError};
+use crate::upstream::Graph;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The audit file could not be opened.
+    #[error("cannot open the audit trail {path}: {source}")]
+    Audit {
+        /// The configured path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An HTTP client could not be built (TLS roots, ...).
+    #[error("cannot build an HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A gateway bound to its port, ready to serve.
+pub struct Application {
+    port: u16,
+    server: Server,
+    keys: Arc<KeyStore>,
+}
+
+/// State the probes read.
+struct Health {
+    keys: Arc<KeyStore>,
+    audit: AuditLog,
+}
+
+impl Application {
+    /// Builds the whole gateway from `config` and binds its listener.
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let entra_http = reqwest::Client::builder()
+            .timeout(config.entra_timeout())
+            .connect_timeout(config.entra_timeout().min(Duration::from_secs(10)))
+            .build()?;
+        let keys = Arc::new(KeyStore::new(
+            entra_http.clone(),
+            &config.entra.authority_host,
+            &config.callers.allowed_tenants,
+            Duration::from_secs(config.callers.unknown_kid_cooldown_seconds),
+            Duration::from_secs(config.callers.keys_refresh_seconds),
+        ));
+        let audit = AuditLog::open_file(
+            &config.audit.path,
+            Duration::from_millis(config.audit.write_timeout_ms),
+        )
+        .map_err(|source| StartError::Audit {
+            path: config.audit.path.display().to_string(),
+            source,
+        })?;
+        let limits = Arc::new(Limits::new(&config.limits));
+        let gateway = Gateway {
+            authenticator: Authenticator::new(
+                keys.clone(),
+                config.callers.audiences.clone(),
+                &config.callers.allowed_tenants,
+                config.callers.leeway_seconds,
+                config.callers.verified_cache_capacity,
+            ),
+            limits: limits.clone(),
+            credentials: Credentials::new(
+                OboClient::new(
+                    entra_http,
+                    &config.entra.authority_host,
+                    config.entra.client_id.clone(),
+                    config.entra.client_secret.clone(),
+                ),
+                config.entra.token_cache_capacity,
+            ),
+            audit: audit.clone(),
+            graph: Graph::new(&config.graph.base_url, config.graph_timeout())?,
+            sync: Action {
+                name: "sync",
+                upstream_path: config.actions.sync.upstream_path.clone(),
+                graph_scope: config.graph.scope(SYNC_PERMISSION),
+                policy: CallerPolicy {
+                    required_scope: config.callers.required_scope.clone(),
+                },
+            },
+        };
+
+        let listener =
+            TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.listen,
+                source,
+            })?
+            .port();
+
+        keys.spawn_refresh();
+        limits.spawn_eviction();
+
+        let gateway = web::Data::new(gateway);
+        let health = web::Data::new(Health {
+            keys: keys.clone(),
+            audit,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(gateway.clone())
+                .app_data(health.clone())
+                .service(
+                    web::resource("/sync")
+                        .route(web::post().to(pipeline::post_sync))
+                        .default_service(web::to(|| async {
+                            problem::respond(
+                                &GatewayError::MethodNotAllowed { allow: "POST" },
+                                None,
+                            )
+                        })),
+                )
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(|| async {
+                    problem::respond(&GatewayError::NotFound, None)
+                }))
+        })
+        .shutdown_timeout(config.server.shutdown_timeout_seconds)
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        if let Some(w) = config.server.workers {
+            server = server.workers(w);
+        }
+        Ok(Application {
+            port,
+            server: server.run(),
+            keys,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// True once signing keys are loaded for every allowed tenant.
+    pub fn keys_ready(&self) -> bool {
+        self.keys.is_ready()
+    }
+
+    /// A handle to stop the server from elsewhere.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the process is told to stop.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when signing keys are loaded for every tenant and the audit trail is writable.
+async fn readyz(h: web::Data<Health>) -> HttpResponse {
+    let keys = h.keys.is_ready();
+    let audit = h.audit.is_healthy();
+    let body = json!({
+        "status": if keys && audit { "ready" } else { "not ready" },
+        "checks": {"signing_keys": keys, "audit": audit},
+    });
+    if keys && audit {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

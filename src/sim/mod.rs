@@ -1,0 +1,143 @@
+//! Test doubles of Microsoft Entra ID and Microsoft Graph.
+//!
+//! They follow the documented protocols (discovery, JWKS, the on-behalf-of token request and
+//! its error bodies; the Windows Autopilot sync action and its cooldown) closely enough that a
+//! gateway which behaves correctly against them behaves correctly against the real services.
+//! Used by the `dev` subcommand and by black-box tests; never started by `serve`.
+
+pub mod entra;
+pub mod graph;
+mod keys;
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+
+/// What the simulators know about the world: tenants, the gateway's app registration, the
+/// gateway's API audiences and Graph's timing rules.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Tenant ids the simulated Entra knows.
+    pub tenants: Vec<String>,
+    /// The gateway application's client id, registered in the simulated Entra.
+    pub client_id: String,
+    /// The gateway application's client secret.
+    pub client_secret: String,
+    /// Audiences of the gateway's own API (client id and App ID URI); minted caller tokens use
+    /// the first by default.
+    pub api_audiences: Vec<String>,
+    /// Graph's "one manual sync per N" rule (Intune: 10 minutes).
+    pub graph_cooldown: Duration,
+    /// Lifetime of the Graph tokens the OBO exchange issues.
+    pub graph_token_lifetime: Duration,
+}
+
+impl SimOptions {
+    /// Options with Graph's documented defaults: 600 s cooldown, 3600 s Graph token lifetime.
+    pub fn new(
+        tenants: Vec<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        api_audiences: Vec<String>,
+    ) -> Self {
+        SimOptions {
+            tenants,
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            api_audiences,
+            graph_cooldown: Duration::from_secs(600),
+            graph_token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A running simulated Entra and simulated Graph that share signing keys.
+#[derive(Clone)]
+pub struct Simulators {
+    /// The simulated Entra ID (discovery, JWKS, token endpoint, token minting).
+    pub entra: entra::SimEntra,
+    /// The simulated Microsoft Graph (Autopilot settings and the sync action).
+    pub graph: graph::SimGraph,
+}
+
+impl Simulators {
+    /// Binds both listeners on 127.0.0.1:0 first (so each knows the other's address), then
+    /// starts them on the caller's runtime.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound, or `opts.api_audiences` is empty.
+    pub async fn start(opts: SimOptions) -> std::io::Result<Simulators> {
+        if opts.api_audiences.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "SimOptions::api_audiences must name at least one audience",
+            ));
+        }
+        let entra_listener = bind_local()?;
+        let graph_listener = bind_local()?;
+        let entra_base = base_url(&entra_listener)?;
+        let graph_base = base_url(&graph_listener)?;
+        // RSA keygen is CPU-bound: keep it off the async threads.
+        let keys = tokio::task::spawn_blocking(keys::KeyStore::new)
+            .await
+            .map_err(std::io::Error::other)?;
+        let keys = Arc::new(keys);
+        let entra = entra::SimEntra::start(
+            &opts,
+            entra_base.clone(),
+            graph_base.clone(),
+            Arc::clone(&keys),
+            entra_listener,
+        )?;
+        let graph = graph::SimGraph::start(&opts, graph_base, entra_base, keys, graph_listener)?;
+        Ok(Simulators { entra, graph })
+    }
+}
+
+fn bind_local() -> std::io::Result<TcpListener> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn base_url(l: &TcpListener) -> std::io::Result<String> {
+    Ok(format!("http://{}", l.local_addr()?))
+}
+
+/// Owns a running server; stopping it closes the listener so clients get "connection refused".
+/// Dropping the last owner stops the server too, so tests do not leak listeners.
+pub(crate) struct ServerSlot {
+    handle: Mutex<Option<ServerHandle>>,
+}
+
+impl ServerSlot {
+    /// Spawns `server` on the current runtime and keeps its handle.
+    pub(crate) fn spawn(server: actix_web::dev::Server) -> ServerSlot {
+        let handle = server.handle();
+        tokio::spawn(server);
+        ServerSlot {
+            handle: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// Stops without waiting for in-flight requests (a hanging Graph answer must not delay it).
+    pub(crate) async fn stop(&self) {
+        let handle = self.handle.lock().expect("server slot lock").take();
+        if let Some(h) = handle {
+            h.stop(false).await;
+        }
+    }
+}
+
+impl Drop for ServerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.handle.lock() {
+            if let Some(h) = g.take() {
+                // The stop command is sent when `stop` is called; the future only waits.
+                drop(h.stop(false));
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The one helper that spawns the whole system (zero2prod's `spawn_app`), and the assertions
+//! the specifications share.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use sync_gateway::sim::entra::TokenSpec;
+use sync_gateway::sim::graph::{GraphMode, GraphResponse};
+use sync_gateway::sim::{SimOptions, Simulators};
+use sync_gateway::{Application, Config};
+
+/// Everything the process logged during the suite, for the secret scan.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = LogSink(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "sync_gateway=trace,actix_web=debug,reqwest=debug,info",
+            ))
+            .with_writer(move || sink.clone())
+            .json()
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// The whole system under test.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT` of the gateway.
+    pub address: String,
+    /// The simulated Entra ID and Graph.
+    pub sims: Simulators,
+    /// The allowed tenant.
+    pub tenant: String,
+    /// A tenant the simulated Entra knows but the gateway does not allow.
+    pub foreign_tenant: String,
+    /// The audit file.
+    pub audit_path: PathBuf,
+    /// A client for talking to the gateway.
+    pub http: reqwest::Client,
+    handle: actix_web::dev::ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+/// Knobs a test may turn before the system starts.
+pub struct Setup {
+    /// Extra configuration: dotted key → TOML value text, e.g. `("limits.per_caller", "{ per_minute = 1, burst = 1 }")`.
+    pub config: Vec<(String, String)>,
+    /// The client secret the gateway is configured with (default: the one Entra knows).
+    pub gateway_secret: Option<String>,
+    /// Stop the simulated Entra before the gateway starts.
+    pub entra_down_at_start: bool,
+    /// The audit path (default: a file in a fresh temporary directory).
+    pub audit_path: Option<PathBuf>,
+    /// Graph's mode (default: always accept, so tests are not bound by the 10-minute rule).
+    pub graph_mode: GraphMode,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            config: Vec::new(),
+            gateway_secret: None,
+            entra_down_at_start: false,
+            audit_path: None,
+            graph_mode: GraphMode::Always(GraphResponse::Accept),
+        }
+    }
+}
+
+impl Setup {
+    /// Sets a configuration key.
+    pub fn set(mut self, key: &str, toml_value: &str) -> Self {
+        self.config.push((key.into(), toml_value.into()));
+        self
+    }
+}
+
+/// The audience every test token is for.
+pub const APP_ID_URI: &str = "api://sync-gateway-test";
+
+/// Spawns the gateway and both simulators with the defaults.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Setup::default()).await
+}
+
+/// Spawns the gateway and both simulators, configured by `setup`, and waits until it is ready
+/// (unless Entra is down at start, when it cannot be).
+pub async fn spawn_app_with(setup: Setup) -> TestApp {
+    capture_logs();
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let foreign_tenant = uuid::Uuid::new_v4().to_string();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
+    let sims = Simulators::start(SimOptions::new(
+        vec![tenant.clone(), foreign_tenant.clone()],
+        client_id.clone(),
+        secret.clone(),
+        vec![client_id.clone(), APP_ID_URI.to_string()],
+    ))
+    .await
+    .expect("simulators start");
+    sims.graph.set_mode(setup.graph_mode.clone());
+    if setup.entra_down_at_start {
+        sims.entra.stop().await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = setup
+        .audit_path
+        .clone()
+        .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+    let mut table: toml::Table = toml::from_str(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+[entra]
+authority_host = "{entra}"
+tenant_id = "{tenant}"
+client_id = "{client_id}"
+timeout_seconds = 2
+[callers]
+audiences = ["{client_id}", "{APP_ID_URI}"]
+allowed_tenants = ["{tenant}"]
+required_scope = "Sync.Trigger"
+[graph]
+base_url = "{graph}"
+timeout_seconds = 2
+[limits]
+per_caller = {{ per_minute = 6000, burst = 1000 }}
+per_tenant = {{ per_minute = 6000, burst = 1000 }}
+[audit]
+path = {audit}
+"#,
+        entra = sims.entra.base_url(),
+        graph = sims.graph.base_url(),
+        audit = toml::Value::String(audit_path.display().to_string()),
+    ))
+    .unwrap();
+    for (key, value) in &setup.config {
+        let v: toml::Table = toml::from_str(&format!("v = {value}")).expect("a TOML value");
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap();
+        let mut t = &mut table;
+        for p in parts {
+            t = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .unwrap();
+        }
+        t.insert(last.to_string(), v["v"].clone());
+    }
+    let config = Config::from_toml_and_env(
+        &toml::to_string(&table).unwrap(),
+        [(
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            setup.gateway_secret.clone().unwrap_or(secret),
+        )],
+    )
+    .expect("valid test configuration");
+    let app = Application::build(config).await.expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+
+    let test_app = TestApp {
+        address,
+        sims,
+        tenant,
+        foreign_tenant,
+        audit_path,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        handle,
+        _dir: dir,
+    };
+    if !setup.entra_down_at_start {
+        test_app.wait_until_ready().await;
+    }
+    test_app
+}
+
+impl TestApp {
+    /// Polls `/readyz` until 200 (or panics after 10 s).
+    pub async fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/readyz", self.address))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway not ready within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A fresh user of the allowed tenant.
+    pub fn user(&self) -> TokenSpec {
+        TokenSpec::user(&self.tenant, uuid::Uuid::new_v4().to_string())
+    }
+
+    /// A valid caller token for a fresh user.
+    pub fn token(&self) -> String {
+        self.sims.entra.mint(&self.user())
+    }
+
+    /// The claims of a valid token for a fresh user, to be altered and signed by a test.
+    pub fn claims(&self) -> Value {
+        self.sims.entra.claims_for(&self.user())
+    }
+
+    /// `POST /sync` with `token` and no body.
+    pub async fn post_sync(&self, token: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/sync", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// `POST /sync` with `token` and a JSON body.
+    pub async fn post_sync_json(&self, token: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/sync", self.address))
+            .bearer_auth(token)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// Every audit record so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let text = self.audit_text();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+            .collect()
+    }
+
+    /// The audit records of `kind` (`request`, `intent`).
+    pub fn audit_of_kind(&self, kind: &str) -> Vec<Value> {
+        self.audit_records()
+            .into_iter()
+            .filter(|r| r["kind"] == kind)
+            .collect()
+    }
+
+    /// The one request record, asserting there is exactly one.
+    pub fn only_request_record(&self) -> Value {
+        let records = self.audit_of_kind("request");
+        assert_eq!(records.len(), 1, "request records: {records:#?}");
+        records.into_iter().next().unwrap()
+    }
+
+    /// The audit file's text; empty for a device such as /dev/full (reading it never ends).
+    pub fn audit_text(&self) -> String {
+        match std::fs::metadata(&self.audit_path) {
+            Ok(m) if m.is_file() => std::fs::read_to_string(&self.audit_path).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    /// Fails if any token or secret the simulators know appears in the logs or the audit trail.
+    pub fn assert_no_secret_leaked(&self) {
+        let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned();
+        let audit = self.audit_text();
+        for secret in self.sims.entra.issued_secrets() {
+            let mut needles = vec![secret.clone()];
+            // A JWT's signature alone is enough to identify (and, with the rest, replay) it.
+            if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() >= 32) {
+                needles.push(sig.to_string());
+            }
+            for n in needles {
+                assert!(!logs.contains(&n), "a secret appears in the logs");
+                assert!(!audit.contains(&n), "a secret appears in the audit trail");
+            }
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Every test doubles as a leak check: nothing it made the gateway see may be logged.
+        if !std::thread::panicking() {
+            self.assert_no_secret_leaked();
+        }
+        let handle = self.handle.clone();
+        drop(handle.stop(false));
+    }
+}
+
+/// The JSON body of an answer, asserting it is `application/problem+json` when `problem`.
+pub async fn problem_of(resp: reqwest::Response) -> Value {
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(ct, "application/problem+json", "content type");
+    resp.json().await.expect("a JSON problem")
+}
+
+/// The value of header `name`, or "" when absent.
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The problem `type` for `kind`.
+pub fn problem_type(kind: &str) -> String {
+    format!("urn:sync-gateway:problem:{kind}")
+}

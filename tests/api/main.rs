@@ -1,0 +1,11 @@
+//! Black-box tests: the gateway and both simulators on free loopback ports, spoken to over HTTP.
+//! One binary (several modules) so the suite links once.
+
+mod audit;
+mod callers;
+mod cli;
+mod exchange;
+mod helpers;
+mod limits;
+mod sync;
+mod upstream;
