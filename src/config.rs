@@ -21,6 +21,12 @@ pub const ENV_PREFIX: &str = "SYNC_GATEWAY__";
 /// The default upstream path of the sync action (a beta endpoint, hence configuration).
 pub const DEFAULT_SYNC_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings/sync";
 
+/// The default path of the Autopilot settings, read for the sync status and the last trigger.
+pub const DEFAULT_STATUS_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings";
+
+/// The Graph delegated permission reading the settings needs (`GET /sync/status`).
+pub const STATUS_PERMISSION: &str = "DeviceManagementServiceConfig.Read.All";
+
 /// The Graph delegated permission the sync action needs.
 pub const SYNC_PERMISSION: &str = "DeviceManagementServiceConfig.ReadWrite.All";
 
@@ -158,6 +164,25 @@ pub struct ActionsConfig {
 pub struct SyncActionConfig {
     /// `actions.sync.upstream_path`: the Graph path of the sync action.
     pub upstream_path: String,
+    /// `actions.sync.status_path`: the Graph path of the Autopilot settings (last sync, status).
+    pub status_path: String,
+    /// `actions.sync.cooldown_seconds`: runs of one tenant start at least this far apart
+    /// (Intune's rule: one manual sync per 10 minutes).
+    pub cooldown_seconds: u64,
+    /// `actions.sync.retry_budget_seconds`: how long one run may keep retrying 503/504/connection failures.
+    pub retry_budget_seconds: u64,
+    /// `actions.sync.max_attempts`: upstream attempts per run at most.
+    pub max_attempts: u32,
+    /// `actions.sync.retry_base_ms`: the first backoff step (doubled per retry, full jitter).
+    pub retry_base_ms: u64,
+    /// `actions.sync.status_poll_ms`: after a 409, how often `syncStatus` is polled.
+    pub status_poll_ms: u64,
+    /// `actions.sync.status_poll_limit`: after a 409, how many polls at most before rescheduling anyway.
+    pub status_poll_limit: u32,
+    /// `actions.sync.run_retention_seconds`: how long finished runs stay readable.
+    pub run_retention_seconds: u64,
+    /// `actions.sync.max_finished_runs`: how many finished runs stay readable at most.
+    pub max_finished_runs: u64,
 }
 
 /// One problem with the configuration, naming the key.
@@ -277,6 +302,15 @@ struct RawActions {
 #[serde(deny_unknown_fields)]
 struct RawSyncAction {
     upstream_path: Option<String>,
+    status_path: Option<String>,
+    cooldown_seconds: Option<u64>,
+    retry_budget_seconds: Option<u64>,
+    max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    status_poll_ms: Option<u64>,
+    status_poll_limit: Option<u32>,
+    run_retention_seconds: Option<u64>,
+    max_finished_runs: Option<u64>,
 }
 
 impl Config {
@@ -589,6 +623,7 @@ impl RawConfig {
             .actions
             .sync
             .upstream_path
+            .clone()
             .unwrap_or_else(|| DEFAULT_SYNC_PATH.to_string());
         if !upstream_path.starts_with('/') || upstream_path.contains("..") {
             c.err(
@@ -596,6 +631,46 @@ impl RawConfig {
                 "must be an absolute path starting with '/'",
             );
         }
+
+        let a = &self.actions.sync;
+        let max_attempts = a.max_attempts.unwrap_or(5);
+        if max_attempts == 0 {
+            c.err("actions.sync.max_attempts", "must be at least 1");
+        }
+        let status_path = a
+            .status_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STATUS_PATH.to_string());
+        if !status_path.starts_with('/') || status_path.contains("..") {
+            c.err(
+                "actions.sync.status_path",
+                "must be an absolute path starting with '/'",
+            );
+        }
+        let sync_action = SyncActionConfig {
+            upstream_path,
+            status_path,
+            cooldown_seconds: a.cooldown_seconds.unwrap_or(600),
+            retry_budget_seconds: a.retry_budget_seconds.unwrap_or(120),
+            max_attempts,
+            retry_base_ms: c.positive(
+                "actions.sync.retry_base_ms",
+                a.retry_base_ms.unwrap_or(1000),
+            ),
+            status_poll_ms: c.positive(
+                "actions.sync.status_poll_ms",
+                a.status_poll_ms.unwrap_or(10_000),
+            ),
+            status_poll_limit: a.status_poll_limit.unwrap_or(30),
+            run_retention_seconds: c.positive(
+                "actions.sync.run_retention_seconds",
+                a.run_retention_seconds.unwrap_or(86_400),
+            ),
+            max_finished_runs: c.positive(
+                "actions.sync.max_finished_runs",
+                a.max_finished_runs.unwrap_or(10_000),
+            ),
+        };
 
         let max_tracked = self.limits.max_tracked_callers.unwrap_or(100_000);
         if max_tracked == 0 {
@@ -657,9 +732,7 @@ impl RawConfig {
                 path: audit_path.unwrap(),
                 write_timeout_ms,
             },
-            actions: ActionsConfig {
-                sync: SyncActionConfig { upstream_path },
-            },
+            actions: ActionsConfig { sync: sync_action },
         })
     }
 }

@@ -15,6 +15,9 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     /// The audit file.
     pub audit_path: std::path::PathBuf,
+    /// The simulated Graph's "one sync per N" rule and the gateway's cooldown (Intune: 600 s;
+    /// shorter in dev so a newcomer sees a scheduled run go out).
+    pub cooldown: Duration,
 }
 
 /// The gateway's App ID URI in dev mode (its second accepted audience).
@@ -26,13 +29,14 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     let client_id = uuid::Uuid::new_v4().to_string();
     // A fresh secret per run: it only ever exists in this process.
     let client_secret = format!("dev-{}", uuid::Uuid::new_v4().simple());
-    let sims = Simulators::start(SimOptions::new(
+    let mut sim_options = SimOptions::new(
         vec![tenant.clone()],
         client_id.clone(),
         client_secret.clone(),
         vec![client_id.clone(), DEV_APP_ID_URI.to_string()],
-    ))
-    .await?;
+    );
+    sim_options.graph_cooldown = opts.cooldown;
+    let sims = Simulators::start(sim_options).await?;
 
     let config = Config::from_toml_and_env(
         &dev_config_toml(&opts, &sims, &tenant, &client_id),
@@ -69,6 +73,12 @@ Trigger a sync through the gateway:
 
   curl -i -X POST {gateway}/sync -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"reason":"trying sync-gateway"}}'
 
+Graph allows one sync per {cooldown} s here (Intune: 600 s). Send it again within that time and the
+answer is `scheduled` with a `not_before`; follow the run it names until it has `succeeded`:
+
+  curl -s {gateway}/sync/runs/<id from the answer> -H "Authorization: Bearer $TOKEN"
+  curl -s {gateway}/sync/status -H "Authorization: Bearer $TOKEN"
+
 Mint another caller token:
 
   curl -s -X POST {entra}/_sim/tokens -H 'Content-Type: application/json' -d '{{"tenant_id":"{tenant}","object_id":"{user}"}}'
@@ -77,6 +87,7 @@ Ctrl-C stops everything."#,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
         audit = opts.audit_path.display(),
+        cooldown = opts.cooldown.as_secs(),
     );
     app.run_until_stopped().await?;
     drop(sims);
@@ -101,11 +112,14 @@ base_url = "{graph}"
 timeout_seconds = 10
 [audit]
 path = {audit}
+[actions.sync]
+cooldown_seconds = {cooldown}
 "#,
         listen = opts.listen,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
         audit = toml_string(&opts.audit_path),
+        cooldown = opts.cooldown.as_secs(),
     )
 }
 

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;
+pub mod runs;
 pub mod secret;
 pub mod server;
 pub mod sim;

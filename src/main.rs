@@ -35,6 +35,9 @@ enum Command {
         /// The audit file.
         #[arg(long, default_value = "dev-audit.jsonl")]
         audit_path: PathBuf,
+        /// Graph's (simulated) one-sync-per-N-seconds rule, and the gateway's cooldown.
+        #[arg(long, default_value_t = 30)]
+        cooldown_seconds: u64,
     },
     /// Validate the configuration and print it with secrets masked; exit 1 if invalid.
     CheckConfig {
@@ -75,11 +78,16 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Dev { listen, audit_path } => {
+        Command::Dev {
+            listen,
+            audit_path,
+            cooldown_seconds,
+        } => {
             telemetry::init(LogFormat::Text);
             run(sync_gateway::dev::run(sync_gateway::dev::DevOptions {
                 listen,
                 audit_path,
+                cooldown: std::time::Duration::from_secs(cooldown_seconds),
             }))
         }
     }

@@ -1,33 +1,39 @@
-//! The request lifecycle of `POST /sync`, top to bottom. Each step is one module with one job:
+//! The request lifecycles, top to bottom. `POST /sync`:
 //!
 //! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]
 //! 2. authorize     ([`crate::policy`])      scope, user vs app → [`UserCaller`]
 //! 3. read the body (here)                   optional `{"reason": "..."}`
 //! 4. limit         ([`crate::limits`])      per caller, per tenant → headers or 429
 //! 5. credentials   ([`crate::credentials`]) on-behalf-of exchange → [`DelegatedToken`]
-//! 6. record intent ([`crate::audit`])       durable before Graph is called
-//! 7. upstream      ([`crate::upstream`])    the Graph call
-//! 8. record outcome and respond             durable before the caller is answered
+//! 6. schedule      ([`crate::runs`])        join the scheduled run, start one now, or schedule one;
+//!    a run records itself durably before every Graph call and retries or reschedules as Graph says
+//! 7. wait          (here)                   for a run started now: its first outcome, at most
+//!    `graph.timeout_seconds`
+//! 8. record and respond                     the request's record is durable before the answer
 //!
-//! The caller's own token leaves the gateway only in step 5, as the assertion to Entra ID.
+//! `GET /sync/runs/{id}` and `GET /sync/status` share steps 1–2 (and 4–5 for the status, which
+//! reads Graph). The caller's own token leaves the gateway only in step 5, as the assertion to
+//! Entra ID.
 //!
 //! [`Caller`]: crate::caller::Caller
 //! [`UserCaller`]: crate::caller::UserCaller
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
-use crate::audit::{AuditEvent, AuditLog, IntentRecord, RequestRecord, UpstreamSummary};
-use crate::caller::{Authenticator, UserCaller};
+use crate::audit::{AuditEvent, AuditLog, RequestRecord, UpstreamSummary};
+use crate::caller::{Authenticator, Caller, UserCaller};
 use crate::credentials::Credentials;
 use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
-use crate::upstream::{new_client_request_id, Graph, UpstreamOutcome};
+use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
+use crate::runs::{Actor, Run, RunState};
+use crate::upstream::{AutopilotSettings, Graph};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The largest request body read; a `reason` is at most 500 characters.
@@ -36,33 +42,26 @@ pub const MAX_BODY_BYTES: usize = 4096;
 /// The longest `reason` accepted, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
 
-/// One configured upstream action.
-#[derive(Debug, Clone)]
-pub struct Action {
-    /// The action's name, as recorded (`sync`).
-    pub name: &'static str,
-    /// The Graph path it calls.
-    pub upstream_path: String,
-    /// The delegated Graph scope it needs, with the Graph resource prefix.
-    pub graph_scope: String,
-    /// Who may call it.
-    pub policy: CallerPolicy,
-}
-
-/// Everything the lifecycle needs, shared by all workers.
+/// Everything the lifecycles need, shared by all workers.
 pub struct Gateway {
     /// Step 1.
     pub authenticator: Authenticator,
+    /// Step 2.
+    pub policy: CallerPolicy,
     /// Step 4.
     pub limits: Arc<Limits>,
     /// Step 5.
-    pub credentials: Credentials,
-    /// Steps 6 and 8.
+    pub credentials: Arc<Credentials>,
+    /// Step 6: the sync action's runs.
+    pub runs: Scheduler,
+    /// Graph, for the status read.
+    pub graph: Arc<Graph>,
+    /// Step 8.
     pub audit: AuditLog,
-    /// Step 7.
-    pub graph: Graph,
-    /// The sync action.
-    pub sync: Action,
+    /// How long a caller waits for a run started by its request.
+    pub wait_for_run: Duration,
+    /// The scope of the status read.
+    pub status_scope: String,
 }
 
 /// The optional JSON body of `POST /sync`.
@@ -73,33 +72,14 @@ struct SyncRequest {
     reason: Option<String>,
 }
 
-/// One upstream execution of an action, as answered to the caller.
-#[derive(Debug, Serialize)]
-pub struct RunView {
-    /// The run's id (UUID v7).
-    pub id: Uuid,
-    /// The action.
-    pub action: &'static str,
-    /// `succeeded` here; later states come with scheduling.
-    pub state: &'static str,
-    /// What Graph answered.
-    pub upstream: UpstreamView,
-}
-
-/// Graph's answer in a [`RunView`].
-#[derive(Debug, Serialize)]
-pub struct UpstreamView {
-    /// Graph's status.
-    pub status: Option<u16>,
-    /// Graph's `request-id`.
-    pub request_id: Option<String>,
-    /// The `client-request-id` sent.
-    pub client_request_id: String,
-}
-
 struct Accepted {
-    run: RunView,
+    run: Run,
     limit: RateLimitStatus,
+}
+
+/// Where a run can be read.
+pub fn run_location(id: Uuid) -> String {
+    format!("/sync/runs/{id}")
 }
 
 /// `POST /sync`: the whole lifecycle, ending with the request's audit record.
@@ -112,7 +92,7 @@ pub async fn post_sync(
     let mut record = RequestRecord::new(
         Uuid::now_v7(),
         Utc::now(),
-        gw.sync.name,
+        gw.runs.policy().action,
         req.peer_addr().map(|a| a.ip()),
     );
     let outcome = sync(&gw, &req, body, &mut record).await;
@@ -120,21 +100,23 @@ pub async fn post_sync(
         Ok(accepted) => {
             let mut r = HttpResponse::Accepted();
             r.insert_header((header::CACHE_CONTROL, "no-store"));
+            r.insert_header((header::LOCATION, run_location(accepted.run.id)));
             crate::limits::insert_headers(&mut r, &accepted.limit);
             r.json(&accepted.run)
         }
-        Err(e) => problem::respond(e, Some(record.id)),
+        Err((e, Some(run))) => problem::respond_for_run(e, Some(record.id), run),
+        Err((e, None)) => problem::respond(e, Some(record.id)),
     };
     record.status = response.status().as_u16();
-    record.code = outcome.as_ref().err().map(GatewayError::kind);
+    record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
     record.duration_ms = started.elapsed().as_millis() as u64;
     // Invariant: the caller's record is durable before the caller gets an answer.
     if let Err(e) = gw.audit.append(&AuditEvent::Request(record.clone())).await {
-        let called = record.upstream.is_some();
-        tracing::error!(audit_id = %record.id, error = %e, graph_called = called,
+        let joined = record.run_id.is_some();
+        tracing::error!(audit_id = %record.id, error = %e, joined_run = joined,
             "the request's audit record could not be made durable");
-        let detail = if called {
-            "Microsoft Graph was called but the outcome could not be recorded durably; check the sync status before retrying"
+        let detail = if joined {
+            "the request joined a run but could not be recorded durably; check the run before retrying"
         } else {
             "the request could not be recorded durably, so it was not carried out"
         };
@@ -144,95 +126,159 @@ pub async fn post_sync(
         );
     }
     tracing::info!(audit_id = %record.id, status = record.status, code = record.code.unwrap_or(""),
-        duration_ms = record.duration_ms, "sync request");
+        run = ?record.run_id, duration_ms = record.duration_ms, "sync request");
     response
 }
+
+type Refusal = (GatewayError, Option<Run>);
 
 async fn sync(
     gw: &Gateway,
     req: &HttpRequest,
     body: web::Payload,
     record: &mut RequestRecord,
-) -> Result<Accepted, GatewayError> {
-    let action = &gw.sync;
+) -> Result<Accepted, Refusal> {
+    let plain = |e: GatewayError| (e, None);
 
     // 1. Authenticate.
+    let caller = authenticate(gw, req).await.map_err(plain)?;
+    record.caller = Some(caller.summary());
+
+    // 2. Authorize.
+    let user: &UserCaller = gw.policy.authorize(&caller).map_err(plain)?;
+
+    // 3. The body, read only now that the caller is known.
+    record.reason = read_reason(req, body).await.map_err(plain)?;
+
+    // 4. Limits.
+    let limit = gw
+        .limits
+        .check(&user.tenant_id, &user.object_id)
+        .map_err(plain)?;
+    record.decision = "allowed";
+
+    // 5. Credentials: proves now that the caller can act (step-up, consent), and gives a
+    //    trailing run the token to act with.
+    let token = gw
+        .credentials
+        .delegated_token(user, &gw.runs.policy().graph_scope)
+        .await
+        .map_err(plain)?;
+
+    // 6. Schedule.
+    let actor = Actor {
+        summary: caller.summary(),
+        user: user.clone(),
+        token,
+    };
+    let submitted = gw
+        .runs
+        .submit(record.id, &user.tenant_id, actor)
+        .await
+        .map_err(plain)?;
+
+    // 7. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
+    let cell = match submitted {
+        Submitted::Started(cell) => cell.wait_while_running(gw.wait_for_run).await,
+        Submitted::Scheduled(cell) => cell,
+    };
+    let run = cell.view();
+    record.run_id = Some(run.id);
+    record.run_state = Some(run.state.as_str());
+    record.upstream = run.upstream.as_ref().map(|u| UpstreamSummary {
+        status: u.status,
+        request_id: u.request_id.clone(),
+        client_request_id: u.client_request_id.clone(),
+        duration_ms: run
+            .finished_at
+            .zip(run.started_at)
+            .map(|(f, s)| (f - s).num_milliseconds().max(0) as u64)
+            .unwrap_or(0),
+    });
+    if run.state == RunState::Failed {
+        let failure = cell.failure().unwrap_or(GatewayError::Internal);
+        return Err((failure, Some(run)));
+    }
+    Ok(Accepted { run, limit })
+}
+
+/// Steps 1–2 for the reads: a validated user of an allowed tenant with the required scope.
+async fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Arc<Caller>, GatewayError> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().map_err(|_| GatewayError::MissingCredentials))
         .transpose()?;
     let token = Authenticator::bearer(authorization)?;
-    let caller = gw.authenticator.authenticate(token).await?;
-    record.caller = Some(caller.summary());
+    gw.authenticator.authenticate(token).await
+}
 
-    // 2. Authorize.
-    let user: &UserCaller = action.policy.authorize(&caller)?;
+/// `GET /sync/runs/{id}`: a run of the caller's own tenant.
+pub async fn get_run(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    let answer = async {
+        let caller = authenticate(&gw, &req).await?;
+        let user = gw.policy.authorize(&caller)?;
+        let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
+        let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
+        let run = cell.view();
+        // Another tenant's run is indistinguishable from a missing one.
+        if run.tenant_id != user.tenant_id {
+            return Err(GatewayError::NotFound);
+        }
+        Ok::<_, GatewayError>(run)
+    }
+    .await;
+    match answer {
+        Ok(run) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(run),
+        Err(e) => problem::respond(&e, None),
+    }
+}
 
-    // 3. The body, read only now that the caller is known.
-    record.reason = read_reason(req, body).await?;
+/// The body of `GET /sync/status`.
+#[derive(Debug, Serialize)]
+pub struct SyncStatus {
+    /// The caller's tenant.
+    pub tenant_id: String,
+    /// What Graph says.
+    pub graph: AutopilotSettings,
+    /// What the gateway has in hand.
+    pub gateway: TenantRuns,
+}
 
-    // 4. Limits.
-    let limit = gw.limits.check(&user.tenant_id, &user.object_id)?;
-    record.decision = "allowed";
-
-    // 5. Credentials.
-    let token = gw
-        .credentials
-        .delegated_token(user, &action.graph_scope)
-        .await?;
-
-    // 6. Record the intent, durably, before anything reaches Graph.
-    let run_id = Uuid::now_v7();
-    let client_request_id = new_client_request_id();
-    let intent = IntentRecord {
-        v: crate::audit::event_format_version(),
-        id: Uuid::now_v7(),
-        time: Utc::now(),
-        request_id: record.id,
-        run_id,
-        action: action.name,
-        tenant_id: user.tenant_id.clone(),
-        acting_as: caller.summary(),
-        client_request_id: client_request_id.clone(),
-    };
-    gw.audit
-        .append(&AuditEvent::Intent(intent))
-        .await
-        .map_err(|e| {
-            tracing::error!(audit_id = %record.id, error = %e, "intent record could not be made durable; Graph not called");
-            GatewayError::AuditUnavailable(
-                "the request could not be recorded durably, so it was not carried out".into(),
-            )
-        })?;
-    record.run_id = Some(run_id);
-
-    // 7. Upstream.
-    let outcome: UpstreamOutcome = gw
-        .graph
-        .trigger(&action.upstream_path, &token, client_request_id)
-        .await;
-    record.upstream = Some(UpstreamSummary {
-        status: outcome.status,
-        request_id: outcome.request_id.clone(),
-        client_request_id: outcome.client_request_id.clone(),
-        duration_ms: outcome.duration.as_millis() as u64,
-    });
-    outcome.result?;
-
-    Ok(Accepted {
-        run: RunView {
-            id: run_id,
-            action: action.name,
-            state: "succeeded",
-            upstream: UpstreamView {
-                status: outcome.status,
-                request_id: outcome.request_id,
-                client_request_id: outcome.client_request_id,
-            },
-        },
-        limit,
-    })
+/// `GET /sync/status`: Graph's view of the tenant's Autopilot sync plus the gateway's runs.
+pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
+    let answer = async {
+        let caller = authenticate(&gw, &req).await?;
+        let user = gw.policy.authorize(&caller)?;
+        // It calls Graph, so it counts against the caller's limits like a sync request.
+        gw.limits.check(&user.tenant_id, &user.object_id)?;
+        let token = gw
+            .credentials
+            .delegated_token(user, &gw.status_scope)
+            .await?;
+        let graph = gw
+            .graph
+            .read_settings(&gw.runs.policy().status_path, &token)
+            .await?;
+        Ok::<_, GatewayError>(SyncStatus {
+            tenant_id: user.tenant_id.clone(),
+            graph,
+            gateway: gw.runs.tenant_runs(&user.tenant_id).await,
+        })
+    }
+    .await;
+    match answer {
+        Ok(s) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(s),
+        Err(e) => problem::respond(&e, None),
+    }
 }
 
 /// The optional `reason`: an empty body is fine; anything else must be the JSON object.
@@ -271,7 +317,7 @@ async fn read_reason(
     let parsed: SyncRequest = serde_json::from_slice(&bytes).map_err(|e| {
         GatewayError::BadRequest(format!(
             "the body must be a JSON object like {{\"reason\": \"...\"}}: {}",
-            e.classify_message()
+            json_error_category(&e)
         ))
     })?;
     match parsed.reason {
@@ -283,19 +329,11 @@ async fn read_reason(
     }
 }
 
-trait ClassifyMessage {
-    fn classify_message(&self) -> &'static str;
-}
-
-impl ClassifyMessage for serde_json::Error {
-    // serde's own message may quote the input; answer with its category only.
-    fn classify_message(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "not valid JSON"
-            }
-            serde_json::error::Category::Data => "unexpected fields or types",
-            serde_json::error::Category::Io => "unreadable",
-        }
+/// serde's own message may quote the input; answer with its category only.
+fn json_error_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not valid JSON",
+        serde_json::error::Category::Data => "unexpected fields or types",
+        serde_json::error::Category::Io => "unreadable",
     }
 }

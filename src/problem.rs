@@ -254,7 +254,7 @@ impl GatewayError {
             UpstreamFailed { detail, request_id } => format!("{detail}{}", rid(request_id)),
             UpstreamTimeout => "Microsoft Graph did not answer in time; the sync may or may not have been triggered".into(),
             Internal => "an unexpected error occurred".into(),
-            NotFound => "no such resource; the gateway serves POST /sync".into(),
+            NotFound => "no such resource (the gateway serves POST /sync, GET /sync/runs/{id}, GET /sync/status)".into(),
             MethodNotAllowed { allow } => format!("this resource accepts {allow}"),
         }
     }
@@ -336,11 +336,31 @@ pub struct Problem {
     /// Graph's status for upstream errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// The run that failed, when the error is a run's outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::runs::Run>,
 }
 
 /// The one mapping from an error to an HTTP answer. `audit_id` is the request's audit record,
 /// when it has one.
 pub fn respond(err: &GatewayError, audit_id: Option<Uuid>) -> HttpResponse {
+    build(err, audit_id, None)
+}
+
+/// [`respond`] for a run that failed: the problem names the run and points at it.
+pub fn respond_for_run(
+    err: &GatewayError,
+    audit_id: Option<Uuid>,
+    run: &crate::runs::Run,
+) -> HttpResponse {
+    build(err, audit_id, Some(run))
+}
+
+fn build(
+    err: &GatewayError,
+    audit_id: Option<Uuid>,
+    run: Option<&crate::runs::Run>,
+) -> HttpResponse {
     let status = err.status();
     let upstream_status = match err {
         GatewayError::UpstreamBusy { status, .. }
@@ -354,6 +374,7 @@ pub fn respond(err: &GatewayError, audit_id: Option<Uuid>) -> HttpResponse {
         detail: err.detail(),
         instance: audit_id.map(|id| format!("urn:uuid:{id}")),
         upstream_status,
+        run: run.cloned(),
     };
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -365,6 +386,9 @@ pub fn respond(err: &GatewayError, audit_id: Option<Uuid>) -> HttpResponse {
         if let Ok(v) = HeaderValue::from_str(&c) {
             resp.insert_header((header::WWW_AUTHENTICATE, v));
         }
+    }
+    if let Some(run) = run {
+        resp.insert_header((header::LOCATION, crate::pipeline::run_location(run.id)));
     }
     if let GatewayError::MethodNotAllowed { allow } = err {
         resp.insert_header((header::ALLOW, *allow));

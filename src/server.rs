@@ -7,13 +7,14 @@
 use crate::audit::AuditLog;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
-use crate::config::{Config, SYNC_PERMISSION};
+use crate::config::{Config, STATUS_PERMISSION, SYNC_PERMISSION};
 use crate::credentials::obo::OboClient;
 use crate::credentials::Credentials;
 use crate::limits::Limits;
-use crate::pipeline::{self, Action, Gateway};
+use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
+use crate::runs::schedule::{RunPolicy, Scheduler};
 use crate::upstream::Graph;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -51,6 +52,8 @@ pub struct Application {
     port: u16,
     server: Server,
     keys: Arc<KeyStore>,
+    runs: Scheduler,
+    drain: Duration,
 }
 
 /// State the probes read.
@@ -82,6 +85,42 @@ impl Application {
             source,
         })?;
         let limits = Arc::new(Limits::new(&config.limits));
+        let credentials = Arc::new(Credentials::new(
+            OboClient::new(
+                entra_http,
+                &config.entra.authority_host,
+                config.entra.client_id.clone(),
+                config.entra.client_secret.clone(),
+            ),
+            config.entra.token_cache_capacity,
+        ));
+        // Each attempt gets a little less than the caller's wait, so a caller waiting on the
+        // first attempt always learns its outcome within graph.timeout_seconds.
+        let wait_for_run = config.graph_timeout();
+        let attempt_timeout = wait_for_run
+            .saturating_sub(Duration::from_millis(250))
+            .max(wait_for_run / 2);
+        let graph = Arc::new(Graph::new(&config.graph.base_url, attempt_timeout)?);
+        let a = &config.actions.sync;
+        let runs = Scheduler::new(
+            RunPolicy {
+                action: "sync",
+                upstream_path: a.upstream_path.clone(),
+                status_path: a.status_path.clone(),
+                graph_scope: config.graph.scope(SYNC_PERMISSION),
+                cooldown: Duration::from_secs(a.cooldown_seconds),
+                retry_budget: Duration::from_secs(a.retry_budget_seconds),
+                max_attempts: a.max_attempts,
+                retry_base: Duration::from_millis(a.retry_base_ms),
+                status_poll: Duration::from_millis(a.status_poll_ms),
+                status_poll_limit: a.status_poll_limit,
+                retention: Duration::from_secs(a.run_retention_seconds),
+                max_finished: a.max_finished_runs,
+            },
+            graph.clone(),
+            credentials.clone(),
+            audit.clone(),
+        );
         let gateway = Gateway {
             authenticator: Authenticator::new(
                 keys.clone(),
@@ -90,26 +129,16 @@ impl Application {
                 config.callers.leeway_seconds,
                 config.callers.verified_cache_capacity,
             ),
-            limits: limits.clone(),
-            credentials: Credentials::new(
-                OboClient::new(
-                    entra_http,
-                    &config.entra.authority_host,
-                    config.entra.client_id.clone(),
-                    config.entra.client_secret.clone(),
-                ),
-                config.entra.token_cache_capacity,
-            ),
-            audit: audit.clone(),
-            graph: Graph::new(&config.graph.base_url, config.graph_timeout())?,
-            sync: Action {
-                name: "sync",
-                upstream_path: config.actions.sync.upstream_path.clone(),
-                graph_scope: config.graph.scope(SYNC_PERMISSION),
-                policy: CallerPolicy {
-                    required_scope: config.callers.required_scope.clone(),
-                },
+            policy: CallerPolicy {
+                required_scope: config.callers.required_scope.clone(),
             },
+            limits: limits.clone(),
+            credentials,
+            runs: runs.clone(),
+            graph,
+            audit: audit.clone(),
+            wait_for_run,
+            status_scope: config.graph.scope(STATUS_PERMISSION),
         };
 
         let listener =
@@ -147,6 +176,8 @@ impl Application {
                             )
                         })),
                 )
+                .route("/sync/status", web::get().to(pipeline::get_status))
+                .route("/sync/runs/{id}", web::get().to(pipeline::get_run))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .default_service(web::to(|| async {
@@ -166,6 +197,8 @@ impl Application {
             port,
             server: server.run(),
             keys,
+            runs,
+            drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
         })
     }
 
@@ -184,9 +217,13 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until the process is told to stop.
+    /// Serves until the process is told to stop (SIGTERM, SIGINT or the handle), then gives
+    /// runs `server.shutdown_timeout_seconds` to finish and records the scheduled runs that
+    /// cannot start by then as abandoned.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.runs.shutdown(self.drain).await;
+        served
     }
 }
 

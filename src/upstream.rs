@@ -1,11 +1,14 @@
-//! Step 4 of the lifecycle: the call to Microsoft Graph.
+//! The calls to Microsoft Graph: the sync action and a read of the Autopilot settings.
 //!
-//! One `POST {graph.base_url}{upstream_path}` with the delegated token, no body, a fresh
-//! `client-request-id`, and the configured timeout. Graph's answer becomes an
-//! [`UpstreamOutcome`]; only 2xx is success.
+//! One `POST {graph.base_url}{upstream_path}` per attempt with the delegated token, no body, a
+//! fresh `client-request-id`, `Retry-Attempt` on retries, and a timeout. Graph's answer becomes
+//! an [`UpstreamOutcome`]; only 2xx is success. What to do about a failure (retry, reschedule,
+//! give up) is the run executor's decision, not this module's.
 
 use crate::credentials::DelegatedToken;
 use crate::problem::GatewayError;
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -13,6 +16,23 @@ use uuid::Uuid;
 pub struct Graph {
     http: reqwest::Client,
     base_url: String,
+}
+
+/// How one attempt ended, for the executor's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptClass {
+    /// 2xx.
+    Succeeded,
+    /// 503, 504 or no connection: worth another attempt within the budget.
+    Transient,
+    /// 429: Intune's cooldown (or throttling).
+    TooMany,
+    /// 409: a sync is already in progress.
+    Conflict,
+    /// No answer in time: the sync may or may not have been triggered, so it is not retried.
+    TimedOut,
+    /// Anything else: the run fails.
+    Failed,
 }
 
 /// What one upstream call produced, whatever the status.
@@ -24,15 +44,55 @@ pub struct UpstreamOutcome {
     pub request_id: Option<String>,
     /// The `client-request-id` sent.
     pub client_request_id: String,
+    /// Graph's `Retry-After`, in seconds.
+    pub retry_after_secs: Option<u64>,
     /// How long it took.
     pub duration: Duration,
-    /// `Ok` for 2xx, else the error the caller gets.
+    /// The class of the outcome.
+    pub class: AttemptClass,
+    /// `Ok` for 2xx, else the error a caller would get.
     pub result: Result<(), GatewayError>,
+}
+
+/// Graph's view of the Autopilot sync for a tenant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AutopilotSettings {
+    /// When the last sync finished (`lastSyncDateTime`); `None` when never.
+    #[serde(rename = "lastSyncDateTime")]
+    pub last_sync: Option<DateTime<Utc>>,
+    /// When the last manual sync was triggered (`lastManualSyncTriggerDateTime`); `None` when never.
+    #[serde(rename = "lastManualSyncTriggerDateTime")]
+    pub last_manual_sync_trigger: Option<DateTime<Utc>>,
+    /// `unknown`, `inProgress`, `completed` or `failed`.
+    #[serde(rename = "syncStatus")]
+    pub sync_status: String,
+}
+
+impl AutopilotSettings {
+    /// True while Graph reports a sync in progress.
+    pub fn in_progress(&self) -> bool {
+        self.sync_status == "inProgress"
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSettings {
+    #[serde(rename = "lastSyncDateTime", default)]
+    last_sync: Option<DateTime<Utc>>,
+    #[serde(rename = "lastManualSyncTriggerDateTime", default)]
+    last_manual: Option<DateTime<Utc>>,
+    #[serde(rename = "syncStatus", default)]
+    sync_status: Option<String>,
 }
 
 /// The fresh correlation id for one upstream call.
 pub fn new_client_request_id() -> String {
     Uuid::new_v4().to_string()
+}
+
+/// Graph writes `0001-01-01T00:00:00Z` for "never".
+fn never_as_none(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    t.filter(|t| t.year() > 1)
 }
 
 impl Graph {
@@ -54,40 +114,48 @@ impl Graph {
         format!("{}{path}", self.base_url)
     }
 
-    /// Triggers the action at `path` with `token`, sending `client_request_id`.
+    /// Triggers the action at `path` with `token`, sending `client_request_id`; `attempt`
+    /// counts from 1 and is sent as `Retry-Attempt` from the second attempt on.
     pub async fn trigger(
         &self,
         path: &str,
         token: &DelegatedToken,
         client_request_id: String,
+        attempt: u32,
     ) -> UpstreamOutcome {
         let started = Instant::now();
-        let sent = self
+        let mut req = self
             .http
             .post(self.url(path))
             .header("Authorization", token.authorization())
             .header("Accept", "application/json")
             .header("client-request-id", &client_request_id)
-            .header("Content-Length", "0")
-            .send()
-            .await;
-        let resp = match sent {
+            .header("Content-Length", "0");
+        if attempt > 1 {
+            req = req.header("Retry-Attempt", (attempt - 1).to_string());
+        }
+        let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                let result = Err(if e.is_timeout() {
-                    GatewayError::UpstreamTimeout
+                let (class, result) = if e.is_timeout() {
+                    (AttemptClass::TimedOut, Err(GatewayError::UpstreamTimeout))
                 } else {
-                    GatewayError::UpstreamFailed {
-                        detail: "Microsoft Graph is unreachable".into(),
-                        request_id: None,
-                    }
-                });
-                tracing::warn!(error = %e, "Graph call failed without an answer");
+                    (
+                        AttemptClass::Transient,
+                        Err(GatewayError::UpstreamFailed {
+                            detail: "Microsoft Graph is unreachable".into(),
+                            request_id: None,
+                        }),
+                    )
+                };
+                tracing::warn!(error = %e, %client_request_id, "Graph call failed without an answer");
                 return UpstreamOutcome {
                     status: None,
                     request_id: None,
                     client_request_id,
+                    retry_after_secs: None,
                     duration: started.elapsed(),
+                    class,
                     result,
                 };
             }
@@ -101,42 +169,133 @@ impl Graph {
         };
         let request_id = header("request-id");
         let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v));
-        // Read (a bounded amount of) the body for Graph's error code; a hang here is still
-        // bounded by the client's timeout.
+        // Graph's error code helps the operator; the body read is still bounded by the timeout.
         let body = if (200..300).contains(&status) {
             Default::default()
         } else {
             resp.bytes().await.unwrap_or_default()
         };
         let code = graph_error_code(&body);
-        let result = match status {
-            200..=299 => Ok(()),
-            409 | 429 => Err(GatewayError::UpstreamBusy {
-                status,
-                retry_after_secs: retry_after,
-                request_id: request_id.clone(),
-            }),
-            401 | 403 => Err(GatewayError::UpstreamForbidden {
-                status,
-                code,
-                request_id: request_id.clone(),
-            }),
-            _ => Err(GatewayError::UpstreamFailed {
-                detail: format!(
-                    "Microsoft Graph answered {status}{}",
-                    code.map(|c| format!(" ({c})")).unwrap_or_default()
-                ),
-                request_id: request_id.clone(),
-            }),
+        let (class, result) = match status {
+            200..=299 => (AttemptClass::Succeeded, Ok(())),
+            409 | 429 => (
+                if status == 409 {
+                    AttemptClass::Conflict
+                } else {
+                    AttemptClass::TooMany
+                },
+                Err(GatewayError::UpstreamBusy {
+                    status,
+                    retry_after_secs: retry_after,
+                    request_id: request_id.clone(),
+                }),
+            ),
+            401 | 403 => (
+                AttemptClass::Failed,
+                Err(GatewayError::UpstreamForbidden {
+                    status,
+                    code,
+                    request_id: request_id.clone(),
+                }),
+            ),
+            _ => (
+                if status == 503 || status == 504 {
+                    AttemptClass::Transient
+                } else {
+                    AttemptClass::Failed
+                },
+                Err(GatewayError::UpstreamFailed {
+                    detail: format!(
+                        "Microsoft Graph answered {status}{}",
+                        code.map(|c| format!(" ({c})")).unwrap_or_default()
+                    ),
+                    request_id: request_id.clone(),
+                }),
+            ),
         };
         UpstreamOutcome {
             status: Some(status),
             request_id,
             client_request_id,
+            retry_after_secs: retry_after,
             duration: started.elapsed(),
+            class,
             result,
         }
     }
+
+    /// Reads the Autopilot settings at `path` (both the plain entity and the older
+    /// `{"value": {...}}` shape are accepted).
+    pub async fn read_settings(
+        &self,
+        path: &str,
+        token: &DelegatedToken,
+    ) -> Result<AutopilotSettings, GatewayError> {
+        let client_request_id = new_client_request_id();
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("Authorization", token.authorization())
+            .header("Accept", "application/json")
+            .header("client-request-id", &client_request_id)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    GatewayError::UpstreamTimeout
+                } else {
+                    GatewayError::UpstreamFailed {
+                        detail: "Microsoft Graph is unreachable".into(),
+                        request_id: None,
+                    }
+                }
+            })?;
+        let status = resp.status().as_u16();
+        let request_id = resp
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let code = graph_error_code(&body);
+            return Err(if status == 401 || status == 403 {
+                GatewayError::UpstreamForbidden {
+                    status,
+                    code,
+                    request_id,
+                }
+            } else {
+                GatewayError::UpstreamFailed {
+                    detail: format!(
+                        "reading the Autopilot settings: Microsoft Graph answered {status}"
+                    ),
+                    request_id,
+                }
+            });
+        }
+        parse_settings(&body).ok_or_else(|| GatewayError::UpstreamFailed {
+            detail: "Microsoft Graph's Autopilot settings are not in the documented shape".into(),
+            request_id,
+        })
+    }
+}
+
+fn parse_settings(body: &[u8]) -> Option<AutopilotSettings> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let entity = match v.get("value") {
+        Some(inner) if inner.is_object() => inner.clone(),
+        _ => v,
+    };
+    if !entity.is_object() {
+        return None;
+    }
+    let raw: RawSettings = serde_json::from_value(entity).ok()?;
+    Some(AutopilotSettings {
+        last_sync: never_as_none(raw.last_sync),
+        last_manual_sync_trigger: never_as_none(raw.last_manual),
+        sync_status: raw.sync_status.unwrap_or_else(|| "unknown".into()),
+    })
 }
 
 fn graph_error_code(body: &[u8]) -> Option<String> {
@@ -186,5 +345,20 @@ mod tests {
         );
         assert_eq!(graph_error_code(br#"{"error":{"code":"<script>"}}"#), None);
         assert_eq!(graph_error_code(b"not json"), None);
+    }
+
+    #[test]
+    fn settings_are_read_in_both_documented_shapes_and_never_is_none() {
+        let plain = br#"{"id":"x","lastSyncDateTime":"0001-01-01T00:00:00Z","lastManualSyncTriggerDateTime":"2026-11-29T02:00:00.123Z","syncStatus":"inProgress"}"#;
+        let s = parse_settings(plain).unwrap();
+        assert_eq!(s.last_sync, None);
+        assert_eq!(
+            s.last_manual_sync_trigger.unwrap().to_rfc3339(),
+            "2026-11-29T02:00:00.123+00:00"
+        );
+        assert!(s.in_progress());
+        let wrapped = br#"{"value":{"id":"x","syncStatus":"completed"}}"#;
+        assert_eq!(parse_settings(wrapped).unwrap().sync_status, "completed");
+        assert!(parse_settings(b"[]").is_none());
     }
 }

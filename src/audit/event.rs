@@ -1,5 +1,5 @@
-//! The record format (`"v": 1`). One `request` record per caller request, and an `intent`
-//! record made durable immediately before each upstream call.
+//! The record format (`"v": 1`). One `request` record per caller request, and `run` records
+//! for each change in a run's life, the pre-call ones made durable before Graph is called.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,8 +15,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum AuditEvent {
     /// The outcome of one caller request.
     Request(RequestRecord),
-    /// Graph is about to be called for a request.
-    Intent(IntentRecord),
+    /// A change in a run's life (scheduled, started, attempt, finished, ...).
+    Run(RunRecord),
 }
 
 /// Who called, as far as it is known. Never carries a token.
@@ -74,9 +74,12 @@ pub struct RequestRecord {
     pub code: Option<&'static str>,
     /// The HTTP status answered.
     pub status: u16,
-    /// The run this request was carried out by.
+    /// The run this request joined.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
+    /// That run's state when the caller was answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_state: Option<&'static str>,
     /// Graph's answer, when Graph was called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSummary>,
@@ -106,6 +109,7 @@ impl RequestRecord {
             code: None,
             status: 0,
             run_id: None,
+            run_state: None,
             upstream: None,
             duration_ms: 0,
             reason: None,
@@ -113,26 +117,64 @@ impl RequestRecord {
     }
 }
 
-/// Made durable immediately before Graph is called, so no upstream call goes unrecorded
-/// even if the process dies before the request's own record is written.
+/// A change in a run's life. The `started` and `attempt` records are made durable immediately
+/// before each Graph call, so no upstream call goes unrecorded even if the process dies.
 #[derive(Debug, Clone, Serialize)]
-pub struct IntentRecord {
+pub struct RunRecord {
     /// Record format version.
     pub v: u32,
     /// This record's id.
     pub id: Uuid,
-    /// When the call is about to be made.
+    /// When it happened.
     pub time: DateTime<Utc>,
-    /// The request record this call serves.
-    pub request_id: Uuid,
-    /// The run the call belongs to.
+    /// The run.
     pub run_id: Uuid,
     /// The action.
     pub action: &'static str,
     /// The tenant whose Graph is called.
     pub tenant_id: String,
-    /// Whose delegated identity the call uses.
-    pub acting_as: CallerSummary,
-    /// The `client-request-id` that will be sent.
+    /// `scheduled`, `started` (first attempt about to be sent), `attempt` (a retry about to be
+    /// sent), `rescheduled` (Graph said "not now"), `merged` (its requests joined another run),
+    /// `finished`, `abandoned`.
+    pub event: &'static str,
+    /// The run's state after the event.
+    pub state: &'static str,
+    /// The earliest start, for scheduled runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Whose delegated identity the run uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acting_as: Option<CallerSummary>,
+    /// The request records the run covers (on `scheduled`, `started`, `finished`, `abandoned`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<Uuid>,
+    /// The attempt about to be sent (`started`, `attempt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptSummary>,
+    /// Every attempt so far with Graph's answers (`rescheduled`, `finished`, `abandoned`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptSummary>,
+    /// Why the run failed or was abandoned (a problem kind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// The run this one's requests were moved into (`merged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<Uuid>,
+}
+
+/// One upstream attempt of a run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttemptSummary {
+    /// 1 for the first attempt of the run.
+    pub number: u32,
+    /// The `client-request-id` sent.
     pub client_request_id: String,
+    /// Graph's status; absent before the answer or when none came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Graph's `request-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
 }

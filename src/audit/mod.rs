@@ -8,7 +8,9 @@
 mod event;
 mod file;
 
-pub use event::{AuditEvent, CallerSummary, IntentRecord, RequestRecord, UpstreamSummary};
+pub use event::{
+    AttemptSummary, AuditEvent, CallerSummary, RequestRecord, RunRecord, UpstreamSummary,
+};
 
 /// The record format version written into every record.
 pub fn event_format_version() -> u32 {

@@ -31,6 +31,11 @@ impl DelegatedToken {
     pub fn authorization(&self) -> String {
         format!("Bearer {}", self.secret.expose())
     }
+
+    /// True if the token stays usable for at least `margin` from now.
+    pub fn usable_for(&self, margin: Duration) -> bool {
+        self.usable_until > Instant::now() + margin
+    }
 }
 
 impl fmt::Debug for DelegatedToken {

@@ -203,8 +203,12 @@ impl SimEntra {
             issued: Mutex::new(vec![opts.client_secret.clone()]),
         });
         let data = web::Data::from(Arc::clone(&state));
+        let stopped = super::StopFlag::default();
+        let gate = stopped.clone();
         let server = HttpServer::new(move || {
+            let gate = gate.clone();
             App::new()
+                .wrap_fn(move |req, srv| super::refuse_when_stopped(&gate, req, srv))
                 .app_data(data.clone())
                 .route("/_sim/tokens", web::post().to(sim_mint))
                 .route(
@@ -227,7 +231,7 @@ impl SimEntra {
         .run();
         Ok(SimEntra {
             state,
-            server: Arc::new(ServerSlot::spawn(server)),
+            server: Arc::new(ServerSlot::spawn(server, stopped)),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum GraphResponse {
     /// Any status with Graph's error body (e.g. 500, 503, 504). A 2xx gets no body and does
     /// not count as a sync; an invalid code answers 500.
     Status(u16),
+    /// A status with Graph's error body and `Retry-After: N` (e.g. a 503 asking for a pause).
+    StatusRetryAfter(u16, u64),
     /// Never answers (sleeps a day): for client timeouts.
     Hang,
 }
@@ -60,6 +62,8 @@ pub struct ReceivedCall {
     pub object_id: Option<String>,
     /// The `client-request-id` header, if sent.
     pub client_request_id: Option<String>,
+    /// The `Retry-Attempt` header (the Graph SDKs' retry count), if sent.
+    pub retry_attempt: Option<u32>,
     /// Whether the bearer token was accepted (signature, audience, lifetime, permission).
     pub authorization_ok: bool,
     /// The status answered; 0 for a `Hang` (no answer).
@@ -188,8 +192,12 @@ impl SimGraph {
             settings_reads: AtomicUsize::new(0),
         });
         let data = web::Data::from(Arc::clone(&state));
+        let stopped = super::StopFlag::default();
+        let gate = stopped.clone();
         let server = HttpServer::new(move || {
+            let gate = gate.clone();
             App::new()
+                .wrap_fn(move |req, srv| super::refuse_when_stopped(&gate, req, srv))
                 .app_data(data.clone())
                 .route(SYNC_PATH, web::post().to(sync))
                 .route(SETTINGS_PATH, web::get().to(settings))
@@ -203,7 +211,7 @@ impl SimGraph {
         .run();
         Ok(SimGraph {
             state,
-            server: Arc::new(ServerSlot::spawn(server)),
+            server: Arc::new(ServerSlot::spawn(server, stopped)),
         })
     }
 
@@ -556,6 +564,11 @@ async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
             tenant_id: caller.tenant_id.clone(),
             object_id: caller.object_id.clone(),
             client_request_id: ctx.client_request_id.clone(),
+            retry_attempt: req
+                .headers()
+                .get("retry-attempt")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
             authorization_ok,
             status,
             at,
@@ -592,6 +605,10 @@ async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
             } else {
                 ctx.intune_error(s, status_code_name(s), None)
             }
+        }
+        GraphResponse::StatusRetryAfter(s, secs) => {
+            record(true, s);
+            ctx.intune_error(s, status_code_name(s), Some(secs))
         }
         GraphResponse::Hang => {
             record(true, 0);

@@ -107,84 +107,148 @@ fn the_shipped_example_configuration_is_valid() {
     assert!(ok, "{stderr}");
 }
 
-#[test]
-fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("dev-audit.jsonl");
-    let stderr_path = dir.path().join("stderr.log");
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--audit-path"])
-        .arg(&audit)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+/// `sync-gateway dev` running as a child process, with what it printed.
+struct Dev {
+    child: std::process::Child,
+    token: String,
+    curl: String,
+    base: String,
+    audit: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start(cooldown_seconds: u64) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("dev-audit.jsonl");
+        let stderr = dir.path().join("stderr.log");
+        let mut child = Command::new(BIN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--cooldown-seconds"])
+            .arg(cooldown_seconds.to_string())
+            .arg("--audit-path")
+            .arg(&audit)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut token, mut curl) = (None, None);
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
+                token = Some(t.to_string());
+            }
+            if line.trim().starts_with("curl -i -X POST") {
+                curl = Some(line.trim().to_string());
+            }
+            if line.contains("Ctrl-C") {
                 break;
             }
         }
-    });
-    let mut token = None;
-    let mut curl = None;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
-            token = Some(t.to_string());
-        }
-        if line.trim().starts_with("curl -i -X POST") {
-            curl = Some(line.trim().to_string());
-        }
-        if line.contains("Ctrl-C") {
-            break;
+        let curl = curl.expect("dev printed a curl line");
+        let url = curl.split_whitespace().nth(4).expect("the URL").to_string();
+        let base = url
+            .strip_suffix("/sync")
+            .expect("the URL ends in /sync")
+            .to_string();
+        Dev {
+            child,
+            token: token.expect("dev printed a token"),
+            curl,
+            base,
+            audit,
+            stderr,
+            _dir: dir,
         }
     }
-    let token = token.expect("dev printed a token");
-    let curl = curl.expect("dev printed a curl line");
-    let url = curl.split_whitespace().nth(4).expect("the URL").to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && url.ends_with("/sync"),
-        "{url}"
-    );
-    assert!(curl.contains("Authorization: Bearer $TOKEN"));
 
-    let resp = reqwest::blocking_free_post(&url, &token);
-    child.kill().ok();
-    child.wait().ok();
+    /// Runs the printed curl line's request (what `curl` would send) and returns status and body.
+    async fn post_sync(&self) -> (u16, serde_json::Value) {
+        let r = ::reqwest::Client::new()
+            .post(format!("{}/sync", self.base))
+            .bearer_auth(&self.token)
+            .header("Content-Type", "application/json")
+            .body(r#"{"reason":"trying sync-gateway"}"#)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
 
-    let (status, body) = resp;
+    async fn get(&self, path: &str) -> serde_json::Value {
+        ::reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
+    let dev = Dev::start(30);
+    assert!(dev.base.starts_with("http://127.0.0.1:"), "{}", dev.base);
+    assert!(dev.curl.contains("Authorization: Bearer $TOKEN"));
+
+    let (status, body) = dev.post_sync().await;
     assert_eq!(status, 202, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["state"], "succeeded");
     assert_eq!(body["upstream"]["status"], 204);
-    let text = std::fs::read_to_string(&audit).unwrap();
+    let text = std::fs::read_to_string(&dev.audit).unwrap();
     assert_eq!(
         text.lines()
-            .filter(|l| l.contains("\"kind\":\"intent\""))
+            .filter(|l| l.contains("\"kind\":\"run\"") && l.contains("\"event\":\"started\""))
             .count(),
         1
     );
-    let logs = std::fs::read_to_string(&stderr_path).unwrap();
-    assert!(!logs.contains(&token), "dev mode logged the caller token");
+    let logs = std::fs::read_to_string(&dev.stderr).unwrap();
+    assert!(
+        !logs.contains(&dev.token),
+        "dev mode logged the caller token"
+    );
 }
 
-/// A tiny synchronous POST for the test above (the test is not async: it drives a child).
-mod reqwest {
-    pub fn blocking_free_post(url: &str, token: &str) -> (u16, String) {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let r = ::reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .header("Content-Type", "application/json")
-                .body(r#"{"reason":"trying sync-gateway"}"#)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap())
-        })
+#[tokio::test]
+async fn dev_mode_schedules_a_second_sync_and_its_run_succeeds_after_the_cooldown() {
+    let dev = Dev::start(2);
+    let (first, _) = dev.post_sync().await;
+    assert_eq!(first, 202);
+    let (second, body) = dev.post_sync().await;
+    assert_eq!(second, 202);
+    assert_eq!(body["state"], "scheduled");
+    assert!(body["not_before"].is_string());
+    let run_path = format!("/sync/runs/{}", body["id"].as_str().unwrap());
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = dev.get(&run_path).await["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(state, "succeeded");
+    let status = dev.get("/sync/status").await;
+    assert_eq!(status["graph"]["syncStatus"], "completed");
 }

@@ -51,6 +51,8 @@ pub struct TestApp {
     pub sims: Simulators,
     /// The allowed tenant.
     pub tenant: String,
+    /// A second allowed tenant.
+    pub tenant2: String,
     /// A tenant the simulated Entra knows but the gateway does not allow.
     pub foreign_tenant: String,
     /// The audit file.
@@ -58,6 +60,9 @@ pub struct TestApp {
     /// A client for talking to the gateway.
     pub http: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    config: String,
+    secret: String,
     _dir: tempfile::TempDir,
 }
 
@@ -73,6 +78,11 @@ pub struct Setup {
     pub audit_path: Option<PathBuf>,
     /// Graph's mode (default: always accept, so tests are not bound by the 10-minute rule).
     pub graph_mode: GraphMode,
+    /// Intune's rule for real: Graph in its normal mode with this cooldown, and the gateway
+    /// configured with the same (default: none; the gateway's cooldown is 0).
+    pub intune_cooldown: Option<Duration>,
+    /// Lifetime of the Graph tokens the simulated Entra issues (default one hour).
+    pub graph_token_lifetime: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -83,6 +93,8 @@ impl Default for Setup {
             entra_down_at_start: false,
             audit_path: None,
             graph_mode: GraphMode::Always(GraphResponse::Accept),
+            intune_cooldown: None,
+            graph_token_lifetime: None,
         }
     }
 }
@@ -92,6 +104,16 @@ impl Setup {
     pub fn set(mut self, key: &str, toml_value: &str) -> Self {
         self.config.push((key.into(), toml_value.into()));
         self
+    }
+
+    /// Intune's cooldown rule enforced by Graph and respected by the gateway.
+    pub fn intune(cooldown_secs: u64) -> Self {
+        Setup {
+            graph_mode: GraphMode::Normal,
+            intune_cooldown: Some(Duration::from_secs(cooldown_secs)),
+            ..Setup::default()
+        }
+        .set("actions.sync.cooldown_seconds", &cooldown_secs.to_string())
     }
 }
 
@@ -108,17 +130,23 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(setup: Setup) -> TestApp {
     capture_logs();
     let tenant = uuid::Uuid::new_v4().to_string();
+    let tenant2 = uuid::Uuid::new_v4().to_string();
     let foreign_tenant = uuid::Uuid::new_v4().to_string();
     let client_id = uuid::Uuid::new_v4().to_string();
     let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
-    let sims = Simulators::start(SimOptions::new(
-        vec![tenant.clone(), foreign_tenant.clone()],
+    let mut options = SimOptions::new(
+        vec![tenant.clone(), tenant2.clone(), foreign_tenant.clone()],
         client_id.clone(),
         secret.clone(),
         vec![client_id.clone(), APP_ID_URI.to_string()],
-    ))
-    .await
-    .expect("simulators start");
+    );
+    if let Some(c) = setup.intune_cooldown {
+        options.graph_cooldown = c;
+    }
+    if let Some(l) = setup.graph_token_lifetime {
+        options.graph_token_lifetime = l;
+    }
+    let sims = Simulators::start(options).await.expect("simulators start");
     sims.graph.set_mode(setup.graph_mode.clone());
     if setup.entra_down_at_start {
         sims.entra.stop().await;
@@ -141,7 +169,7 @@ client_id = "{client_id}"
 timeout_seconds = 2
 [callers]
 audiences = ["{client_id}", "{APP_ID_URI}"]
-allowed_tenants = ["{tenant}"]
+allowed_tenants = ["{tenant}", "{tenant2}"]
 required_scope = "Sync.Trigger"
 [graph]
 base_url = "{graph}"
@@ -151,6 +179,11 @@ per_caller = {{ per_minute = 6000, burst = 1000 }}
 per_tenant = {{ per_minute = 6000, burst = 1000 }}
 [audit]
 path = {audit}
+[actions.sync]
+cooldown_seconds = 0
+retry_base_ms = 20
+max_attempts = 3
+status_poll_ms = 100
 "#,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
@@ -171,23 +204,14 @@ path = {audit}
         }
         t.insert(last.to_string(), v["v"].clone());
     }
-    let config = Config::from_toml_and_env(
-        &toml::to_string(&table).unwrap(),
-        [(
-            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            setup.gateway_secret.clone().unwrap_or(secret),
-        )],
-    )
-    .expect("valid test configuration");
-    let app = Application::build(config).await.expect("gateway builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
-    tokio::spawn(app.run_until_stopped());
-
+    let config = toml::to_string(&table).unwrap();
+    let secret = setup.gateway_secret.clone().unwrap_or(secret);
+    let (address, handle, server) = start_gateway(&config, &secret).await;
     let test_app = TestApp {
         address,
         sims,
         tenant,
+        tenant2,
         foreign_tenant,
         audit_path,
         http: reqwest::Client::builder()
@@ -195,6 +219,9 @@ path = {audit}
             .build()
             .unwrap(),
         handle,
+        server: Some(server),
+        config,
+        secret,
         _dir: dir,
     };
     if !setup.entra_down_at_start {
@@ -203,7 +230,47 @@ path = {audit}
     test_app
 }
 
+type Started = (
+    String,
+    actix_web::dev::ServerHandle,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+async fn start_gateway(config: &str, secret: &str) -> Started {
+    let config = Config::from_toml_and_env(
+        config,
+        [(
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            secret.to_string(),
+        )],
+    )
+    .expect("valid test configuration");
+    let app = Application::build(config).await.expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    (address, handle, tokio::spawn(app.run_until_stopped()))
+}
+
 impl TestApp {
+    /// Stops the gateway as SIGTERM would and waits until its shutdown work is done.
+    pub async fn stop(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops the gateway and starts a new one with the same configuration, simulators and
+    /// audit file: a process restart.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (address, handle, server) = start_gateway(&self.config, &self.secret).await;
+        self.address = address;
+        self.handle = handle;
+        self.server = Some(server);
+        self.wait_until_ready().await;
+    }
+
     /// Polls `/readyz` until 200 (or panics after 10 s).
     pub async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -268,7 +335,7 @@ impl TestApp {
             .collect()
     }
 
-    /// The audit records of `kind` (`request`, `intent`).
+    /// The audit records of `kind` (`request`, `run`).
     pub fn audit_of_kind(&self, kind: &str) -> Vec<Value> {
         self.audit_records()
             .into_iter()

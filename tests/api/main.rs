@@ -7,5 +7,6 @@ mod cli;
 mod exchange;
 mod helpers;
 mod limits;
+mod runs;
 mod sync;
 mod upstream;

@@ -11,6 +11,7 @@ async fn a_valid_caller_triggers_exactly_one_authenticated_graph_sync() {
 
     assert_eq!(resp.status(), 202);
     assert!(header(&resp, "ratelimit-policy").contains("\"per-caller\";q=6000;w=60"));
+    let location = header(&resp, "location");
     assert!(header(&resp, "ratelimit").starts_with("\"per-"));
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["action"], "sync");
@@ -18,6 +19,8 @@ async fn a_valid_caller_triggers_exactly_one_authenticated_graph_sync() {
     assert_eq!(body["upstream"]["status"], 204);
     let run_id = uuid::Uuid::parse_str(body["id"].as_str().unwrap()).unwrap();
     assert_eq!(run_id.get_version_num(), 7);
+    assert_eq!(location, format!("/sync/runs/{run_id}"));
+    assert_eq!(body["covers"]["count"], 1);
 
     let calls = app.sims.graph.calls();
     assert_eq!(calls.len(), 1);
@@ -31,7 +34,7 @@ async fn a_valid_caller_triggers_exactly_one_authenticated_graph_sync() {
 }
 
 #[tokio::test]
-async fn the_audit_trail_records_the_intent_before_the_call_and_the_outcome() {
+async fn the_audit_trail_records_the_run_before_the_call_and_the_outcome() {
     let app = spawn_app().await;
     let spec = app.user();
     let resp = app
@@ -44,23 +47,32 @@ async fn the_audit_trail_records_the_intent_before_the_call_and_the_outcome() {
     let body: Value = resp.json().await.unwrap();
 
     let records = app.audit_records();
-    assert_eq!(records.len(), 2, "{records:#?}");
-    // The intent is written (and fsynced) first: it is the earlier line.
-    let (intent, request) = (&records[0], &records[1]);
-    assert_eq!(intent["kind"], "intent");
-    assert_eq!(intent["request_id"], request["id"]);
-    assert_eq!(intent["run_id"], body["id"]);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    // The run's start is written (and fsynced) before Graph is called: it is the first line.
+    let started = &records[0];
+    assert_eq!(started["kind"], "run");
+    assert_eq!(started["event"], "started");
+    assert_eq!(started["run_id"], body["id"]);
     assert_eq!(
-        intent["client_request_id"],
+        started["attempt"]["client_request_id"],
         body["upstream"]["client_request_id"]
     );
-    assert_eq!(intent["acting_as"]["object_id"], spec.object_id.as_str());
+    assert_eq!(started["acting_as"]["object_id"], spec.object_id.as_str());
+    let request = app.only_request_record();
+    assert_eq!(started["covers"], serde_json::json!([request["id"]]));
+    let finished = records
+        .iter()
+        .find(|r| r["event"] == "finished")
+        .expect("a finished record");
+    assert_eq!(finished["state"], "succeeded");
+    assert_eq!(finished["attempts"][0]["status"], 204);
 
-    assert_eq!(request["kind"], "request");
     assert_eq!(request["v"], 1);
     assert_eq!(request["action"], "sync");
     assert_eq!(request["decision"], "allowed");
     assert_eq!(request["status"], 202);
+    assert_eq!(request["run_id"], body["id"]);
+    assert_eq!(request["run_state"], "succeeded");
     assert_eq!(request["caller"]["kind"], "user");
     assert_eq!(request["caller"]["tenant_id"], app.tenant.as_str());
     assert_eq!(request["caller"]["object_id"], spec.object_id.as_str());

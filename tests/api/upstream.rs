@@ -1,6 +1,6 @@
 //! Graph's answers as the caller sees them.
 
-use crate::helpers::{header, problem_of, problem_type, spawn_app_with, Setup};
+use crate::helpers::{problem_of, problem_type, spawn_app_with, Setup};
 use sync_gateway::sim::graph::{GraphMode, GraphResponse};
 
 fn graph(mode: GraphResponse) -> Setup {
@@ -39,37 +39,20 @@ async fn a_hanging_graph_answers_504_after_the_timeout() {
 }
 
 #[tokio::test]
-async fn a_graph_conflict_is_passed_through_as_409() {
+async fn a_graph_that_keeps_answering_409_fails_the_run_after_bounded_waits() {
     let app = spawn_app_with(graph(GraphResponse::Conflict)).await;
-    let resp = app.post_sync(&app.token()).await;
-    assert_eq!(resp.status(), 409);
-    let p = problem_of(resp).await;
-    assert_eq!(p["type"], problem_type("upstream-busy"));
-    assert_eq!(p["upstream_status"], 409);
-}
-
-#[tokio::test]
-async fn a_graph_429_is_passed_through_with_its_retry_after() {
-    let app = spawn_app_with(graph(GraphResponse::TooMany {
-        retry_after_secs: Some(120),
-    }))
-    .await;
-    let resp = app.post_sync(&app.token()).await;
-    assert_eq!(resp.status(), 429);
-    assert_eq!(header(&resp, "retry-after"), "120");
-    assert_eq!(problem_of(resp).await["upstream_status"], 429);
-}
-
-#[tokio::test]
-async fn intunes_ten_minute_rule_reaches_the_caller_as_429_until_scheduling_exists() {
-    let app = spawn_app_with(Setup {
-        graph_mode: GraphMode::Normal,
-        ..Setup::default()
-    })
-    .await;
-    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
-    assert_eq!(app.post_sync(&app.token()).await.status(), 429);
-    assert_eq!(app.sims.graph.accepted_syncs(), 1);
+    let token = app.token();
+    let resp = app.post_sync(&token).await;
+    // Not an error to the caller: the run waits and tries again.
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["state"], "scheduled");
+    let run = crate::runs::wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["error"]["kind"], "upstream-busy");
+    let tries = sync_gateway::runs::schedule::MAX_REQUEUES as usize + 1;
+    assert_eq!(app.sims.graph.sync_calls(), tries);
+    assert_eq!(run["upstream"]["attempts"].as_array().unwrap().len(), tries);
 }
 
 #[tokio::test]

@@ -1,0 +1,288 @@
+//! Runs: one upstream execution of an action for one tenant, and the scheduling that turns
+//! Intune's "one sync per 10 minutes" into a promise instead of an error.
+//!
+//! - [`Run`] is what callers see (`POST /sync`, `GET /sync/runs/{id}`).
+//! - [`RunCell`] holds a run while it lives: its view, the identity it will act as (memory only),
+//!   and a channel that wakes whoever waits for it.
+//! - [`schedule::Scheduler`] decides, per (action, tenant), whether a request joins the scheduled
+//!   run, starts one now, or creates the scheduled one; [`execute`] carries a run out.
+
+pub mod execute;
+pub mod schedule;
+
+use crate::audit::{AttemptSummary, CallerSummary};
+use crate::caller::UserCaller;
+use crate::credentials::DelegatedToken;
+use crate::problem::GatewayError;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Requests one run remembers by id at most (the count keeps going past it).
+pub const MAX_COVERED_IDS: usize = 100_000;
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for `not_before` (and for the running run of the tenant to finish).
+    Scheduled,
+    /// Calling Graph (possibly between retries).
+    Running,
+    /// Graph accepted the sync.
+    Succeeded,
+    /// Graph refused or failed beyond the retry budget; `error` says why.
+    Failed,
+    /// The gateway stopped before the run could start.
+    Abandoned,
+}
+
+impl RunState {
+    /// The state's name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Scheduled => "scheduled",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Abandoned => "abandoned",
+        }
+    }
+
+    /// True once nothing more will happen to the run.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Abandoned
+        )
+    }
+}
+
+/// The requests a run covers. Their audit ids are in the run's audit records, not here: a
+/// storm of joiners must not make every answer (and every copy of the view) grow.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Covers {
+    /// How many requests joined.
+    pub count: usize,
+}
+
+/// Graph's answers for a run: the last attempt's, and every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunUpstream {
+    /// The last attempt's status.
+    pub status: Option<u16>,
+    /// The last attempt's `request-id`.
+    pub request_id: Option<String>,
+    /// The last attempt's `client-request-id`.
+    pub client_request_id: String,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptSummary>,
+}
+
+/// Why a run failed, as a problem kind and a sentence.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunError {
+    /// The stable problem kind (e.g. `upstream-failed`).
+    pub kind: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+/// A run as callers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// UUID v7.
+    pub id: Uuid,
+    /// The action (`sync`).
+    pub action: &'static str,
+    /// The tenant whose Graph it calls.
+    pub tenant_id: String,
+    /// Where it is.
+    pub state: RunState,
+    /// The earliest start, while scheduled.
+    pub not_before: Option<DateTime<Utc>>,
+    /// When its first attempt was sent.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The requests it covers.
+    pub covers: Covers,
+    /// Whose delegated token it uses (the most recent request that joined).
+    pub acting_as: Option<CallerSummary>,
+    /// Graph's answers.
+    pub upstream: Option<RunUpstream>,
+    /// Why it failed.
+    pub error: Option<RunError>,
+}
+
+/// Who a run acts as, with what: the identity and its delegated token, in memory only.
+#[derive(Clone)]
+pub struct Actor {
+    /// For the audit trail and the run view.
+    pub summary: CallerSummary,
+    /// The user, whose inbound token can be exchanged again if the delegated one would expire.
+    pub user: UserCaller,
+    /// The delegated Graph token from the request's exchange.
+    pub token: Arc<DelegatedToken>,
+}
+
+/// A live run: its view, its actor, its failure, and a channel announcing every change.
+pub struct RunCell {
+    run: Mutex<Run>,
+    /// The audit ids of the requests it covers, for its audit records.
+    covered: Mutex<Vec<Uuid>>,
+    actor: Mutex<Option<Actor>>,
+    failure: Mutex<Option<GatewayError>>,
+    merged_into: Mutex<Option<Arc<RunCell>>>,
+    changed: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RunCell {
+    /// A new run of `action` for `tenant_id`, covering `request`, acting as `actor`.
+    pub fn new(
+        action: &'static str,
+        tenant_id: String,
+        state: RunState,
+        not_before: Option<DateTime<Utc>>,
+        request: Uuid,
+        actor: Actor,
+    ) -> Arc<RunCell> {
+        Arc::new(RunCell {
+            run: Mutex::new(Run {
+                id: Uuid::now_v7(),
+                action,
+                tenant_id,
+                state,
+                not_before,
+                started_at: None,
+                finished_at: None,
+                covers: Covers { count: 1 },
+                acting_as: Some(actor.summary.clone()),
+                upstream: None,
+                error: None,
+            }),
+            covered: Mutex::new(vec![request]),
+            actor: Mutex::new(Some(actor)),
+            failure: Mutex::new(None),
+            merged_into: Mutex::new(None),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// The run's id.
+    pub fn id(&self) -> Uuid {
+        lock(&self.run).id
+    }
+
+    /// A copy of the run as it is now.
+    pub fn view(&self) -> Run {
+        lock(&self.run).clone()
+    }
+
+    /// The run's state now.
+    pub fn state(&self) -> RunState {
+        lock(&self.run).state
+    }
+
+    /// The run that now carries this run's requests (itself unless it was merged).
+    pub fn resolve(self: &Arc<Self>) -> Arc<RunCell> {
+        let mut cell = self.clone();
+        loop {
+            let next = lock(&cell.merged_into).clone();
+            match next {
+                Some(n) => cell = n,
+                None => return cell,
+            }
+        }
+    }
+
+    /// Why the run failed, as the error its caller gets.
+    pub fn failure(&self) -> Option<GatewayError> {
+        lock(&self.failure).clone()
+    }
+
+    /// The identity the run will act as.
+    pub fn actor(&self) -> Option<Actor> {
+        lock(&self.actor).clone()
+    }
+
+    /// Waits until the run (or the run it merged into) leaves `Running`, at most `limit`;
+    /// returns the run that carries the request.
+    pub async fn wait_while_running(self: &Arc<Self>, limit: Duration) -> Arc<RunCell> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let cell = self.resolve();
+            if cell.state() != RunState::Running {
+                return cell;
+            }
+            let mut rx = cell.changed.subscribe();
+            // Re-check after subscribing so a change in between is not missed.
+            if cell.state() != RunState::Running || lock(&cell.merged_into).is_some() {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return self.resolve();
+            }
+        }
+    }
+
+    /// Waits until the run reaches a final state (used to hold a scheduled run back while the
+    /// tenant's running run finishes).
+    pub async fn wait_final(self: &Arc<Self>) {
+        let mut rx = self.changed.subscribe();
+        while !self.state().is_final() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Run)) {
+        f(&mut lock(&self.run));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The audit ids of the requests it covers (at most [`MAX_COVERED_IDS`]).
+    pub fn covered(&self) -> Vec<Uuid> {
+        lock(&self.covered).clone()
+    }
+
+    fn join(&self, request: Uuid, actor: Actor) {
+        {
+            let mut ids = lock(&self.covered);
+            if ids.len() < MAX_COVERED_IDS {
+                ids.push(request);
+            }
+        }
+        self.update(|r| {
+            r.covers.count += 1;
+            r.acting_as = Some(actor.summary.clone());
+        });
+        *lock(&self.actor) = Some(actor);
+    }
+
+    fn absorb(&self, other: &RunCell) {
+        let moved = other.covered();
+        let count = other.view().covers.count;
+        {
+            let mut ids = lock(&self.covered);
+            let room = MAX_COVERED_IDS.saturating_sub(ids.len());
+            ids.extend(moved.into_iter().take(room));
+        }
+        self.update(|r| r.covers.count += count);
+    }
+
+    fn set_failure(&self, e: GatewayError) {
+        *lock(&self.failure) = Some(e);
+    }
+}

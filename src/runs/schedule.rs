@@ -1,0 +1,554 @@
+//! Per (action, tenant): at most one running and one scheduled run, and the promise that every
+//! accepted request is covered by a run that starts after it, with runs at least the cooldown
+//! apart.
+//!
+//! A request joins the scheduled run if there is one; otherwise it starts a run now if the
+//! cooldown has passed and nothing runs; otherwise it creates the scheduled run with
+//! `not_before` = the end of the cooldown. The cooldown is learned from Graph too: read once per
+//! tenant at first use (so a restart does not fire early), and again whenever Graph answers 429.
+
+use super::{execute, Actor, Run, RunCell, RunState};
+use crate::audit::{AttemptSummary, AuditEvent, AuditLog, RunRecord};
+use crate::credentials::{Credentials, DelegatedToken};
+use crate::problem::GatewayError;
+use crate::upstream::Graph;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How often one run may be sent back to wait by Graph's 409/429 before it fails.
+pub const MAX_REQUEUES: u32 = 6;
+
+/// How one action's runs behave (from `[actions.sync]`).
+#[derive(Debug, Clone)]
+pub struct RunPolicy {
+    /// The action's name, as recorded.
+    pub action: &'static str,
+    /// The Graph path of the action.
+    pub upstream_path: String,
+    /// The Graph path of the settings that say when the last sync was triggered.
+    pub status_path: String,
+    /// The delegated scope the action needs.
+    pub graph_scope: String,
+    /// Runs of one tenant start at least this far apart.
+    pub cooldown: Duration,
+    /// How long one run may keep retrying transient failures.
+    pub retry_budget: Duration,
+    /// Attempts per execution at most.
+    pub max_attempts: u32,
+    /// The first backoff step.
+    pub retry_base: Duration,
+    /// After a 409, how often `syncStatus` is polled.
+    pub status_poll: Duration,
+    /// After a 409, how many polls at most.
+    pub status_poll_limit: u32,
+    /// How long finished runs stay readable.
+    pub retention: Duration,
+    /// How many finished runs stay readable at most.
+    pub max_finished: u64,
+}
+
+/// Added to times learned from Graph: its stored timestamps may be truncated and its clock
+/// is not ours, and a run that arrives a moment early costs a whole 429 round trip.
+pub const LEARNED_MARGIN: Duration = Duration::from_secs(1);
+
+impl RunPolicy {
+    /// When the cooldown that Graph started at `trigger` (a time Graph reported) is over.
+    pub fn cooldown_after(&self, trigger: DateTime<Utc>) -> DateTime<Utc> {
+        after(trigger, self.cooldown + LEARNED_MARGIN)
+    }
+}
+
+/// What happened to a submitted request.
+pub enum Submitted {
+    /// It started a run now: the caller may wait for its first outcome.
+    Started(Arc<RunCell>),
+    /// It joined (or created) the scheduled run.
+    Scheduled(Arc<RunCell>),
+}
+
+impl Submitted {
+    /// The run the request joined.
+    pub fn cell(&self) -> &Arc<RunCell> {
+        match self {
+            Submitted::Started(c) | Submitted::Scheduled(c) => c,
+        }
+    }
+}
+
+/// The gateway's view of one tenant's runs, for `GET /sync/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantRuns {
+    /// The run calling Graph now.
+    pub running: Option<Run>,
+    /// The run waiting for its time.
+    pub scheduled: Option<Run>,
+    /// The earliest time a new run could start.
+    pub next_start: DateTime<Utc>,
+}
+
+#[derive(Default)]
+pub(super) struct Slot {
+    pub(super) running: Option<Arc<RunCell>>,
+    pub(super) scheduled: Option<Arc<RunCell>>,
+    /// No run may start before this (cooldown after the last start, or learned from Graph).
+    pub(super) next_allowed: Option<DateTime<Utc>>,
+    /// Whether Graph's settings were read for this tenant since start.
+    learned: bool,
+}
+
+/// Shared by the scheduler and the executor.
+pub(super) struct Inner {
+    pub(super) policy: RunPolicy,
+    pub(super) graph: Arc<Graph>,
+    pub(super) credentials: Arc<Credentials>,
+    pub(super) audit: AuditLog,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
+    finished: moka::sync::Cache<Uuid, Arc<RunCell>>,
+    shutting_down: AtomicBool,
+}
+
+/// The runs of one action.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+pub(super) fn to_std(d: chrono::TimeDelta) -> Duration {
+    d.to_std().unwrap_or(Duration::ZERO)
+}
+
+pub(super) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+impl Scheduler {
+    /// A scheduler for one action's runs.
+    pub fn new(
+        policy: RunPolicy,
+        graph: Arc<Graph>,
+        credentials: Arc<Credentials>,
+        audit: AuditLog,
+    ) -> Scheduler {
+        let finished = moka::sync::Cache::builder()
+            .max_capacity(policy.max_finished)
+            .time_to_live(policy.retention)
+            .build();
+        Scheduler {
+            inner: Arc::new(Inner {
+                policy,
+                graph,
+                credentials,
+                audit,
+                slots: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashMap::new()),
+                finished,
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The action's settings.
+    pub fn policy(&self) -> &RunPolicy {
+        &self.inner.policy
+    }
+
+    /// Covers request `request` of `tenant` by a run, acting as `actor`.
+    pub async fn submit(
+        &self,
+        request: Uuid,
+        tenant: &str,
+        actor: Actor,
+    ) -> Result<Submitted, GatewayError> {
+        let inner = &self.inner;
+        let slot_lock = inner.slot(tenant);
+        let mut slot = slot_lock.lock().await;
+        if !slot.learned {
+            // Concurrent first requests wait here for the one read.
+            inner.learn_at_first_use(&mut slot, &actor.token).await;
+            slot.learned = true;
+        }
+        if let Some(scheduled) = slot.scheduled.clone() {
+            scheduled.join(request, actor);
+            return Ok(Submitted::Scheduled(scheduled));
+        }
+        let now = Utc::now();
+        let free = slot.running.is_none() && slot.next_allowed.is_none_or(|t| now >= t);
+        if free {
+            let cell = RunCell::new(
+                inner.policy.action,
+                tenant.to_string(),
+                RunState::Running,
+                None,
+                request,
+                actor,
+            );
+            inner.start_locked(&mut slot, &cell, now);
+            inner.track(&cell);
+            tokio::spawn(drive(self.inner.clone(), cell.clone(), true));
+            return Ok(Submitted::Started(cell));
+        }
+        let not_before = slot.next_allowed.map_or(now, |t| t.max(now));
+        let cell = RunCell::new(
+            inner.policy.action,
+            tenant.to_string(),
+            RunState::Scheduled,
+            Some(not_before),
+            request,
+            actor,
+        );
+        inner
+            .record(&cell, "scheduled", None)
+            .await
+            .map_err(|_| not_recorded())?;
+        slot.scheduled = Some(cell.clone());
+        inner.track(&cell);
+        tokio::spawn(drive(self.inner.clone(), cell.clone(), false));
+        Ok(Submitted::Scheduled(cell))
+    }
+
+    /// The run `id` (following merges), if it is live or finished recently.
+    pub fn get(&self, id: Uuid) -> Option<Arc<RunCell>> {
+        let inner = &self.inner;
+        let found = inner
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .or_else(|| inner.finished.get(&id));
+        found.map(|c| c.resolve())
+    }
+
+    /// The running and scheduled runs of `tenant`, and when the next run could start.
+    pub async fn tenant_runs(&self, tenant: &str) -> TenantRuns {
+        let slot_lock = self.inner.slot(tenant);
+        let slot = slot_lock.lock().await;
+        let now = Utc::now();
+        TenantRuns {
+            running: slot.running.as_ref().map(|c| c.view()),
+            scheduled: slot.scheduled.as_ref().map(|c| c.view()),
+            next_start: slot.next_allowed.map_or(now, |t| t.max(now)),
+        }
+    }
+
+    /// On shutdown: scheduled runs that cannot start within `drain` are recorded as abandoned
+    /// with the requests they cover; the rest get until the deadline to finish.
+    pub async fn shutdown(&self, drain: Duration) {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = after(Utc::now(), drain);
+        inner.abandon_scheduled(|nb| nb > deadline).await;
+        while !inner.active_is_empty() && Utc::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        inner.abandon_scheduled(|_| true).await;
+    }
+}
+
+fn not_recorded() -> GatewayError {
+    GatewayError::AuditUnavailable(
+        "the request could not be recorded durably, so it was not carried out".into(),
+    )
+}
+
+/// Carries a run through its life: (wait for its turn,) execute, and if Graph says "not now",
+/// wait again, until it reaches a final state or its requests move into another run.
+async fn drive(inner: Arc<Inner>, cell: Arc<RunCell>, started: bool) {
+    let mut my_turn = started;
+    let mut requeues = 0;
+    loop {
+        if !my_turn && !wait_for_turn(&inner, &cell).await {
+            return;
+        }
+        match execute::run(&inner, &cell).await {
+            execute::Outcome::Done => return,
+            execute::Outcome::Requeue(_, busy) if requeues >= MAX_REQUEUES => {
+                // Graph keeps saying "not now" beyond any cooldown: stop and say so.
+                tracing::warn!(run = %cell.id(), requeues, "Graph keeps refusing; giving up");
+                inner.finish(&cell, RunState::Failed, Some(busy)).await;
+                return;
+            }
+            execute::Outcome::Requeue(next, _) => {
+                requeues += 1;
+                if !inner.requeue(&cell, next).await {
+                    return;
+                }
+                my_turn = false;
+            }
+        }
+    }
+}
+
+/// Sleeps until the run's time, waits for the tenant's running run to finish, respects what
+/// was learned meanwhile, then marks it running. False if the run is no longer scheduled
+/// (merged or abandoned).
+async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
+    let tenant = cell.view().tenant_id;
+    loop {
+        let not_before = cell.view().not_before.unwrap_or_else(Utc::now);
+        tokio::time::sleep(to_std(not_before - Utc::now())).await;
+        let slot_lock = inner.slot(&tenant);
+        let mut slot = slot_lock.lock().await;
+        if !slot
+            .scheduled
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, cell))
+        {
+            return false;
+        }
+        if let Some(running) = slot.running.clone() {
+            drop(slot);
+            running.wait_final().await;
+            continue;
+        }
+        let now = Utc::now();
+        if let Some(t) = slot.next_allowed.filter(|t| now < *t) {
+            cell.update(|r| r.not_before = Some(t));
+            continue;
+        }
+        slot.scheduled = None;
+        inner.start_locked(&mut slot, cell, now);
+        return true;
+    }
+}
+
+impl Inner {
+    pub(super) fn slot(&self, tenant: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        // Bounded: tenants come only from validated tokens of allowed tenants.
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn track(&self, cell: &Arc<RunCell>) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cell.id(), cell.clone());
+    }
+
+    fn active_is_empty(&self) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Moves a run that will change no more from the live set to the bounded archive.
+    pub(super) fn retire(&self, cell: &Arc<RunCell>) {
+        let id = cell.id();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.finished.insert(id, cell.clone());
+    }
+
+    fn start_locked(&self, slot: &mut Slot, cell: &Arc<RunCell>, now: DateTime<Utc>) {
+        slot.running = Some(cell.clone());
+        slot.next_allowed = Some(after(now, self.policy.cooldown));
+        cell.update(|r| {
+            r.state = RunState::Running;
+            r.started_at.get_or_insert(now);
+        });
+    }
+
+    /// Reads Graph's settings once per tenant so a restart inside the cooldown waits it out.
+    async fn learn_at_first_use(&self, slot: &mut Slot, token: &DelegatedToken) {
+        match self
+            .graph
+            .read_settings(&self.policy.status_path, token)
+            .await
+        {
+            Ok(s) => {
+                if let Some(t) = s.last_manual_sync_trigger {
+                    let allowed = self.policy.cooldown_after(t);
+                    if allowed > Utc::now() {
+                        tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
+                        slot.next_allowed =
+                            Some(slot.next_allowed.map_or(allowed, |n| n.max(allowed)));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the Autopilot settings; relying on Graph's answers");
+            }
+        }
+    }
+
+    /// After Graph said "not now": the run waits until `next`, in the tenant's scheduled run
+    /// (merging into it if one exists, since it starts after every request either covers).
+    /// True if `cell` itself is now the scheduled run.
+    pub(super) async fn requeue(&self, cell: &Arc<RunCell>, next: DateTime<Utc>) -> bool {
+        let tenant = cell.view().tenant_id;
+        let slot_lock = self.slot(&tenant);
+        let mut slot = slot_lock.lock().await;
+        if slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)) {
+            slot.running = None;
+        }
+        slot.next_allowed = Some(next);
+        if let Some(target) = slot.scheduled.clone() {
+            target.absorb(cell);
+            target.update(|r| r.not_before = Some(r.not_before.map_or(next, |n| n.max(next))));
+            *cell.merged_into.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+            cell.update(|r| r.state = RunState::Scheduled);
+            drop(slot);
+            self.retire(cell);
+            if let Err(e) = self.record_merge(cell, target.id()).await {
+                tracing::error!(run = %cell.id(), error = %e, "could not record a merged run");
+            }
+            return false;
+        }
+        cell.update(|r| {
+            r.state = RunState::Scheduled;
+            r.not_before = Some(next);
+        });
+        slot.scheduled = Some(cell.clone());
+        drop(slot);
+        if let Err(e) = self.record(cell, "rescheduled", None).await {
+            tracing::error!(run = %cell.id(), error = %e, "could not record a rescheduled run");
+        }
+        true
+    }
+
+    /// Ends a run in a final state.
+    pub(super) async fn finish(
+        &self,
+        cell: &Arc<RunCell>,
+        state: RunState,
+        failure: Option<GatewayError>,
+    ) {
+        if let Some(f) = &failure {
+            cell.set_failure(f.clone());
+        }
+        let tenant = cell.view().tenant_id;
+        {
+            let slot_lock = self.slot(&tenant);
+            let mut slot = slot_lock.lock().await;
+            if slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)) {
+                slot.running = None;
+            }
+        }
+        let now = Utc::now();
+        cell.update(|r| {
+            r.state = state;
+            r.finished_at = Some(now);
+            r.error = failure.as_ref().map(|f| super::RunError {
+                kind: f.kind(),
+                detail: f.to_string(),
+            });
+        });
+        self.retire(cell);
+        let event = if state == RunState::Abandoned {
+            "abandoned"
+        } else {
+            "finished"
+        };
+        if let Err(e) = self.record(cell, event, None).await {
+            tracing::error!(run = %cell.id(), error = %e, "could not record a finished run");
+        }
+    }
+
+    /// Pushes the tenant's next start out to `t` (e.g. after a timeout, when Graph may have synced).
+    pub(super) async fn hold_until(&self, tenant: &str, t: DateTime<Utc>) {
+        let slot_lock = self.slot(tenant);
+        let mut slot = slot_lock.lock().await;
+        slot.next_allowed = Some(slot.next_allowed.map_or(t, |n| n.max(t)));
+    }
+
+    async fn abandon_scheduled(&self, which: impl Fn(DateTime<Utc>) -> bool) {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot_lock in slots {
+            let taken = {
+                let mut slot = slot_lock.lock().await;
+                match &slot.scheduled {
+                    Some(s) if which(s.view().not_before.unwrap_or_else(Utc::now)) => {
+                        slot.scheduled.take()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(cell) = taken {
+                tracing::warn!(run = %cell.id(), covers = cell.view().covers.count,
+                    "shutting down before a scheduled run could start: recording it as abandoned");
+                self.finish(&cell, RunState::Abandoned, None).await;
+            }
+        }
+    }
+
+    /// Writes a `run` record for `event` and waits until it is durable.
+    pub(super) async fn record(
+        &self,
+        cell: &RunCell,
+        event: &'static str,
+        attempt: Option<AttemptSummary>,
+    ) -> Result<(), crate::audit::AuditError> {
+        self.record_event(cell, event, attempt, None).await
+    }
+
+    async fn record_merge(
+        &self,
+        cell: &RunCell,
+        into: Uuid,
+    ) -> Result<(), crate::audit::AuditError> {
+        self.record_event(cell, "merged", None, Some(into)).await
+    }
+
+    async fn record_event(
+        &self,
+        cell: &RunCell,
+        event: &'static str,
+        attempt: Option<AttemptSummary>,
+        merged_into: Option<Uuid>,
+    ) -> Result<(), crate::audit::AuditError> {
+        let r = cell.view();
+        let with_covers = matches!(
+            event,
+            "scheduled" | "started" | "finished" | "abandoned" | "merged"
+        );
+        let with_attempts = matches!(event, "rescheduled" | "finished" | "abandoned" | "merged");
+        let record = RunRecord {
+            v: crate::audit::event_format_version(),
+            id: Uuid::now_v7(),
+            time: Utc::now(),
+            run_id: r.id,
+            action: r.action,
+            tenant_id: r.tenant_id,
+            event,
+            state: r.state.as_str(),
+            not_before: r
+                .not_before
+                .filter(|_| r.state == RunState::Scheduled && merged_into.is_none()),
+            acting_as: r.acting_as,
+            covers: if with_covers {
+                cell.covered()
+            } else {
+                Vec::new()
+            },
+            attempt,
+            attempts: if with_attempts {
+                r.upstream.map(|u| u.attempts).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            error: r.error.map(|e| e.kind),
+            merged_into,
+        };
+        self.audit.append(&AuditEvent::Run(record)).await
+    }
+}

@@ -1,0 +1,453 @@
+//! Runs and Intune's 10-minute rule: every accepted request is covered by a run that starts
+//! after it, runs of one tenant are at least the cooldown apart, and no caller sees Graph's 429.
+//! The simulated Graph enforces a 2 s cooldown here, as Intune enforces 10 minutes.
+
+use crate::helpers::{header, problem_of, problem_type, spawn_app_with, Setup, TestApp};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use sync_gateway::sim::entra::TokenSpec;
+use sync_gateway::sim::graph::{GraphMode, GraphResponse};
+
+const COOLDOWN: Duration = Duration::from_secs(2);
+const STORM_COOLDOWN: u64 = 5;
+
+/// `GET /sync/runs/{id}` with `token`.
+pub async fn get_run(app: &TestApp, token: &str, id: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}/sync/runs/{id}", app.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls the run until it reaches a final state (at most 30 s).
+pub async fn wait_for_final(app: &TestApp, token: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let run: Value = get_run(app, token, id).await.json().await.unwrap();
+        if ["succeeded", "failed", "abandoned"].contains(&run["state"].as_str().unwrap_or("")) {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run {id} did not finish");
+}
+
+/// Graph's status for each attempt of `run`, in order.
+fn attempt_statuses(run: &Value) -> Vec<u64> {
+    run["upstream"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect()
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+async fn post(app: &TestApp, token: &str) -> Value {
+    let resp = app.post_sync(token).await;
+    assert_eq!(resp.status(), 202);
+    resp.json().await.unwrap()
+}
+
+/// Every call Graph accepted is at least the cooldown after the previous one, and Graph never
+/// had to refuse one.
+fn assert_spacing_and_no_refusals(app: &TestApp) {
+    assert_spacing_and_no_refusals_with(app, COOLDOWN)
+}
+
+fn assert_spacing_and_no_refusals_with(app: &TestApp, cooldown: Duration) {
+    let calls = app.sims.graph.calls();
+    assert!(
+        calls.iter().all(|c| c.status != 429 && c.status != 409),
+        "{calls:#?}"
+    );
+    for pair in calls.windows(2) {
+        assert!(pair[1].at - pair[0].at >= chrono::TimeDelta::from_std(cooldown).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_storm_of_1000_requests_from_100_users_makes_one_call_and_one_trailing_run() {
+    // A cooldown long enough that the whole storm lands inside it even on a slow machine.
+    let app = spawn_app_with(Setup::intune(STORM_COOLDOWN)).await;
+    let tokens: Vec<String> = (0..100).map(|_| app.token()).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let (http, url, token) = (
+            app.http.clone(),
+            format!("{}/sync", app.address),
+            tokens[i % 100].clone(),
+        );
+        set.spawn(async move {
+            let r = http.post(url).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = set.join_all().await;
+    assert!(answers.iter().all(|(s, _)| *s == 202));
+    let runs: HashSet<&str> = answers
+        .iter()
+        .map(|(_, b)| b["id"].as_str().unwrap())
+        .collect();
+    assert!(runs.len() <= 2, "{} runs", runs.len());
+    let immediate = answers
+        .iter()
+        .filter(|(_, b)| b["state"] == "succeeded")
+        .count();
+    assert_eq!(
+        immediate, 1,
+        "exactly one request started a run and saw it succeed"
+    );
+
+    // The trailing run (if any) goes out after the cooldown.
+    for id in &runs {
+        let run = wait_for_final(&app, &tokens[0], id).await;
+        assert_eq!(run["state"], "succeeded");
+    }
+    assert_eq!(app.sims.graph.sync_calls(), runs.len());
+    assert_spacing_and_no_refusals_with(&app, Duration::from_secs(STORM_COOLDOWN));
+    let covered: usize = runs
+        .iter()
+        .map(|id| {
+            app.audit_of_kind("run")
+                .into_iter()
+                .find(|r| r["run_id"] == *id && r["event"] == "finished")
+                .unwrap()["covers"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(covered, 1000);
+    assert_every_request_started_before_its_run(&app);
+}
+
+/// Each request record's run started (its `started` record) after the request arrived.
+fn assert_every_request_started_before_its_run(app: &TestApp) {
+    let started: HashMap<String, DateTime<Utc>> = app
+        .audit_of_kind("run")
+        .into_iter()
+        .filter(|r| r["event"] == "started")
+        .map(|r| (r["run_id"].as_str().unwrap().to_string(), time(&r["time"])))
+        .collect();
+    for req in app.audit_of_kind("request") {
+        let run = req["run_id"].as_str().unwrap();
+        assert!(
+            started[run] >= time(&req["time"]),
+            "run {run} started before a request it covers"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_within_the_cooldown_join_one_trailing_run_that_acts_as_the_latest() {
+    let app = spawn_app_with(Setup::intune(2)).await;
+    let first = post(&app, &app.token()).await;
+    assert_eq!(first["state"], "succeeded");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = post(&app, &app.token()).await;
+    assert_eq!(second["state"], "scheduled");
+    let not_before = time(&second["not_before"]);
+    assert!(
+        not_before >= time(&first["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latest = app.user();
+    let third_token = app.sims.entra.mint(&latest);
+    let third = post(&app, &third_token).await;
+    assert_eq!(third["id"], second["id"], "joined the scheduled run");
+    assert_eq!(third["covers"]["count"], 2);
+
+    let trailing = wait_for_final(&app, &third_token, second["id"].as_str().unwrap()).await;
+    assert_eq!(trailing["state"], "succeeded");
+    assert_eq!(
+        trailing["acting_as"]["object_id"],
+        latest.object_id.as_str()
+    );
+    let calls = app.sims.graph.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].object_id.as_deref(),
+        Some(latest.object_id.as_str())
+    );
+
+    // A fourth request after the second run started gets a third run, a cooldown later.
+    let fourth = post(&app, &app.token()).await;
+    assert_eq!(fourth["state"], "scheduled");
+    assert_ne!(fourth["id"], second["id"]);
+    assert!(
+        time(&fourth["not_before"])
+            >= time(&trailing["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
+    );
+    let third_run = wait_for_final(&app, &third_token, fourth["id"].as_str().unwrap()).await;
+    assert_eq!(third_run["state"], "succeeded");
+    assert_spacing_and_no_refusals(&app);
+    assert_every_request_started_before_its_run(&app);
+}
+
+#[tokio::test]
+async fn two_tenants_keep_separate_schedules() {
+    let app = spawn_app_with(Setup::intune(2)).await;
+    assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
+    let other = app.sims.entra.mint(&TokenSpec::user(
+        &app.tenant2,
+        uuid::Uuid::new_v4().to_string(),
+    ));
+    assert_eq!(post(&app, &other).await["state"], "succeeded");
+    assert_eq!(post(&app, &app.token()).await["state"], "scheduled");
+    assert_eq!(app.sims.graph.accepted_syncs(), 2);
+}
+
+#[tokio::test]
+async fn a_sync_from_the_portal_reschedules_the_run_from_graphs_last_trigger() {
+    let app = spawn_app_with(Setup::intune(2)).await;
+    let token = app.token();
+    assert_eq!(post(&app, &token).await["state"], "succeeded");
+    tokio::time::sleep(COOLDOWN + Duration::from_millis(200)).await;
+
+    // Someone presses Sync in the Intune portal: the gateway does not know.
+    let pressed = Utc::now();
+    app.sims.graph.set_external_sync(&app.tenant, pressed);
+    let resp = app.post_sync(&token).await;
+    assert_eq!(resp.status(), 202, "Graph's 429 is not the caller's error");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["state"], "scheduled");
+    assert!(time(&body["not_before"]) >= pressed + chrono::TimeDelta::from_std(COOLDOWN).unwrap());
+
+    let run = wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    let statuses = attempt_statuses(&run);
+    assert_eq!(statuses, vec![429, 204]);
+    let accepted = app
+        .sims
+        .graph
+        .calls()
+        .into_iter()
+        .rfind(|c| c.status == 204)
+        .unwrap();
+    assert!(accepted.at >= pressed + chrono::TimeDelta::from_std(COOLDOWN).unwrap());
+    assert!(app
+        .audit_of_kind("run")
+        .iter()
+        .any(|r| r["run_id"] == run["id"] && r["event"] == "rescheduled"));
+}
+
+#[tokio::test]
+async fn a_sync_in_progress_is_waited_out_then_the_run_succeeds() {
+    let app = spawn_app_with(Setup::intune(2)).await;
+    app.sims.graph.push_responses([GraphResponse::Conflict]);
+    let token = app.token();
+    let body = post(&app, &token).await;
+    assert_eq!(body["state"], "scheduled");
+    let run = wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    let statuses = attempt_statuses(&run);
+    assert_eq!(statuses, vec![409, 204]);
+    assert!(
+        app.sims.graph.settings_reads() >= 2,
+        "the status was polled"
+    );
+}
+
+#[tokio::test]
+async fn two_503s_then_204_make_three_attempts_with_retry_attempt_headers() {
+    let app = spawn_app_with(Setup::default()).await;
+    app.sims
+        .graph
+        .push_responses([GraphResponse::Status(503), GraphResponse::Status(503)]);
+    let token = app.token();
+    let body = post(&app, &token).await;
+    let run = wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(attempt_statuses(&run), vec![503, 503, 204]);
+    let attempts = run["upstream"]["attempts"].as_array().unwrap();
+    let ids: HashSet<&str> = attempts
+        .iter()
+        .map(|a| a["client_request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "a fresh client-request-id per attempt");
+    let calls = app.sims.graph.calls();
+    let retry_headers: Vec<Option<u32>> = calls.iter().map(|c| c.retry_attempt).collect();
+    assert_eq!(retry_headers, vec![None, Some(1), Some(2)]);
+    // Every attempt was recorded durably before it was sent.
+    let pre_call: Vec<Value> = app
+        .audit_of_kind("run")
+        .into_iter()
+        .filter(|r| r["event"] == "started" || r["event"] == "attempt")
+        .collect();
+    assert_eq!(pre_call.len(), 3);
+    for (record, call) in pre_call.iter().zip(&calls) {
+        assert_eq!(
+            record["attempt"]["client_request_id"].as_str(),
+            call.client_request_id.as_deref()
+        );
+    }
+}
+
+#[tokio::test]
+async fn graphs_retry_after_is_honored_between_attempts() {
+    let app = spawn_app_with(Setup::default()).await;
+    app.sims
+        .graph
+        .push_responses([GraphResponse::StatusRetryAfter(503, 1)]);
+    let token = app.token();
+    let body = post(&app, &token).await;
+    let run = wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    let calls = app.sims.graph.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(calls[1].at - calls[0].at >= chrono::TimeDelta::seconds(1));
+}
+
+#[tokio::test]
+async fn an_exhausted_retry_budget_fails_the_run_and_callers_see_why() {
+    let app = spawn_app_with(Setup {
+        graph_mode: GraphMode::Always(GraphResponse::Status(503)),
+        ..Setup::default()
+    })
+    .await;
+    let token = app.token();
+    let resp = app.post_sync(&token).await;
+    assert_eq!(resp.status(), 502);
+    let location = header(&resp, "location");
+    let p = problem_of(resp).await;
+    assert_eq!(p["type"], problem_type("upstream-failed"));
+    assert_eq!(p["run"]["state"], "failed");
+    assert_eq!(
+        location,
+        format!("/sync/runs/{}", p["run"]["id"].as_str().unwrap())
+    );
+    // max_attempts is 3 in the tests.
+    assert_eq!(app.sims.graph.sync_calls(), 3);
+    let run: Value = get_run(&app, &token, p["run"]["id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["error"]["kind"], "upstream-failed");
+    assert_eq!(run["upstream"]["attempts"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_restart_inside_the_cooldown_does_not_fire_a_sync_early() {
+    let mut app = spawn_app_with(Setup::intune(2)).await;
+    let token = app.token();
+    let first = post(&app, &token).await;
+    assert_eq!(first["state"], "succeeded");
+    app.restart().await;
+    let after_restart = post(&app, &token).await;
+    assert_eq!(after_restart["state"], "scheduled");
+    assert!(
+        time(&after_restart["not_before"])
+            >= time(&first["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
+    );
+    assert_eq!(app.sims.graph.sync_calls(), 1);
+    let run = wait_for_final(&app, &token, after_restart["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert_spacing_and_no_refusals(&app);
+}
+
+#[tokio::test]
+async fn shutdown_records_a_scheduled_run_as_abandoned_with_its_requests() {
+    let mut app = spawn_app_with(Setup::intune(600)).await;
+    assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
+    let waiting = post(&app, &app.token()).await;
+    assert_eq!(waiting["state"], "scheduled");
+    app.stop().await;
+    let abandoned: Vec<Value> = app
+        .audit_of_kind("run")
+        .into_iter()
+        .filter(|r| r["event"] == "abandoned")
+        .collect();
+    assert_eq!(abandoned.len(), 1);
+    assert_eq!(abandoned[0]["run_id"], waiting["id"]);
+    assert_eq!(abandoned[0]["state"], "abandoned");
+    let covered = abandoned[0]["covers"].as_array().unwrap();
+    assert_eq!(covered.len(), 1);
+    let request = app
+        .audit_of_kind("request")
+        .into_iter()
+        .find(|r| r["run_id"] == waiting["id"])
+        .unwrap();
+    assert_eq!(covered[0], request["id"]);
+    assert_eq!(app.sims.graph.sync_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
+    // Graph tokens that stop being usable (5 min buffer) one second after they are issued.
+    let app = spawn_app_with(Setup {
+        graph_token_lifetime: Some(Duration::from_secs(301)),
+        ..Setup::intune(2)
+    })
+    .await;
+    let token = app.token();
+    assert_eq!(post(&app, &token).await["state"], "succeeded");
+    let scheduled = post(&app, &token).await;
+    assert_eq!(scheduled["state"], "scheduled");
+    let exchanges_before = app.sims.entra.exchanges();
+    let run = wait_for_final(&app, &token, scheduled["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert!(
+        app.sims.entra.exchanges() > exchanges_before,
+        "exchanged again"
+    );
+    assert!(app.sims.graph.calls().iter().all(|c| c.authorization_ok));
+}
+
+#[tokio::test]
+async fn a_caller_sees_only_runs_of_its_own_tenant() {
+    let app = spawn_app_with(Setup::default()).await;
+    let token = app.token();
+    let run = post(&app, &token).await;
+    let id = run["id"].as_str().unwrap();
+    assert_eq!(get_run(&app, &token, id).await.status(), 200);
+    let other = app.sims.entra.mint(&TokenSpec::user(
+        &app.tenant2,
+        uuid::Uuid::new_v4().to_string(),
+    ));
+    let resp = get_run(&app, &other, id).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(problem_of(resp).await["type"], problem_type("not-found"));
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(get_run(&app, &token, &unknown).await.status(), 404);
+    let anonymous = app
+        .http
+        .get(format!("{}/sync/runs/{id}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn sync_status_shows_graphs_view_and_the_gateways_runs() {
+    let app = spawn_app_with(Setup::intune(600)).await;
+    let token = app.token();
+    let first = post(&app, &token).await;
+    let scheduled = post(&app, &token).await;
+    let resp = app
+        .http
+        .get(format!("{}/sync/status", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status: Value = resp.json().await.unwrap();
+    assert_eq!(status["tenant_id"], app.tenant.as_str());
+    assert!(time(&status["graph"]["lastManualSyncTriggerDateTime"]) >= time(&first["started_at"]));
+    assert!(status["graph"]["syncStatus"].is_string());
+    assert_eq!(status["gateway"]["scheduled"]["id"], scheduled["id"]);
+    assert!(status["gateway"]["running"].is_null());
+    assert_eq!(status["gateway"]["next_start"], scheduled["not_before"]);
+}
