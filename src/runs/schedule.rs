@@ -178,8 +178,11 @@ impl Scheduler {
             return Ok(Submitted::Scheduled(scheduled));
         }
         let now = Utc::now();
+        // A cooldown of 0 turns scheduling off: every request is its own run, at once (a plain
+        // proxy with retries and audit, e.g. for an action without Intune's rule).
+        let unconstrained = inner.policy.cooldown.is_zero();
         let free = slot.running.is_none() && slot.next_allowed.is_none_or(|t| now >= t);
-        if free {
+        if free || unconstrained {
             let cell = RunCell::new(
                 inner.policy.action,
                 tenant.to_string(),
@@ -354,6 +357,7 @@ impl Inner {
     }
 
     fn start_locked(&self, slot: &mut Slot, cell: &Arc<RunCell>, now: DateTime<Utc>) {
+        // With a cooldown of 0 several runs may be running; the slot remembers the latest.
         slot.running = Some(cell.clone());
         slot.next_allowed = Some(after(now, self.policy.cooldown));
         cell.update(|r| {

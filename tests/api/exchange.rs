@@ -44,6 +44,8 @@ async fn fifty_concurrent_first_calls_with_one_new_token_make_exactly_one_exchan
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
     assert_eq!(app.sims.entra.token_requests(), 1);
     assert_eq!(app.sims.entra.exchanges(), 1);
+    // A cooldown of 0 (the tests' default) makes every request its own run.
+    assert_eq!(app.sims.graph.accepted_syncs(), 50);
 }
 
 #[tokio::test]
