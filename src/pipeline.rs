@@ -1,10 +1,10 @@
 //! The request lifecycle of `POST /sync`, top to bottom. Each step is one module with one job:
 //!
 //! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]
-//! 2. authorize     ([`crate::policy`])      scope, user vs app → [`UserCaller`]
+//! 2. authorize     ([`crate::policy`])      scope / app role → who acts: [`ActingIdentity`]
 //! 3. read the body (here)                   optional `{"reason": "..."}`
 //! 4. limit         ([`crate::limits`])      per caller, per tenant → headers or 429
-//! 5. credentials   ([`crate::credentials`]) on-behalf-of exchange → [`DelegatedToken`]
+//! 5. credentials   ([`crate::credentials`]) on-behalf-of or service identity → [`DelegatedToken`]
 //! 6. record intent ([`crate::audit`])       durable before Graph is called
 //! 7. upstream      ([`crate::upstream`])    the Graph call
 //! 8. record outcome and respond             durable before the caller is answered
@@ -12,11 +12,11 @@
 //! The caller's own token leaves the gateway only in step 5, as the assertion to Entra ID.
 //!
 //! [`Caller`]: crate::caller::Caller
-//! [`UserCaller`]: crate::caller::UserCaller
+//! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
 use crate::audit::{AuditEvent, AuditLog, IntentRecord, RequestRecord, UpstreamSummary};
-use crate::caller::{Authenticator, UserCaller};
+use crate::caller::Authenticator;
 use crate::credentials::Credentials;
 use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
@@ -166,21 +166,23 @@ async fn sync(
     let caller = gw.authenticator.authenticate(token).await?;
     record.caller = Some(caller.summary());
 
-    // 2. Authorize.
-    let user: &UserCaller = action.policy.authorize(&caller)?;
+    // 2. Authorize: who acts (the user themself, or the service identity an app is mapped to).
+    let actor = action.policy.authorize(&caller)?;
 
     // 3. The body, read only now that the caller is known.
     record.reason = read_reason(req, body).await?;
 
-    // 4. Limits.
-    let limit = gw.limits.check(&user.tenant_id, &user.object_id)?;
+    // 4. Limits, per initiating caller and per tenant.
+    let (tenant_id, caller_key) = caller.limit_key();
+    let limit = gw.limits.check(tenant_id, &caller_key)?;
     record.decision = "allowed";
 
-    // 5. Credentials.
-    let token = gw
-        .credentials
-        .delegated_token(user, &action.graph_scope)
-        .await?;
+    // 5. Credentials: a Graph token for whoever acts. Recorded after the attempt: a service
+    // identity's account is known once its session has been read.
+    let token = gw.credentials.token_for(&actor, &action.graph_scope).await;
+    let acting_as = gw.credentials.acting_summary(&actor);
+    record.acting_as = Some(Box::new(acting_as.clone()));
+    let token = token?;
 
     // 6. Record the intent, durably, before anything reaches Graph.
     let run_id = Uuid::now_v7();
@@ -192,8 +194,8 @@ async fn sync(
         request_id: record.id,
         run_id,
         action: action.name,
-        tenant_id: user.tenant_id.clone(),
-        acting_as: caller.summary(),
+        tenant_id: actor.tenant_id().to_string(),
+        acting_as,
         client_request_id: client_request_id.clone(),
     };
     gw.audit

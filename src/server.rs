@@ -8,8 +8,11 @@ use crate::audit::AuditLog;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, SYNC_PERMISSION};
+use crate::credentials::client_auth::ClientAuth;
+use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
-use crate::credentials::Credentials;
+use crate::credentials::service_identity::ServiceIdentities;
+use crate::credentials::{Credentials, ServiceIdentityRef};
 use crate::limits::Limits;
 use crate::pipeline::{self, Action, Gateway};
 use crate::policy::CallerPolicy;
@@ -44,6 +47,14 @@ pub enum StartError {
     /// An HTTP client could not be built (TLS roots, ...).
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The certificate files of the client credential cannot be used.
+    #[error("{key}: {source}")]
+    Credential {
+        /// The configuration key of the file at fault.
+        key: &'static str,
+        /// The cause.
+        source: crate::credentials::client_auth::CertificateError,
+    },
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -57,6 +68,7 @@ pub struct Application {
 struct Health {
     keys: Arc<KeyStore>,
     audit: AuditLog,
+    identities: Arc<ServiceIdentities>,
 }
 
 impl Application {
@@ -82,6 +94,19 @@ impl Application {
             source,
         })?;
         let limits = Arc::new(Limits::new(&config.limits));
+        let client_auth =
+            ClientAuth::from_config(&config.entra).map_err(|source| StartError::Credential {
+                key: source.key(),
+                source,
+            })?;
+        let entra = Arc::new(EntraClient::new(
+            entra_http,
+            &config.entra.authority_host,
+            config.entra.client_id.clone(),
+            client_auth,
+        ));
+        let identities = Arc::new(ServiceIdentities::from_config(&config, entra.clone()));
+        let graph_scope = config.graph.scope(SYNC_PERMISSION);
         let gateway = Gateway {
             authenticator: Authenticator::new(
                 keys.clone(),
@@ -91,23 +116,32 @@ impl Application {
                 config.callers.verified_cache_capacity,
             ),
             limits: limits.clone(),
-            credentials: Credentials::new(
-                OboClient::new(
-                    entra_http,
-                    &config.entra.authority_host,
-                    config.entra.client_id.clone(),
-                    config.entra.client_secret.clone(),
-                ),
-                config.entra.token_cache_capacity,
-            ),
+            credentials: Credentials::new(OboClient::new(entra), config.entra.token_cache_capacity)
+                .with_identities(identities.clone()),
             audit: audit.clone(),
             graph: Graph::new(&config.graph.base_url, config.graph_timeout())?,
             sync: Action {
                 name: "sync",
                 upstream_path: config.actions.sync.upstream_path.clone(),
-                graph_scope: config.graph.scope(SYNC_PERMISSION),
+                graph_scope: graph_scope.clone(),
                 policy: CallerPolicy {
                     required_scope: config.callers.required_scope.clone(),
+                    required_app_role: config.callers.required_app_role.clone(),
+                    apps: config
+                        .callers
+                        .apps
+                        .iter()
+                        .filter_map(|(app_id, app)| {
+                            let id = config.identities.get(&app.run_as)?;
+                            Some((
+                                app_id.clone(),
+                                ServiceIdentityRef {
+                                    name: id.name.as_str().into(),
+                                    tenant_id: id.tenant_id.clone(),
+                                },
+                            ))
+                        })
+                        .collect(),
                 },
             },
         };
@@ -127,11 +161,13 @@ impl Application {
 
         keys.spawn_refresh();
         limits.spawn_eviction();
+        identities.spawn_keepalive(graph_scope);
 
         let gateway = web::Data::new(gateway);
         let health = web::Data::new(Health {
             keys: keys.clone(),
             audit,
+            identities,
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -195,12 +231,22 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when signing keys are loaded for every tenant and the audit trail is writable.
+/// A service identity without a usable session makes the answer `degraded` (still 200: user
+/// callers are served) and names the identity and what the operator must do.
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
+    let identities = h.identities.statuses();
+    let degraded = identities
+        .values()
+        .any(|s| s.health != crate::credentials::service_identity::SessionHealth::Ready);
     let body = json!({
-        "status": if keys && audit { "ready" } else { "not ready" },
-        "checks": {"signing_keys": keys, "audit": audit},
+        "status": match (keys && audit, degraded) {
+            (false, _) => "not ready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
+        "checks": {"signing_keys": keys, "audit": audit, "service_identities": identities},
     });
     if keys && audit {
         HttpResponse::Ok().json(body)
