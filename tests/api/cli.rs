@@ -24,15 +24,24 @@ path = "/var/lib/sync-gateway/audit.jsonl"
 "#;
 
 fn check_config(text: &str, secret: Option<&str>) -> (bool, String, String) {
+    let env: Vec<(&str, &str)> = secret
+        .map(|s| vec![("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", s)])
+        .unwrap_or_default();
+    check_config_with(text, &env)
+}
+
+/// `check-config` with exactly `env` among the variables the configuration reads.
+fn check_config_with(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["check-config", "--config"]).arg(&path);
     cmd.env_remove("SYNC_GATEWAY__ENTRA__CLIENT_SECRET");
-    if let Some(s) = secret {
-        cmd.env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", s);
+    for v in sync_gateway::config::AZURE_ENV {
+        cmd.env_remove(v);
     }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().unwrap();
     (
         out.status.success(),
@@ -168,6 +177,147 @@ fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
     );
     let logs = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(!logs.contains(&token), "dev mode logged the caller token");
+}
+
+/// `VALID` without the lines setting `keys`.
+fn without(keys: &[&str]) -> String {
+    VALID
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn toml_path(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+#[test]
+fn check_config_says_a_certificate_is_in_use_and_names_its_thumbprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::helpers::test_certificate();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let text = VALID.replace(
+        "[callers]",
+        &format!(
+            "certificate_file = {}\nprivate_key_file = {}\n[callers]",
+            toml_path(&cert_path),
+            toml_path(&key_path)
+        ),
+    );
+    let (ok, stdout, stderr) = check_config_with(&text, &[]);
+    assert!(ok, "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("# client authentication: certificate "))
+        .expect("the credential in use");
+    assert!(
+        line.contains("x5t#S256") && line.contains("PS256"),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_config_refuses_several_client_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a.b.c").unwrap();
+    let (ok, _, stderr) = check_config_with(
+        VALID,
+        &[
+            ("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("entra: configure exactly one client credential; found a client secret"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("AZURE_FEDERATED_TOKEN_FILE"), "{stderr}");
+}
+
+#[test]
+fn check_config_takes_workload_identity_keys_from_the_platform_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a.b.c").unwrap();
+    let text = without(&["authority_host", "tenant_id", "client_id"]);
+    let (ok, stdout, stderr) = check_config_with(
+        &text,
+        &[
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+            ("AZURE_CLIENT_ID", "33333333-3333-3333-3333-333333333333"),
+            ("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111"),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("# client authentication: workload identity federation: token file"));
+    assert!(
+        stdout.contains("# entra.client_id from AZURE_CLIENT_ID"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("client_id = \"33333333-3333-3333-3333-333333333333\""));
+}
+
+#[test]
+fn check_config_derives_the_hosts_from_entra_cloud() {
+    let text = without(&["authority_host", "base_url"])
+        .replace("[entra]", "[entra]\ncloud = \"usgov-dod\"");
+    let (ok, stdout, stderr) = check_config(&text, Some("s"));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("authority_host = \"https://login.microsoftonline.us/\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("base_url = \"https://dod-graph.microsoft.us/\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scope_resource = \"https://dod-graph.microsoft.us\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_refuses_hosts_of_two_clouds_unless_forced() {
+    let text = VALID.replace("[entra]", "[entra]\ncloud = \"usgov\"");
+    let (ok, _, stderr) = check_config(&text, Some("s"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("entra.cloud: entra.authority_host https://login.microsoftonline.com/ belongs to global but entra.cloud is usgov"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("entra.allow_cloud_mismatch = true"),
+        "{stderr}"
+    );
+    let forced = text.replace("[entra]", "[entra]\nallow_cloud_mismatch = true");
+    let (ok, _, stderr) = check_config(&forced, Some("s"));
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn login_names_an_unknown_identity_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, VALID).unwrap();
+    let out = Command::new(BIN)
+        .args(["login", "--identity", "nobody", "--config"])
+        .arg(&path)
+        .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no identity \"nobody\" is configured: add [identities.nobody]"),
+        "{stderr}"
+    );
 }
 
 /// A tiny synchronous POST for the test above (the test is not async: it drives a child).

@@ -4,8 +4,11 @@
 mod audit;
 mod callers;
 mod cli;
+mod client_auth;
 mod exchange;
 mod helpers;
+mod identities;
 mod limits;
 mod sync;
+mod tenants;
 mod upstream;
