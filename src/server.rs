@@ -236,10 +236,13 @@ async fn healthz() -> HttpResponse {
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
-    let identities = h.identities.statuses();
-    let degraded = identities
-        .values()
-        .any(|s| s.health != crate::credentials::service_identity::SessionHealth::Ready);
+    let identities: serde_json::Map<String, serde_json::Value> = h
+        .identities
+        .statuses()
+        .into_iter()
+        .map(|(name, s)| (name, json!({"state": s.health.state()})))
+        .collect();
+    let degraded = identities.values().any(|s| s["state"] != "ready");
     let body = json!({
         "status": match (keys && audit, degraded) {
             (false, _) => "not ready",

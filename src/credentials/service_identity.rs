@@ -56,6 +56,18 @@ pub enum SessionHealth {
     },
 }
 
+impl SessionHealth {
+    /// `ready`, `login-required` or `store-unavailable`: what `/readyz` shows (the reason
+    /// stays in the logs, off an unauthenticated endpoint).
+    pub fn state(&self) -> &'static str {
+        match self {
+            SessionHealth::Ready => "ready",
+            SessionHealth::LoginRequired { .. } => "login-required",
+            SessionHealth::StoreUnavailable { .. } => "store-unavailable",
+        }
+    }
+}
+
 /// An identity's health and the account it acts as.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentityStatus {
@@ -97,7 +109,7 @@ impl ServiceIdentity {
             &cfg.tenant_id,
         );
         let stamp = store.stamp();
-        let id = ServiceIdentity {
+        let mut id = ServiceIdentity {
             name: cfg.name.as_str().into(),
             tenant_id: cfg.tenant_id.clone(),
             scopes: cfg.scopes.clone(),
@@ -113,8 +125,7 @@ impl ServiceIdentity {
                 account: None,
             }),
         };
-        let stored = id.load();
-        id.session.try_lock().expect("not shared yet").stored = stored;
+        id.session.get_mut().stored = id.load();
         id
     }
 
@@ -286,7 +297,7 @@ impl ServiceIdentity {
     fn mark_login_required(&self, reason: String) {
         let was = self.status().health;
         if !matches!(was, SessionHealth::LoginRequired { .. }) {
-            tracing::error!(event = "service_identity_login_required", identity = %self.name, reason = %reason,
+            tracing::error!(event = "service_identity_login_required", identity = %self.name, tenant = %self.tenant_id, reason = %reason,
                 "service identity '{}' has no usable session: run `sync-gateway login --config <file> --identity {}`",
                 self.name, self.name);
         }
