@@ -116,38 +116,54 @@ fn the_shipped_example_configuration_is_valid() {
     assert!(ok, "{stderr}");
 }
 
-#[test]
-fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("dev-audit.jsonl");
-    let stderr_path = dir.path().join("stderr.log");
+/// `sync-gateway dev` writing into `dir`: the child and what it printed up to "Ctrl-C".
+fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["dev", "--listen", "127.0.0.1:0", "--audit-path"])
-        .arg(&audit)
+        .arg(dir.join("dev-audit.jsonl"))
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let lines = read_lines_until(child.stdout.take().unwrap(), "Ctrl-C");
+    (child, lines)
+}
+
+/// Lines of `out` up to and including the first containing `marker` (60 s at most).
+fn read_lines_until(out: impl std::io::Read + Send + 'static, marker: &str) -> Vec<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains(marker);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("dev-audit.jsonl");
+    let stderr_path = dir.path().join("stderr.log");
+    let (mut child, lines) = start_dev(dir.path());
     let mut token = None;
     let mut curl = None;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+    for line in lines {
         if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
             token = Some(t.to_string());
         }
         if line.trim().starts_with("curl -i -X POST") {
             curl = Some(line.trim().to_string());
-        }
-        if line.contains("Ctrl-C") {
-            break;
         }
     }
     let token = token.expect("dev printed a token");
@@ -320,7 +336,62 @@ fn login_names_an_unknown_identity_and_exits_1() {
     );
 }
 
-/// A tiny synchronous POST for the test above (the test is not async: it drives a child).
+#[test]
+fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, lines) = start_dev(dir.path());
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}"))
+            .to_string()
+    };
+    let app_token = find("export APP_TOKEN=")["export APP_TOKEN=".len()..].to_string();
+    let login = find("sync-gateway login --config ");
+    let config = login.split_whitespace().nth(3).unwrap().to_string();
+    let url = find("curl -i -H \"Authorization: Bearer $APP_TOKEN\" -X POST")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let mut login = Command::new(BIN)
+        .args(["login", "--identity", "dev-bot", "--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = read_lines_until(login.stdout.take().unwrap(), "enter the code");
+    let prompt = printed.last().unwrap().clone();
+    let page = prompt
+        .split("open the page ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let code = prompt
+        .split("enter the code ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let (status, _) =
+        reqwest::blocking_free_form(page, &[("user_code", code), ("action", "approve")]);
+    assert_eq!(status, 200);
+    let signed_in = login.wait().unwrap();
+
+    let (status, body) = reqwest::blocking_free_post(&url, &app_token);
+    dev.kill().ok();
+    dev.wait().ok();
+    assert!(signed_in.success());
+    assert_eq!(status, 202, "{body}");
+}
+
+/// A tiny synchronous POST for the tests above (the test is not async: it drives a child).
 mod reqwest {
     pub fn blocking_free_post(url: &str, token: &str) -> (u16, String) {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -330,6 +401,20 @@ mod reqwest {
                 .bearer_auth(token)
                 .header("Content-Type", "application/json")
                 .body(r#"{"reason":"trying sync-gateway"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        })
+    }
+
+    pub fn blocking_free_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .form(form)
                 .send()
                 .await
                 .unwrap();
