@@ -1,6 +1,7 @@
 //! Step 2 of the lifecycle: may this caller ask for this action, and whose identity acts?
 
 use crate::caller::Caller;
+use crate::config::Config;
 use crate::credentials::{ActingIdentity, ServiceIdentityRef};
 use crate::problem::GatewayError;
 use std::collections::HashMap;
@@ -17,6 +18,29 @@ pub struct CallerPolicy {
 }
 
 impl CallerPolicy {
+    /// The `[callers]` policy of `config`, each mapped application with its identity's tenant.
+    pub fn from_config(config: &Config) -> Self {
+        let apps = config
+            .callers
+            .apps
+            .iter()
+            .filter_map(|(app_id, app)| {
+                // Validation makes every `run_as` name a configured identity.
+                let id = config.identities.get(&app.run_as)?;
+                let identity = ServiceIdentityRef {
+                    name: id.name.as_str().into(),
+                    tenant_id: id.tenant_id.clone(),
+                };
+                Some((app_id.clone(), identity))
+            })
+            .collect();
+        CallerPolicy {
+            required_scope: config.callers.required_scope.clone(),
+            required_app_role: config.callers.required_app_role.clone(),
+            apps,
+        }
+    }
+
     /// Whose identity the action will act with, or why the caller may not ask.
     ///
     /// The sync action accepts only delegated permissions, so an app-only caller cannot be

@@ -12,7 +12,7 @@ use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::ServiceIdentities;
-use crate::credentials::{Credentials, ServiceIdentityRef};
+use crate::credentials::Credentials;
 use crate::limits::Limits;
 use crate::pipeline::{self, Action, Gateway};
 use crate::policy::CallerPolicy;
@@ -124,25 +124,7 @@ impl Application {
                 name: "sync",
                 upstream_path: config.actions.sync.upstream_path.clone(),
                 graph_scope: graph_scope.clone(),
-                policy: CallerPolicy {
-                    required_scope: config.callers.required_scope.clone(),
-                    required_app_role: config.callers.required_app_role.clone(),
-                    apps: config
-                        .callers
-                        .apps
-                        .iter()
-                        .filter_map(|(app_id, app)| {
-                            let id = config.identities.get(&app.run_as)?;
-                            Some((
-                                app_id.clone(),
-                                ServiceIdentityRef {
-                                    name: id.name.as_str().into(),
-                                    tenant_id: id.tenant_id.clone(),
-                                },
-                            ))
-                        })
-                        .collect(),
-                },
+                policy: CallerPolicy::from_config(&config),
             },
         };
 
@@ -232,7 +214,7 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when signing keys are loaded for every tenant and the audit trail is writable.
 /// A service identity without a usable session makes the answer `degraded` (still 200: user
-/// callers are served) and names the identity and what the operator must do.
+/// callers are served) and names the identity and its state.
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
