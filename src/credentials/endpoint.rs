@@ -34,6 +34,9 @@ const APP_NOT_FOUND: i64 = 700016;
 /// AADSTS700024: the client assertion is outside its validity period.
 const ASSERTION_EXPIRED: i64 = 700024;
 
+/// AADSTS700025: the application is a public client, so Entra refuses any client credential.
+const PUBLIC_CLIENT: i64 = 700025;
+
 /// A successful token answer.
 pub struct TokenAnswer {
     /// The access token (opaque: never parsed).
@@ -295,6 +298,11 @@ impl EntraClient {
                 "Entra ID does not let the gateway's application request tokens in this tenant: check entra.client_id, and that the application is consented in the tenant");
             return GatewayError::GatewayMisconfigured(e.error.clone());
         }
+        if e.has(PUBLIC_CLIENT) {
+            tracing::error!(error = %e.error, code = %code, client_id = %self.client_id, trace_id, correlation_id,
+                "Entra ID treats the gateway's application as a public client and refuses its credential (AADSTS700025): turn 'Allow public client flows' off on the app registration");
+            return GatewayError::GatewayMisconfigured(e.error.clone());
+        }
         match kind {
             CredentialKind::Secret => {
                 tracing::error!(error = %e.error, code = %code, trace_id, correlation_id,
@@ -385,4 +393,53 @@ fn parse_success(body: &[u8]) -> Result<TokenAnswer, GatewayError> {
             .map(RefreshToken::new),
         id_token: t.id_token.filter(|r| !r.is_empty()).map(Secret::new),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(auth: ClientAuth) -> EntraClient {
+        EntraClient::new(
+            reqwest::Client::new(),
+            &url::Url::parse("https://login.example").unwrap(),
+            "client-1".into(),
+            auth,
+        )
+    }
+
+    fn refused(codes: &[i64]) -> ErrorBody {
+        ErrorBody {
+            error: "invalid_client".into(),
+            error_codes: codes.to_vec(),
+            ..ErrorBody::default()
+        }
+    }
+
+    fn federated() -> ClientAuth {
+        ClientAuth::federated("client-1".into(), "/nonexistent".into(), Duration::ZERO)
+    }
+
+    #[test]
+    fn a_refused_federated_token_is_a_503_an_operator_can_fix_by_rotation() {
+        let e = client(federated()).credential_refused("t", &refused(&[700213]));
+        assert!(matches!(
+            e,
+            GatewayError::ClientCredentialRejected {
+                credential: "federated token",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_application_or_a_public_client_is_a_misconfiguration_whatever_the_credential() {
+        for codes in [[700016], [700025]] {
+            let e = client(federated()).credential_refused("t", &refused(&codes));
+            assert!(
+                matches!(e, GatewayError::GatewayMisconfigured(_)),
+                "{codes:?}"
+            );
+        }
+    }
 }
