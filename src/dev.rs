@@ -154,7 +154,7 @@ impl DevFiles {
             config: dir.join("dev-gateway.toml"),
             client_secret: dir.join("dev-client-secret"),
             store_key: dir.join("dev-session.key"),
-            session: dir.join(format!("dev-{DEV_IDENTITY}.session")),
+            session: dir.join(format!("{DEV_IDENTITY}.session")),
         }
     }
 }
