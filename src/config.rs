@@ -5,10 +5,13 @@
 //! that validation can report *every* problem at once with the key's full name; [`Config`] is
 //! the result, which the rest of the gateway uses without re-checking anything.
 
+use crate::credentials::client_auth::{self, AssertionAlg};
+use crate::credentials::store::StoreKey;
 use crate::secret::Secret;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,15 @@ pub const STATUS_PERMISSION: &str = "DeviceManagementServiceConfig.Read.All";
 /// The Graph delegated permission the sync action needs.
 pub const SYNC_PERMISSION: &str = "DeviceManagementServiceConfig.ReadWrite.All";
 
+/// Environment variables the Azure Workload Identity webhook injects into a pod
+/// (`Azure/azure-workload-identity`, `pkg/webhook/consts.go`).
+pub const AZURE_ENV: [&str; 4] = [
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+];
+
 /// The validated configuration of one gateway process.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -47,6 +59,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The upstream actions the gateway exposes.
     pub actions: ActionsConfig,
+    /// `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
+    pub identities: BTreeMap<String, IdentityConfig>,
 }
 
 /// `[server]`
@@ -63,16 +77,19 @@ pub struct ServerConfig {
 /// `[entra]`
 #[derive(Debug, Clone, Serialize)]
 pub struct EntraConfig {
+    /// `entra.cloud`, when set: the national cloud the hosts below were derived from.
+    pub cloud: Option<Cloud>,
     /// `entra.authority_host`, e.g. `https://login.microsoftonline.com`.
     pub authority_host: Url,
     /// `entra.tenant_id`: the gateway application's home tenant.
     pub tenant_id: String,
     /// `entra.client_id`: the gateway application's client id.
     pub client_id: String,
-    /// `entra.client_secret` (environment) or the contents of `entra.client_secret_file`.
-    pub client_secret: Secret,
-    /// Where the secret came from, for `check-config`.
-    pub client_secret_source: String,
+    /// How the gateway proves itself to Entra ID: exactly one of secret, certificate, federated token.
+    pub client_auth: ClientAuthConfig,
+    /// Keys filled from the platform's environment (`AZURE_*`), for `check-config`.
+    #[serde(skip)]
+    pub filled_from_environment: Vec<String>,
     /// `entra.timeout_seconds`: timeout of each call to Entra ID (discovery, keys, token).
     pub timeout_seconds: u64,
     /// `entra.token_cache_capacity`: cap on cached exchanged tokens.
@@ -82,6 +99,12 @@ pub struct EntraConfig {
 /// `[callers]`
 #[derive(Debug, Clone, Serialize)]
 pub struct CallersConfig {
+    /// `callers.required_app_role`: the app role an app-only token must carry in `roles` to act
+    /// as a service identity (required when `callers.apps` maps any application).
+    pub required_app_role: Option<String>,
+    /// `[callers.apps."<app id>"]`: app-only callers (by client id, lower case) and the service
+    /// identity each acts as.
+    pub apps: BTreeMap<String, AppConfig>,
     /// `callers.audiences`: accepted `aud` values.
     pub audiences: Vec<String>,
     /// `callers.allowed_tenants`: accepted `tid` values.
@@ -105,18 +128,172 @@ pub struct GraphConfig {
     pub base_url: Url,
     /// `graph.timeout_seconds`: timeout of each upstream call.
     pub timeout_seconds: u64,
+    /// The Graph resource named in exchanged scopes: `entra.cloud`'s Graph host when a cloud is
+    /// set (so a proxy or simulator in `base_url` does not change the resource), else the origin
+    /// of `base_url`.
+    pub scope_resource: String,
 }
 
 impl GraphConfig {
-    /// The Graph resource identifier: scheme, host and port of `base_url`, no trailing slash.
+    /// The Graph resource identifier (no trailing slash), e.g. `https://graph.microsoft.us`.
     pub fn resource(&self) -> String {
-        self.base_url.origin().ascii_serialization()
+        self.scope_resource.clone()
     }
 
     /// The delegated scope to request for `permission`, e.g.
     /// `https://graph.microsoft.com/DeviceManagementServiceConfig.ReadWrite.All`.
     pub fn scope(&self, permission: &str) -> String {
         format!("{}/{}", self.resource(), permission)
+    }
+}
+
+/// `[callers.apps."<app id>"]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// `run_as`: the name of the `[identities.NAME]` the application acts as.
+    pub run_as: String,
+}
+
+/// `[identities.NAME]`: a dedicated user account whose delegated session the gateway holds, for
+/// callers that are not users (reference §5).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityConfig {
+    /// The table's name: what `run_as` and `login --identity` refer to.
+    pub name: String,
+    /// `tenant_id`: the account's tenant (one of `callers.allowed_tenants`).
+    pub tenant_id: String,
+    /// `scopes`: the delegated Graph scopes of the session (default: the sync action's scope).
+    pub scopes: Vec<String>,
+    /// `store_path`: the encrypted session file.
+    pub store_path: PathBuf,
+    /// `store_key` (environment only) or the contents of `store_key_file`: 32 bytes, base64.
+    pub store_key: StoreKey,
+    /// Where the key came from, for `check-config`.
+    pub store_key_source: String,
+}
+
+/// A national cloud (reference §6): one login host and one Graph host that belong together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cloud {
+    /// Microsoft's global cloud (also GCC moderate).
+    Global,
+    /// US Government L4 (GCC High).
+    Usgov,
+    /// US Government L5 (DoD).
+    UsgovDod,
+    /// China, operated by 21Vianet.
+    China,
+}
+
+impl Cloud {
+    /// Every cloud, in configuration order.
+    pub const ALL: [Cloud; 4] = [Cloud::Global, Cloud::Usgov, Cloud::UsgovDod, Cloud::China];
+
+    /// The value of `entra.cloud` naming this cloud.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::Usgov => "usgov",
+            Cloud::UsgovDod => "usgov-dod",
+            Cloud::China => "china",
+        }
+    }
+
+    /// The login host Entra ID serves this cloud from.
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::Usgov | Cloud::UsgovDod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.partner.microsoftonline.cn",
+        }
+    }
+
+    /// The cloud's Microsoft Graph: its base URL and the resource of its scopes.
+    pub fn graph_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::UsgovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// The clouds whose login host `host` is (US Gov L4 and L5 share one); empty when the host
+    /// is no cloud's (a simulator, a proxy).
+    pub fn of_login_host(host: &str) -> Vec<Cloud> {
+        let host = host.to_ascii_lowercase();
+        // China also answers on its older name.
+        if host == "login.chinacloudapi.cn" {
+            return vec![Cloud::China];
+        }
+        Cloud::ALL
+            .into_iter()
+            .filter(|c| c.authority_host().trim_start_matches("https://") == host)
+            .collect()
+    }
+
+    /// The cloud whose Graph host `host` is, if any.
+    pub fn of_graph_host(host: &str) -> Option<Cloud> {
+        let host = host.to_ascii_lowercase();
+        Cloud::ALL
+            .into_iter()
+            .find(|c| c.graph_host().trim_start_matches("https://") == host)
+    }
+}
+
+/// How the gateway authenticates to Entra ID's token endpoint (reference §3).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClientAuthConfig {
+    /// `client_secret`: the secret from the environment or `entra.client_secret_file`.
+    Secret {
+        /// The secret.
+        secret: Secret,
+        /// Where it came from.
+        source: String,
+    },
+    /// A client assertion signed with the certificate's private key on every token request.
+    Certificate {
+        /// `entra.certificate_file`: the PEM certificate registered on the app.
+        certificate_file: PathBuf,
+        /// `entra.private_key_file`: its PEM RSA private key.
+        private_key_file: PathBuf,
+        /// `entra.assertion_alg`: `PS256` (with `x5t#S256`, default) or `RS256` (with `x5t`).
+        assertion_alg: AssertionAlg,
+        /// The certificate's SHA-256 thumbprint at load time (`x5t#S256`), for the operator.
+        thumbprint_sha256: String,
+    },
+    /// A workload identity federation token (e.g. a projected Kubernetes service account token).
+    Federated {
+        /// `entra.federated_token_file`, or `AZURE_FEDERATED_TOKEN_FILE`.
+        token_file: PathBuf,
+        /// Which of the two it came from.
+        source: String,
+    },
+}
+
+impl ClientAuthConfig {
+    /// One line for `check-config`: which kind is in use and where it comes from.
+    pub fn describe(&self) -> String {
+        match self {
+            ClientAuthConfig::Secret { source, .. } => format!("client secret from {source}"),
+            ClientAuthConfig::Certificate {
+                certificate_file,
+                assertion_alg,
+                thumbprint_sha256,
+                ..
+            } => format!(
+                "certificate {} (x5t#S256 {thumbprint_sha256}), client assertions signed {}",
+                certificate_file.display(),
+                assertion_alg.name()
+            ),
+            ClientAuthConfig::Federated { token_file, source } => format!(
+                "workload identity federation: token file {} (from {source})",
+                token_file.display()
+            ),
+        }
     }
 }
 
@@ -234,6 +411,8 @@ pub struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     actions: RawActions,
+    #[serde(default)]
+    identities: BTreeMap<String, RawIdentity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +431,12 @@ struct RawEntra {
     client_id: Option<String>,
     client_secret: Option<Secret>,
     client_secret_file: Option<PathBuf>,
+    certificate_file: Option<PathBuf>,
+    private_key_file: Option<PathBuf>,
+    assertion_alg: Option<String>,
+    federated_token_file: Option<PathBuf>,
+    cloud: Option<String>,
+    allow_cloud_mismatch: Option<bool>,
     timeout_seconds: Option<u64>,
     token_cache_capacity: Option<u64>,
 }
@@ -266,6 +451,28 @@ struct RawCallers {
     verified_cache_capacity: Option<u64>,
     keys_refresh_seconds: Option<u64>,
     unknown_kid_cooldown_seconds: Option<u64>,
+    required_app_role: Option<String>,
+    apps: Option<BTreeMap<String, AppConfig>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    tenant_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    store_path: Option<PathBuf>,
+    store_key: Option<Secret>,
+    store_key_file: Option<PathBuf>,
+}
+
+/// The platform's `AZURE_*` variables (see [`AZURE_ENV`]) present at load.
+#[derive(Debug, Default)]
+struct AzureEnv(BTreeMap<String, String>);
+
+impl AzureEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.trim().is_empty()).cloned()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,10 +567,29 @@ impl Config {
                 ),
             });
         }
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+        if let Some(ids) = file.get("identities").and_then(|i| i.as_table()) {
+            for (name, id) in ids {
+                if id.get("store_key").is_some() {
+                    early.push(ConfigError {
+                        key: format!("identities.{name}.store_key"),
+                        message: format!(
+                            "must not be written in the configuration file; set {ENV_PREFIX}IDENTITIES__{}__STORE_KEY or identities.{name}.store_key_file",
+                            name.to_ascii_uppercase()
+                        ),
+                    });
+                }
+            }
+        }
+        let mut azure = AzureEnv::default();
+        let mut prefixed = Vec::new();
+        for (k, v) in env {
+            if k.starts_with(ENV_PREFIX) {
+                prefixed.push((k, v));
+            } else if AZURE_ENV.contains(&k.as_str()) {
+                azure.0.insert(k, v);
+            }
+        }
+        let env = prefixed;
         // figment's own `Env` provider reads the process environment; going through the
         // iterator instead lets tests pass their own environment.
         let mut figment = Figment::new().merge(Toml::string(toml_text));
@@ -382,7 +608,7 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| one(&figment_key(&e), e.to_string()))?;
-        raw.validate(early)
+        raw.validate(early, azure)
     }
 }
 
@@ -441,6 +667,306 @@ impl Check {
     }
 }
 
+/// The `[entra]` keys that choose the client credential.
+struct RawCredentials {
+    client_secret: Option<Secret>,
+    client_secret_file: Option<PathBuf>,
+    certificate_file: Option<PathBuf>,
+    private_key_file: Option<PathBuf>,
+    assertion_alg: Option<String>,
+    federated_token_file: Option<PathBuf>,
+}
+
+impl Check {
+    /// Exactly one client credential (reference §3), loaded once so a broken file is reported
+    /// here, with its key, rather than at the first token request.
+    fn client_auth(&mut self, raw: RawCredentials, azure: &AzureEnv) -> Option<ClientAuthConfig> {
+        let (federated, federated_source) = match raw.federated_token_file {
+            Some(p) => (Some(p), "entra.federated_token_file"),
+            None => (
+                azure.get("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
+                "AZURE_FEDERATED_TOKEN_FILE",
+            ),
+        };
+        let secret = raw.client_secret.is_some() || raw.client_secret_file.is_some();
+        let certificate = raw.certificate_file.is_some() || raw.private_key_file.is_some();
+        let mut configured = Vec::new();
+        if secret {
+            configured.push(
+                "a client secret (entra.client_secret / entra.client_secret_file)".to_string(),
+            );
+        }
+        if certificate {
+            configured.push(
+                "a certificate (entra.certificate_file / entra.private_key_file)".to_string(),
+            );
+        }
+        if federated.is_some() {
+            configured.push(format!("a federated token file ({federated_source})"));
+        }
+        if raw.assertion_alg.is_some() && !certificate {
+            self.err(
+                "entra.assertion_alg",
+                "applies only to a certificate credential (entra.certificate_file)",
+            );
+        }
+        if configured.len() > 1 {
+            self.err(
+                "entra",
+                format!(
+                    "configure exactly one client credential; found {}",
+                    configured.join(" and ")
+                ),
+            );
+            return None;
+        }
+        if secret {
+            return self.client_secret(raw.client_secret, raw.client_secret_file);
+        }
+        if certificate {
+            let cert = raw.certificate_file;
+            let key = raw.private_key_file;
+            if cert.is_none() {
+                self.err(
+                    "entra.certificate_file",
+                    "is required with entra.private_key_file",
+                );
+            }
+            if key.is_none() {
+                self.err(
+                    "entra.private_key_file",
+                    "is required with entra.certificate_file",
+                );
+            }
+            let alg = match raw.assertion_alg.as_deref() {
+                None | Some("PS256") => Some(AssertionAlg::Ps256),
+                Some("RS256") => Some(AssertionAlg::Rs256),
+                Some(other) => {
+                    self.err(
+                        "entra.assertion_alg",
+                        format!("must be PS256 (default) or RS256, got {other:?}"),
+                    );
+                    None
+                }
+            };
+            let (cert, key, alg) = (cert?, key?, alg?);
+            return match client_auth::CertificateFiles::load(&cert, &key) {
+                Ok(loaded) => Some(ClientAuthConfig::Certificate {
+                    thumbprint_sha256: loaded.x5t_s256().to_string(),
+                    certificate_file: cert,
+                    private_key_file: key,
+                    assertion_alg: alg,
+                }),
+                Err(e) => {
+                    self.err(e.key(), e.to_string());
+                    None
+                }
+            };
+        }
+        if let Some(token_file) = federated {
+            return match client_auth::read_federated_token(&token_file) {
+                Ok(_) => Some(ClientAuthConfig::Federated {
+                    token_file,
+                    source: federated_source.to_string(),
+                }),
+                Err(e) => {
+                    self.err(
+                        "entra.federated_token_file",
+                        format!("{e} (from {federated_source})"),
+                    );
+                    None
+                }
+            };
+        }
+        self.err(
+            "entra.client_secret",
+            format!(
+                "is required: configure exactly one client credential: {ENV_PREFIX}ENTRA__CLIENT_SECRET or entra.client_secret_file (secret), entra.certificate_file with entra.private_key_file (certificate), or entra.federated_token_file / AZURE_FEDERATED_TOKEN_FILE (workload identity federation)"
+            ),
+        );
+        None
+    }
+
+    fn client_secret(
+        &mut self,
+        secret: Option<Secret>,
+        file: Option<PathBuf>,
+    ) -> Option<ClientAuthConfig> {
+        let (secret, source) = match (secret, file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    "entra.client_secret",
+                    "set either entra.client_secret or entra.client_secret_file, not both",
+                );
+                return None;
+            }
+            (Some(s), None) if s.expose().is_empty() => {
+                self.err("entra.client_secret", "is empty");
+                return None;
+            }
+            (Some(s), None) => (s, format!("environment ({ENV_PREFIX}ENTRA__CLIENT_SECRET)")),
+            (None, Some(p)) => (
+                self.secret_file("entra.client_secret_file", &p)?,
+                format!("file {}", p.display()),
+            ),
+            (None, None) => return None,
+        };
+        Some(ClientAuthConfig::Secret { secret, source })
+    }
+
+    /// The trimmed contents of a file holding a secret.
+    fn secret_file(&mut self, key: &str, path: &Path) -> Option<Secret> {
+        match std::fs::read_to_string(path) {
+            Ok(s) if s.trim().is_empty() => {
+                self.err(key, format!("{} is empty", path.display()));
+                None
+            }
+            Ok(s) => Some(Secret::new(s.trim().to_string())),
+            Err(e) => {
+                self.err(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// One `[identities.NAME]` table.
+    fn identity(
+        &mut self,
+        name: &str,
+        raw: RawIdentity,
+        allowed_tenants: Option<&[String]>,
+        sync_scope: Option<&str>,
+    ) -> Option<IdentityConfig> {
+        let key = |k: &str| format!("identities.{name}.{k}");
+        if !valid_identity_name(name) {
+            self.err(
+                &format!("identities.{name}"),
+                "a name is 1 to 64 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit",
+            );
+            return None;
+        }
+        let tenant_id = self.guid(&key("tenant_id"), raw.tenant_id);
+        if let (Some(t), Some(allowed)) = (&tenant_id, allowed_tenants) {
+            if !allowed.contains(t) {
+                self.err(
+                    &key("tenant_id"),
+                    "must be one of callers.allowed_tenants (only callers of the account's own tenant act as it)",
+                );
+            }
+        }
+        let scopes = match raw.scopes {
+            None => sync_scope.map(|s| vec![s.to_string()]),
+            Some(v) if v.is_empty() || v.iter().any(|s| s.is_empty() || s.contains(' ')) => {
+                self.err(&key("scopes"), "must list scopes, each without spaces");
+                None
+            }
+            Some(v) => Some(v),
+        };
+        if let (Some(scopes), Some(sync)) = (&scopes, sync_scope) {
+            if !scopes.iter().any(|s| s == sync) {
+                self.err(
+                    &key("scopes"),
+                    format!("must include {sync}: the sync action needs it"),
+                );
+            }
+        }
+        let store_path = self.required(&key("store_path"), raw.store_path);
+        if let Some(p) = &store_path {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                self.err(
+                    &key("store_path"),
+                    format!("the directory {} does not exist", dir.display()),
+                );
+            }
+        }
+        let env_name = format!(
+            "{ENV_PREFIX}IDENTITIES__{}__STORE_KEY",
+            name.to_ascii_uppercase()
+        );
+        let (encoded, store_key_source) = match (raw.store_key, raw.store_key_file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    &key("store_key"),
+                    format!("set either {env_name} or identities.{name}.store_key_file, not both"),
+                );
+                (None, String::new())
+            }
+            (Some(s), None) => (Some(s), format!("environment ({env_name})")),
+            (None, Some(p)) => (
+                self.secret_file(&key("store_key_file"), &p),
+                format!("file {}", p.display()),
+            ),
+            (None, None) => {
+                self.err(
+                    &key("store_key"),
+                    format!("is required: set {env_name} or identities.{name}.store_key_file (32 random bytes, base64, e.g. `openssl rand -base64 32`)"),
+                );
+                (None, String::new())
+            }
+        };
+        let store_key = encoded.and_then(|s| match StoreKey::from_base64(s.expose()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.err(&key("store_key"), format!("{e} (from {store_key_source})"));
+                None
+            }
+        });
+        Some(IdentityConfig {
+            name: name.to_string(),
+            tenant_id: tenant_id?,
+            scopes: scopes?,
+            store_path: store_path?,
+            store_key: store_key?,
+            store_key_source,
+        })
+    }
+}
+
+/// Identity names appear in commands, file names and environment variable names.
+fn valid_identity_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Why `authority` and `graph` do not belong to one cloud (or to `cloud`), if they do not.
+/// Hosts that are no cloud's (a simulator, a proxy) never mismatch.
+fn cloud_mismatch(cloud: Option<Cloud>, authority: &Url, graph: &Url) -> Option<String> {
+    let login = Cloud::of_login_host(authority.host_str().unwrap_or(""));
+    let graph_cloud = Cloud::of_graph_host(graph.host_str().unwrap_or(""));
+    let names = |cs: &[Cloud]| cs.iter().map(|c| c.name()).collect::<Vec<_>>().join("/");
+    match cloud {
+        Some(k) if !login.is_empty() && !login.contains(&k) => Some(format!(
+            "entra.authority_host {authority} belongs to {} but entra.cloud is {}",
+            names(&login),
+            k.name()
+        )),
+        Some(k) => graph_cloud.filter(|g| *g != k).map(|g| {
+            format!(
+                "graph.base_url {graph} belongs to {} but entra.cloud is {}",
+                g.name(),
+                k.name()
+            )
+        }),
+        None => graph_cloud
+            .filter(|g| !login.is_empty() && !login.contains(g))
+            .map(|g| {
+                format!(
+                "entra.authority_host {authority} belongs to {} but graph.base_url {graph} to {}",
+                names(&login),
+                g.name()
+            )
+            }),
+    }
+}
+
 /// Parses a URL the gateway calls: `https://`, or `http://` only for loopback hosts.
 pub fn parse_service_url(v: &str) -> Result<Url, String> {
     let u = Url::parse(v).map_err(|e| format!("not a URL ({e}): {v:?}"))?;
@@ -467,7 +993,7 @@ pub fn parse_service_url(v: &str) -> Result<Url, String> {
 }
 
 impl RawConfig {
-    fn validate(self, early: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
+    fn validate(self, early: Vec<ConfigError>, azure: AzureEnv) -> Result<Config, ConfigErrors> {
         let mut c = Check { errors: early };
 
         let listen = c
@@ -483,60 +1009,70 @@ impl RawConfig {
             c.err("server.workers", "must be greater than 0");
         }
 
-        let authority_host = c.url("entra.authority_host", self.entra.authority_host);
-        let tenant_id = c.guid("entra.tenant_id", self.entra.tenant_id);
-        let client_id = c.guid("entra.client_id", self.entra.client_id);
-        let (client_secret, client_secret_source) = match (
-            self.entra.client_secret,
-            self.entra.client_secret_file,
-        ) {
-            (Some(_), Some(_)) => {
+        let RawEntra {
+            authority_host,
+            tenant_id,
+            client_id,
+            client_secret,
+            client_secret_file,
+            certificate_file,
+            private_key_file,
+            assertion_alg,
+            federated_token_file,
+            cloud,
+            allow_cloud_mismatch,
+            timeout_seconds,
+            token_cache_capacity,
+        } = self.entra;
+        let cloud = cloud.and_then(|v| {
+            let found = Cloud::ALL.into_iter().find(|k| k.name() == v);
+            if found.is_none() {
                 c.err(
-                    "entra.client_secret",
-                    "set either entra.client_secret or entra.client_secret_file, not both",
+                    "entra.cloud",
+                    format!("must be one of global, usgov, usgov-dod, china; got {v:?}"),
                 );
-                (None, String::new())
             }
-            (Some(s), None) if s.expose().is_empty() => {
-                c.err("entra.client_secret", "is empty");
-                (None, String::new())
-            }
-            (Some(s), None) => (
-                Some(s),
-                format!("environment ({ENV_PREFIX}ENTRA__CLIENT_SECRET)"),
-            ),
-            (None, Some(p)) => match std::fs::read_to_string(&p) {
-                Ok(s) if s.trim().is_empty() => {
-                    c.err(
-                        "entra.client_secret_file",
-                        format!("{} is empty", p.display()),
-                    );
-                    (None, String::new())
-                }
-                Ok(s) => (
-                    Some(Secret::new(s.trim().to_string())),
-                    format!("file {}", p.display()),
-                ),
-                Err(e) => {
-                    c.err(
-                        "entra.client_secret_file",
-                        format!("cannot read {}: {e}", p.display()),
-                    );
-                    (None, String::new())
-                }
+            found
+        });
+        let client_auth = c.client_auth(
+            RawCredentials {
+                client_secret,
+                client_secret_file,
+                certificate_file,
+                private_key_file,
+                assertion_alg,
+                federated_token_file,
             },
-            (None, None) => {
-                c.err(
-                        "entra.client_secret",
-                        format!("is required: set {ENV_PREFIX}ENTRA__CLIENT_SECRET or entra.client_secret_file"),
-                    );
-                (None, String::new())
-            }
-        };
-        let entra_timeout = c.positive(
-            "entra.timeout_seconds",
-            self.entra.timeout_seconds.unwrap_or(10),
+            &azure,
         );
+        // The platform's variables describe the federated identity: they fill only its keys.
+        let mut filled_from_environment = Vec::new();
+        let mut fill = |key: &str, raw: Option<String>, var: &str| match raw {
+            Some(v) => Some(v),
+            None if matches!(client_auth, Some(ClientAuthConfig::Federated { .. })) => {
+                let v = azure.get(var);
+                if v.is_some() {
+                    filled_from_environment.push(format!("{key} from {var}"));
+                }
+                v
+            }
+            None => None,
+        };
+        let tenant_id = fill("entra.tenant_id", tenant_id, "AZURE_TENANT_ID");
+        let client_id = fill("entra.client_id", client_id, "AZURE_CLIENT_ID");
+        let authority_host = fill(
+            "entra.authority_host",
+            authority_host,
+            "AZURE_AUTHORITY_HOST",
+        )
+        .or_else(|| cloud.map(|k| k.authority_host().to_string()));
+        if authority_host.is_none() {
+            c.err("entra.authority_host", "is required (or set entra.cloud)");
+        }
+        let authority_host = authority_host.and_then(|v| c.url("entra.authority_host", Some(v)));
+        let tenant_id = c.guid("entra.tenant_id", tenant_id);
+        let client_id = c.guid("entra.client_id", client_id);
+        let entra_timeout = c.positive("entra.timeout_seconds", timeout_seconds.unwrap_or(10));
 
         let audiences = c
             .required("callers.audiences", self.callers.audiences)
@@ -590,7 +1126,31 @@ impl RawConfig {
                 ok
             });
 
-        let base_url = c.url("graph.base_url", self.graph.base_url);
+        let base_url = self
+            .graph
+            .base_url
+            .or_else(|| cloud.map(|k| k.graph_host().into()));
+        if base_url.is_none() {
+            c.err("graph.base_url", "is required (or set entra.cloud)");
+        }
+        let base_url = base_url.and_then(|v| c.url("graph.base_url", Some(v)));
+        if let (Some(a), Some(g)) = (&authority_host, &base_url) {
+            if let Some(problem) = cloud_mismatch(cloud, a, g) {
+                if allow_cloud_mismatch != Some(true) {
+                    c.err(
+                        if cloud.is_some() { "entra.cloud" } else { "graph.base_url" },
+                        format!(
+                            "{problem}; tokens of one cloud are not accepted by another. Correct the keys, or set entra.allow_cloud_mismatch = true to force this combination"
+                        ),
+                    );
+                }
+            }
+        }
+        let scope_resource = match (cloud, &base_url) {
+            (Some(k), _) => Some(k.graph_host().to_string()),
+            (None, Some(u)) => Some(u.origin().ascii_serialization()),
+            (None, None) => None,
+        };
         let graph_timeout = c.positive(
             "graph.timeout_seconds",
             self.graph.timeout_seconds.unwrap_or(30),
@@ -681,11 +1241,59 @@ impl RawConfig {
             self.limits.eviction_seconds.unwrap_or(60),
         );
         let verified_cap = self.callers.verified_cache_capacity.unwrap_or(10_000);
-        let token_cap = self.entra.token_cache_capacity.unwrap_or(10_000);
+        let token_cap = token_cache_capacity.unwrap_or(10_000);
         let keys_refresh = c.positive(
             "callers.keys_refresh_seconds",
             self.callers.keys_refresh_seconds.unwrap_or(12 * 3600),
         );
+
+        let sync_scope = scope_resource
+            .as_ref()
+            .map(|r| format!("{r}/{SYNC_PERMISSION}"));
+        let identity_names: Vec<String> = self.identities.keys().cloned().collect();
+        let mut identities = BTreeMap::new();
+        for (name, raw) in self.identities {
+            if let Some(id) = c.identity(
+                &name,
+                raw,
+                allowed_tenants.as_deref(),
+                sync_scope.as_deref(),
+            ) {
+                identities.insert(name, id);
+            }
+        }
+        let mut apps = BTreeMap::new();
+        for (app_id, app) in self.callers.apps.unwrap_or_default() {
+            let key = format!("callers.apps.\"{app_id}\".run_as");
+            if uuid::Uuid::parse_str(&app_id).is_err() {
+                c.err(
+                    &format!("callers.apps.\"{app_id}\""),
+                    "must be an application (client) id (GUID)",
+                );
+                continue;
+            }
+            if !identity_names.contains(&app.run_as) {
+                c.err(
+                    &key,
+                    format!(
+                        "names no configured identity: add [identities.{}]",
+                        app.run_as
+                    ),
+                );
+            }
+            apps.insert(app_id.to_ascii_lowercase(), app);
+        }
+        let required_app_role = self.callers.required_app_role;
+        match &required_app_role {
+            Some(r) if r.is_empty() || r.contains(' ') => {
+                c.err("callers.required_app_role", "must be one app role name without spaces")
+            }
+            None if !apps.is_empty() => c.err(
+                "callers.required_app_role",
+                "is required when callers.apps maps applications: the app role their tokens must carry in `roles` (e.g. Sync.Trigger.All)",
+            ),
+            _ => {}
+        }
 
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
@@ -698,15 +1306,18 @@ impl RawConfig {
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
             },
             entra: EntraConfig {
+                cloud,
                 authority_host: authority_host.unwrap(),
                 tenant_id: tenant_id.unwrap(),
                 client_id: client_id.unwrap(),
-                client_secret: client_secret.unwrap(),
-                client_secret_source,
+                client_auth: client_auth.unwrap(),
+                filled_from_environment,
                 timeout_seconds: entra_timeout,
                 token_cache_capacity: token_cap,
             },
             callers: CallersConfig {
+                required_app_role,
+                apps,
                 audiences: audiences.unwrap(),
                 allowed_tenants: allowed_tenants.unwrap(),
                 required_scope: required_scope.unwrap(),
@@ -721,6 +1332,7 @@ impl RawConfig {
             graph: GraphConfig {
                 base_url: base_url.unwrap(),
                 timeout_seconds: graph_timeout,
+                scope_resource: scope_resource.unwrap(),
             },
             limits: LimitsConfig {
                 per_caller,
@@ -733,6 +1345,7 @@ impl RawConfig {
                 write_timeout_ms,
             },
             actions: ActionsConfig { sync: sync_action },
+            identities,
         })
     }
 }
@@ -792,7 +1405,10 @@ path = "/tmp/audit.jsonl"
     #[test]
     fn a_complete_file_with_the_secret_in_the_environment_loads() {
         let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
-        assert_eq!(c.entra.client_secret.expose(), "s3cret-value");
+        match &c.entra.client_auth {
+            ClientAuthConfig::Secret { secret, .. } => assert_eq!(secret.expose(), "s3cret-value"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(c.callers.leeway_seconds, 60);
         assert_eq!(c.actions.sync.upstream_path, DEFAULT_SYNC_PATH);
         assert_eq!(
@@ -875,5 +1491,342 @@ path = "/tmp/audit.jsonl"
         let out = c.to_masked_toml();
         assert!(!out.contains("s3cret-value"));
         assert!(out.contains("********"));
+    }
+
+    fn without_secret_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn errors(text: &str, env: Vec<(String, String)>) -> Vec<ConfigError> {
+        Config::from_toml_and_env(text, env).unwrap_err().0
+    }
+
+    fn has_error(errs: &[ConfigError], key: &str, text: &str) -> bool {
+        errs.iter()
+            .any(|e| e.key == key && e.message.contains(text))
+    }
+
+    #[test]
+    fn no_client_credential_is_refused_naming_all_three_kinds() {
+        let errs = errors(&full_toml(), without_secret_env());
+        assert!(
+            has_error(
+                &errs,
+                "entra.client_secret",
+                "entra.certificate_file with entra.private_key_file"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(&errs, "entra.client_secret", "AZURE_FEDERATED_TOKEN_FILE"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_needs_both_files() {
+        let text = full_toml().replace(
+            "[callers]",
+            "certificate_file = \"/nonexistent.crt\"\n[callers]",
+        );
+        let errs = errors(&text, without_secret_env());
+        assert!(
+            has_error(&errs, "entra.private_key_file", "is required"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_reported_with_its_key() {
+        let text = full_toml().replace(
+            "[callers]",
+            "certificate_file = \"/nonexistent.crt\"\nprivate_key_file = \"/nonexistent.key\"\n[callers]",
+        );
+        let errs = errors(&text, without_secret_env());
+        assert!(
+            has_error(
+                &errs,
+                "entra.certificate_file",
+                "cannot read /nonexistent.crt"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    fn token_file() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "a.b.c").unwrap();
+        let s = p.display().to_string();
+        (dir, s)
+    }
+
+    #[test]
+    fn workload_identity_environment_fills_unset_entra_keys_only() {
+        let (_dir, token) = token_file();
+        let text = full_toml()
+            .replace(
+                "authority_host = \"https://login.microsoftonline.com\"\n",
+                "",
+            )
+            .replace(&format!("client_id = \"{CLIENT}\"\n"), "");
+        let env = vec![
+            ("AZURE_FEDERATED_TOKEN_FILE".to_string(), token.clone()),
+            (
+                "AZURE_CLIENT_ID".to_string(),
+                "33333333-3333-3333-3333-333333333333".to_string(),
+            ),
+            (
+                "AZURE_TENANT_ID".to_string(),
+                "44444444-4444-4444-4444-444444444444".to_string(),
+            ),
+            (
+                "AZURE_AUTHORITY_HOST".to_string(),
+                "https://login.microsoftonline.com/".to_string(),
+            ),
+        ];
+        let c = Config::from_toml_and_env(&text, env).unwrap();
+        assert_eq!(c.entra.client_id, "33333333-3333-3333-3333-333333333333");
+        // Set in the file: the file wins.
+        assert_eq!(c.entra.tenant_id, TENANT);
+        assert_eq!(
+            c.entra.authority_host.as_str(),
+            "https://login.microsoftonline.com/"
+        );
+        assert!(
+            matches!(c.entra.client_auth, ClientAuthConfig::Federated { ref source, .. } if source == "AZURE_FEDERATED_TOKEN_FILE")
+        );
+        assert_eq!(
+            c.entra.filled_from_environment,
+            vec![
+                "entra.client_id from AZURE_CLIENT_ID",
+                "entra.authority_host from AZURE_AUTHORITY_HOST"
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_variables_do_not_fill_keys_for_a_secret_credential() {
+        let text = full_toml().replace(&format!("client_id = \"{CLIENT}\"\n"), "");
+        let mut env = secret_env();
+        env.push((
+            "AZURE_CLIENT_ID".into(),
+            "33333333-3333-3333-3333-333333333333".into(),
+        ));
+        let errs = errors(&text, env);
+        assert!(
+            has_error(&errs, "entra.client_id", "is required"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn the_federated_token_file_key_wins_over_the_environment() {
+        let (_dir, token) = token_file();
+        let (_dir2, other) = token_file();
+        let text = full_toml().replace(
+            "[callers]",
+            &format!(
+                "federated_token_file = {}\n[callers]",
+                toml::Value::String(token.clone())
+            ),
+        );
+        let c =
+            Config::from_toml_and_env(&text, vec![("AZURE_FEDERATED_TOKEN_FILE".into(), other)])
+                .unwrap();
+        match c.entra.client_auth {
+            ClientAuthConfig::Federated { token_file, source } => {
+                assert_eq!(token_file.display().to_string(), token);
+                assert_eq!(source, "entra.federated_token_file");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cloud_sets_authority_graph_and_scope_together() {
+        let text = full_toml()
+            .replace(
+                "authority_host = \"https://login.microsoftonline.com\"\n",
+                "cloud = \"china\"\n",
+            )
+            .replace("base_url = \"https://graph.microsoft.com\"\n", "");
+        let c = Config::from_toml_and_env(&text, secret_env()).unwrap();
+        assert_eq!(
+            c.entra.authority_host.as_str(),
+            "https://login.partner.microsoftonline.cn/"
+        );
+        assert_eq!(
+            c.graph.base_url.as_str(),
+            "https://microsoftgraph.chinacloudapi.cn/"
+        );
+        assert_eq!(
+            c.graph.scope(SYNC_PERMISSION),
+            "https://microsoftgraph.chinacloudapi.cn/DeviceManagementServiceConfig.ReadWrite.All"
+        );
+    }
+
+    #[test]
+    fn an_explicit_proxy_host_overrides_the_cloud_but_not_the_scope() {
+        let text = full_toml()
+            .replace(
+                "authority_host = \"https://login.microsoftonline.com\"\n",
+                "cloud = \"usgov\"\n",
+            )
+            .replace(
+                "https://graph.microsoft.com",
+                "https://graph-proxy.internal.example",
+            );
+        let c = Config::from_toml_and_env(&text, secret_env()).unwrap();
+        assert_eq!(
+            c.graph.base_url.as_str(),
+            "https://graph-proxy.internal.example/"
+        );
+        assert_eq!(c.graph.resource(), "https://graph.microsoft.us");
+    }
+
+    #[test]
+    fn hosts_of_two_clouds_are_refused_unless_forced() {
+        let text = full_toml().replace("https://graph.microsoft.com", "https://graph.microsoft.us");
+        let errs = errors(&text, secret_env());
+        assert!(
+            has_error(
+                &errs,
+                "graph.base_url",
+                "belongs to global but graph.base_url https://graph.microsoft.us/ to usgov"
+            ),
+            "{errs:?}"
+        );
+        let forced = text.replace("[callers]", "allow_cloud_mismatch = true\n[callers]");
+        assert!(Config::from_toml_and_env(&forced, secret_env()).is_ok());
+        let unknown = full_toml()
+            .replace("cloud", "x")
+            .replace("[callers]", "cloud = \"mars\"\n[callers]");
+        assert!(has_error(
+            &errors(&unknown, secret_env()),
+            "entra.cloud",
+            "must be one of"
+        ));
+    }
+
+    fn identity_toml(dir: &Path, extra: &str) -> String {
+        format!(
+            "{}\n[identities.bot]\ntenant_id = \"{TENANT}\"\nstore_path = {}\n{extra}",
+            full_toml(),
+            toml::Value::String(dir.join("bot.session").display().to_string())
+        )
+    }
+
+    fn store_key_env() -> Vec<(String, String)> {
+        let mut env = secret_env();
+        env.push((
+            "SYNC_GATEWAY__IDENTITIES__BOT__STORE_KEY".into(),
+            "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".into(),
+        ));
+        env
+    }
+
+    #[test]
+    fn an_identity_defaults_to_the_sync_scope_and_takes_its_key_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::from_toml_and_env(&identity_toml(dir.path(), ""), store_key_env()).unwrap();
+        let id = &c.identities["bot"];
+        assert_eq!(id.scopes, vec![c.graph.scope(SYNC_PERMISSION)]);
+        assert!(id
+            .store_key_source
+            .contains("SYNC_GATEWAY__IDENTITIES__BOT__STORE_KEY"));
+        assert!(!c.to_masked_toml().contains("KioqKioq"));
+    }
+
+    #[test]
+    fn an_identity_is_checked_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = identity_toml(
+            dir.path(),
+            "scopes = [\"https://graph.microsoft.com/User.Read\"]",
+        )
+        .replace(
+            &format!("tenant_id = \"{TENANT}\"\nstore_path"),
+            "tenant_id = \"55555555-5555-5555-5555-555555555555\"\nstore_path",
+        );
+        let errs = errors(&text, secret_env());
+        assert!(
+            has_error(&errs, "identities.bot.tenant_id", "callers.allowed_tenants"),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(
+                &errs,
+                "identities.bot.scopes",
+                "DeviceManagementServiceConfig.ReadWrite.All"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(&errs, "identities.bot.store_key", "is required"),
+            "{errs:?}"
+        );
+        let mut short = secret_env();
+        short.push((
+            "SYNC_GATEWAY__IDENTITIES__BOT__STORE_KEY".into(),
+            "c2hvcnQ=".into(),
+        ));
+        assert!(has_error(
+            &errors(&identity_toml(dir.path(), ""), short),
+            "identities.bot.store_key",
+            "32 bytes"
+        ));
+        let bad_name =
+            identity_toml(dir.path(), "").replace("[identities.bot]", "[identities.Bot]");
+        assert!(has_error(
+            &errors(&bad_name, store_key_env()),
+            "identities.Bot",
+            "lower-case"
+        ));
+    }
+
+    #[test]
+    fn a_store_key_written_in_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = identity_toml(
+            dir.path(),
+            "store_key = \"KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=\"",
+        );
+        assert!(has_error(
+            &errors(&text, secret_env()),
+            "identities.bot.store_key",
+            "must not be written"
+        ));
+    }
+
+    #[test]
+    fn an_app_mapping_names_an_identity_and_needs_the_app_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = identity_toml(dir.path(), "")
+            .replace("[identities.bot]", "[callers.apps.\"66666666-6666-6666-6666-666666666666\"]\nrun_as = \"nobody\"\n[identities.bot]");
+        let errs = errors(&text, store_key_env());
+        assert!(
+            has_error(
+                &errs,
+                "callers.apps.\"66666666-6666-6666-6666-666666666666\".run_as",
+                "[identities.nobody]"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(&errs, "callers.required_app_role", "is required"),
+            "{errs:?}"
+        );
+        let good = text
+            .replace("run_as = \"nobody\"", "run_as = \"bot\"")
+            .replace(
+                "required_scope = \"Sync.Trigger\"",
+                "required_scope = \"Sync.Trigger\"\nrequired_app_role = \"Sync.Trigger.All\"",
+            );
+        let c = Config::from_toml_and_env(&good, store_key_env()).unwrap();
+        assert_eq!(
+            c.callers.apps["66666666-6666-6666-6666-666666666666"].run_as,
+            "bot"
+        );
     }
 }

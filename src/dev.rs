@@ -1,12 +1,18 @@
 //! `sync-gateway dev`: the whole flow on loopback in one command. Starts a simulated Entra ID
 //! and a simulated Graph, a gateway configured against them, mints a caller token and prints
 //! the `curl` line that triggers a sync.
+//!
+//! The configuration is written next to the audit file (`dev-gateway.toml`, with the client
+//! secret and the session key in their own files), so `sync-gateway login --config
+//! dev-gateway.toml --identity dev-bot` signs the service identity in against the simulated
+//! Entra while `dev` runs, and an app-only caller can then trigger a sync as that identity.
 
 use crate::sim::entra::TokenSpec;
 use crate::sim::{SimOptions, Simulators};
 use crate::{Application, Config};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What `dev` needs from the command line.
@@ -23,6 +29,27 @@ pub struct DevOptions {
 /// The gateway's App ID URI in dev mode (its second accepted audience).
 pub const DEV_APP_ID_URI: &str = "api://sync-gateway-dev";
 
+/// The service identity dev mode configures.
+pub const DEV_IDENTITY: &str = "dev-bot";
+
+/// The app-only caller (a ticketing webhook) that acts as [`DEV_IDENTITY`] in dev mode.
+pub const DEV_WEBHOOK_APP: &str = "0d5e6f70-8192-4a3b-9c4d-5e6f708192a3";
+
+/// The app role dev mode requires of app-only callers.
+pub const DEV_APP_ROLE: &str = "Sync.Trigger.All";
+
+/// Writes `contents` to `path` readable by the owner only (dev secrets).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
 /// Runs dev mode until interrupted.
 pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     let tenant = uuid::Uuid::new_v4().to_string();
@@ -36,15 +63,30 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
         vec![client_id.clone(), DEV_APP_ID_URI.to_string()],
     );
     sim_options.graph_cooldown = opts.cooldown;
+    // A person at the verification page should not wait 5 s per poll.
+    sim_options.device_interval = Duration::from_secs(1);
     let sims = Simulators::start(sim_options).await?;
 
-    let config = Config::from_toml_and_env(
-        &dev_config_toml(&opts, &sims, &tenant, &client_id),
-        [(
-            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            client_secret,
-        )],
+    let dir = opts
+        .audit_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let files = DevFiles::new(&dir);
+    // A session of an earlier run belongs to simulators that are gone.
+    let _ = std::fs::remove_file(&files.session);
+    write_private(&files.client_secret, &client_secret)?;
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| "no system randomness")?;
+    use base64::Engine;
+    write_private(
+        &files.store_key,
+        &base64::engine::general_purpose::STANDARD.encode(key),
     )?;
+    let toml_text = dev_config_toml(&opts, &sims, &tenant, &client_id, &files);
+    write_private(&files.config, &toml_text)?;
+    let config = Config::from_toml_and_env(&toml_text, Vec::new())?;
     let app = Application::build(config).await?;
     let port = app.port();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -57,6 +99,9 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     spec.upn = Some("dev.user@contoso.example".into());
     let token = sims.entra.mint(&spec);
     let gateway = format!("http://{}:{port}", opts.listen.ip());
+    let mut app_spec = TokenSpec::app(&tenant, DEV_WEBHOOK_APP);
+    app_spec.roles = vec![DEV_APP_ROLE.to_string()];
+    let app_token = sims.entra.mint(&app_spec);
     println!(
         r#"sync-gateway dev: a simulated Entra ID, a simulated Graph and the gateway, all on loopback.
 
@@ -83,30 +128,71 @@ Mint another caller token:
 
   curl -s -X POST {entra}/_sim/tokens -H 'Content-Type: application/json' -d '{{"tenant_id":"{tenant}","object_id":"{user}"}}'
 
+A ticketing webhook (app-only token, app {DEV_WEBHOOK_APP}) acts as the service identity
+'{DEV_IDENTITY}'. Sign the identity in first (in another terminal; open the page it prints and
+approve the code):
+
+  sync-gateway login --config {config} --identity {DEV_IDENTITY}
+
+then trigger a sync as the webhook:
+
+  export APP_TOKEN={app_token}
+  curl -i -H "Authorization: Bearer $APP_TOKEN" -X POST {gateway}/sync
+
 Ctrl-C stops everything."#,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
         audit = opts.audit_path.display(),
         cooldown = opts.cooldown.as_secs(),
+        config = files.config.display(),
     );
     app.run_until_stopped().await?;
     drop(sims);
     Ok(())
 }
 
-fn dev_config_toml(opts: &DevOptions, sims: &Simulators, tenant: &str, client_id: &str) -> String {
+/// Where dev mode keeps its configuration and secrets.
+struct DevFiles {
+    config: PathBuf,
+    client_secret: PathBuf,
+    store_key: PathBuf,
+    session: PathBuf,
+}
+
+impl DevFiles {
+    fn new(dir: &Path) -> DevFiles {
+        DevFiles {
+            config: dir.join("dev-gateway.toml"),
+            client_secret: dir.join("dev-client-secret"),
+            store_key: dir.join("dev-session.key"),
+            session: dir.join(format!("{DEV_IDENTITY}.session")),
+        }
+    }
+}
+
+fn dev_config_toml(
+    opts: &DevOptions,
+    sims: &Simulators,
+    tenant: &str,
+    client_id: &str,
+    files: &DevFiles,
+) -> String {
     format!(
-        r#"
+        r#"# Written by `sync-gateway dev`; valid while it runs (the simulators are in its process).
 [server]
 listen = "{listen}"
 [entra]
 authority_host = "{entra}"
 tenant_id = "{tenant}"
 client_id = "{client_id}"
+client_secret_file = {secret}
 [callers]
 audiences = ["{client_id}", "{DEV_APP_ID_URI}"]
 allowed_tenants = ["{tenant}"]
 required_scope = "Sync.Trigger"
+required_app_role = "{DEV_APP_ROLE}"
+[callers.apps."{DEV_WEBHOOK_APP}"]
+run_as = "{DEV_IDENTITY}"
 [graph]
 base_url = "{graph}"
 timeout_seconds = 10
@@ -114,12 +200,19 @@ timeout_seconds = 10
 path = {audit}
 [actions.sync]
 cooldown_seconds = {cooldown}
+[identities.{DEV_IDENTITY}]
+tenant_id = "{tenant}"
+store_path = {session}
+store_key_file = {key}
 "#,
         listen = opts.listen,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
         audit = toml_string(&opts.audit_path),
         cooldown = opts.cooldown.as_secs(),
+        secret = toml_string(&files.client_secret),
+        session = toml_string(&files.session),
+        key = toml_string(&files.store_key),
     )
 }
 

@@ -1,9 +1,10 @@
-//! The `sync-gateway` command line: `serve`, `dev`, `check-config`.
+//! The `sync-gateway` command line: `serve`, `dev`, `check-config`, `login`.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use sync_gateway::credentials::service_identity::{login, RealTime};
 use sync_gateway::telemetry::{self, LogFormat};
 use sync_gateway::{Application, Config};
 
@@ -45,6 +46,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Sign a service identity in with the device-code flow and store its session encrypted
+    /// (prints a URL and a code to enter in a browser, as `az login --use-device-code` does).
+    Login {
+        /// The TOML configuration file (the gateway's: its client credential is used).
+        #[arg(long)]
+        config: PathBuf,
+        /// The identity to sign in: the NAME of `[identities.NAME]`.
+        #[arg(long)]
+        identity: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +64,20 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!("# configuration is valid; effective values (secrets masked):");
-                println!("# client secret from: {}", c.entra.client_secret_source);
+                println!(
+                    "# client authentication: {}",
+                    c.entra.client_auth.describe()
+                );
+                for filled in &c.entra.filled_from_environment {
+                    println!("# {filled}");
+                }
+                for (name, id) in &c.identities {
+                    println!(
+                        "# service identity {name}: session in {}, key from {}",
+                        id.store_path.display(),
+                        id.store_key_source
+                    );
+                }
                 print!("{}", c.to_masked_toml());
                 ExitCode::SUCCESS
             }
@@ -63,18 +87,29 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(config) = load(&config) else {
+                return ExitCode::FAILURE;
             };
             telemetry::init(LogFormat::Json);
             run(async move {
                 let app = Application::build(config).await?;
                 tracing::info!(port = app.port(), "sync-gateway serving");
                 app.run_until_stopped().await?;
+                Ok(())
+            })
+        }
+        Command::Login { config, identity } => {
+            let Some(config) = load(&config) else {
+                return ExitCode::FAILURE;
+            };
+            telemetry::init(LogFormat::Text);
+            run(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(config.entra_timeout())
+                    .connect_timeout(config.entra_timeout())
+                    .build()?;
+                let mut stdout = std::io::stdout();
+                login(&config, &identity, http, &mut RealTime, &mut stdout).await?;
                 Ok(())
             })
         }
@@ -91,6 +126,11 @@ fn main() -> ExitCode {
             }))
         }
     }
+}
+
+/// The configuration at `path`, or `None` after printing every problem.
+fn load(path: &std::path::Path) -> Option<Config> {
+    Config::load(path).map_err(|e| eprint!("{e}")).ok()
 }
 
 fn run(f: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {

@@ -1,10 +1,10 @@
 //! The request lifecycles, top to bottom. `POST /sync`:
 //!
 //! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]
-//! 2. authorize     ([`crate::policy`])      scope, user vs app → [`UserCaller`]
+//! 2. authorize     ([`crate::policy`])      scope / app role → who acts: [`ActingIdentity`]
 //! 3. read the body (here)                   optional `{"reason": "..."}`
 //! 4. limit         ([`crate::limits`])      per caller, per tenant → headers or 429
-//! 5. credentials   ([`crate::credentials`]) on-behalf-of exchange → [`DelegatedToken`]
+//! 5. credentials   ([`crate::credentials`]) on-behalf-of or service identity → [`DelegatedToken`]
 //! 6. schedule      ([`crate::runs`])        join the scheduled run, start one now, or schedule one;
 //!    a run records itself durably before every Graph call and retries or reschedules as Graph says
 //! 7. wait          (here)                   for a run started now: its first outcome, at most
@@ -16,11 +16,12 @@
 //! Entra ID.
 //!
 //! [`Caller`]: crate::caller::Caller
-//! [`UserCaller`]: crate::caller::UserCaller
+//! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
 use crate::audit::{AuditEvent, AuditLog, RequestRecord, UpstreamSummary};
-use crate::caller::{Authenticator, Caller, UserCaller};
+use crate::caller::{Authenticator, Caller};
+use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
 use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
@@ -144,36 +145,38 @@ async fn sync(
     let caller = authenticate(gw, req).await.map_err(plain)?;
     record.caller = Some(caller.summary());
 
-    // 2. Authorize.
-    let user: &UserCaller = gw.policy.authorize(&caller).map_err(plain)?;
+    // 2. Authorize: who acts (the user themself, or the service identity an app is mapped to).
+    let acting = gw.policy.authorize(&caller).map_err(plain)?;
 
     // 3. The body, read only now that the caller is known.
     record.reason = read_reason(req, body).await.map_err(plain)?;
 
-    // 4. Limits.
-    let limit = gw
-        .limits
-        .check(&user.tenant_id, &user.object_id)
-        .map_err(plain)?;
+    // 4. Limits, per initiating caller and per tenant.
+    let (tenant_id, caller_key) = caller.limit_key();
+    let limit = gw.limits.check(tenant_id, &caller_key).map_err(plain)?;
     record.decision = "allowed";
 
-    // 5. Credentials: proves now that the caller can act (step-up, consent), and gives a
-    //    trailing run the token to act with.
+    // 5. Credentials: proves now that whoever acts can (step-up, consent, a live service
+    //    session), and gives a trailing run the token to act with. Recorded after the attempt:
+    //    a service identity's account is known once its session has been read.
     let token = gw
         .credentials
-        .delegated_token(user, &gw.runs.policy().graph_scope)
-        .await
-        .map_err(plain)?;
+        .token_for(&acting, &gw.runs.policy().graph_scope)
+        .await;
+    let acting_as = gw.credentials.acting_summary(&acting);
+    record.acting_as = Some(Box::new(acting_as.clone()));
+    let token = token.map_err(plain)?;
 
     // 6. Schedule.
+    let tenant = acting.tenant_id().to_string();
     let actor = Actor {
-        summary: caller.summary(),
-        user: user.clone(),
+        summary: acting_as,
+        identity: acting,
         token,
     };
     let submitted = gw
         .runs
-        .submit(record.id, &user.tenant_id, actor)
+        .submit(record.id, &tenant, actor)
         .await
         .map_err(plain)?;
 
@@ -202,7 +205,7 @@ async fn sync(
     Ok(Accepted { run, limit })
 }
 
-/// Steps 1–2 for the reads: a validated user of an allowed tenant with the required scope.
+/// Step 1 for every entrance: the bearer token's caller.
 async fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Arc<Caller>, GatewayError> {
     let authorization = req
         .headers()
@@ -221,12 +224,12 @@ pub async fn get_run(
 ) -> HttpResponse {
     let answer = async {
         let caller = authenticate(&gw, &req).await?;
-        let user = gw.policy.authorize(&caller)?;
+        let acting = gw.policy.authorize(&caller)?;
         let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
         let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
         let run = cell.view();
         // Another tenant's run is indistinguishable from a missing one.
-        if run.tenant_id != user.tenant_id {
+        if run.tenant_id != acting.tenant_id() {
             return Err(GatewayError::NotFound);
         }
         Ok::<_, GatewayError>(run)
@@ -255,21 +258,26 @@ pub struct SyncStatus {
 pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
     let answer = async {
         let caller = authenticate(&gw, &req).await?;
-        let user = gw.policy.authorize(&caller)?;
+        let acting = gw.policy.authorize(&caller)?;
         // It calls Graph, so it counts against the caller's limits like a sync request.
-        gw.limits.check(&user.tenant_id, &user.object_id)?;
-        let token = gw
-            .credentials
-            .delegated_token(user, &gw.status_scope)
-            .await?;
+        let (tenant_id, caller_key) = caller.limit_key();
+        gw.limits.check(tenant_id, &caller_key)?;
+        // A user reads with the read scope; a service identity's session holds the sync
+        // scope only, which reads too.
+        let scope = match acting {
+            ActingIdentity::User(_) => &gw.status_scope,
+            ActingIdentity::Service(_) => &gw.runs.policy().graph_scope,
+        };
+        let token = gw.credentials.token_for(&acting, scope).await?;
         let graph = gw
             .graph
             .read_settings(&gw.runs.policy().status_path, &token)
             .await?;
+        let tenant = acting.tenant_id().to_string();
         Ok::<_, GatewayError>(SyncStatus {
-            tenant_id: user.tenant_id.clone(),
+            gateway: gw.runs.tenant_runs(&tenant).await,
+            tenant_id: tenant,
             graph,
-            gateway: gw.runs.tenant_runs(&user.tenant_id).await,
         })
     }
     .await;

@@ -26,9 +26,16 @@ pub enum GatewayError {
         /// The scope the action needs.
         required: String,
     },
-    /// An application (not a user) called; the action needs a user's delegated identity.
+    /// An application (not a user) called and is not mapped to a service identity (or not for
+    /// its tenant); the action needs a delegated identity.
     #[error("app-only callers are not accepted")]
     AppOnlyCaller,
+    /// An application mapped to a service identity called without the required app role.
+    #[error("missing app role {required}")]
+    InsufficientRole {
+        /// The app role (`callers.required_app_role`).
+        required: String,
+    },
     /// The caller's request is malformed (e.g. the body).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -91,6 +98,27 @@ pub enum GatewayError {
     /// The gateway's own credentials or registration are wrong: an operator must act.
     #[error("gateway misconfigured: {0}")]
     GatewayMisconfigured(String),
+    /// Entra ID refused the gateway's certificate or federated token (or it cannot be read):
+    /// an operator must act, or a rotation in progress will fix it.
+    #[error("client credential rejected: {credential}")]
+    ClientCredentialRejected {
+        /// `certificate` or `federated token`.
+        credential: &'static str,
+        /// Seconds callers should wait.
+        retry_after_secs: u64,
+    },
+    /// The service identity has no session that can refresh: an operator must run `login`.
+    #[error("service identity {identity} needs a login")]
+    ServiceIdentityLoginRequired {
+        /// The identity's name.
+        identity: String,
+    },
+    /// The service identity's rotated refresh token could not be stored durably.
+    #[error("session store of {identity} unavailable")]
+    SessionStoreUnavailable {
+        /// The identity's name.
+        identity: String,
+    },
     /// Graph answered 409 or 429 ("not now").
     #[error("upstream busy ({status})")]
     UpstreamBusy {
@@ -139,6 +167,7 @@ impl GatewayError {
             InvalidToken(_) => "invalid-token",
             InsufficientScope { .. } => "insufficient-scope",
             AppOnlyCaller => "app-only-caller",
+            InsufficientRole { .. } => "insufficient-role",
             BadRequest(_) => "bad-request",
             PayloadTooLarge { .. } => "payload-too-large",
             RateLimited(_) => "rate-limited",
@@ -150,6 +179,9 @@ impl GatewayError {
             IdentityProviderUnavailable { .. } => "identity-provider-unavailable",
             ExchangeFailed(_) => "exchange-failed",
             GatewayMisconfigured(_) => "gateway-misconfigured",
+            ClientCredentialRejected { .. } => "client-credential-rejected",
+            ServiceIdentityLoginRequired { .. } => "service-identity-login-required",
+            SessionStoreUnavailable { .. } => "session-store-unavailable",
             UpstreamBusy { .. } => "upstream-busy",
             UpstreamForbidden { .. } => "upstream-forbidden",
             UpstreamFailed { .. } => "upstream-failed",
@@ -169,6 +201,7 @@ impl GatewayError {
             }
             InsufficientScope { .. }
             | AppOnlyCaller
+            | InsufficientRole { .. }
             | ConsentRequired { .. }
             | UpstreamForbidden { .. } => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -177,7 +210,10 @@ impl GatewayError {
             LimiterFull { .. }
             | KeysUnavailable
             | AuditUnavailable(_)
-            | IdentityProviderUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | IdentityProviderUnavailable { .. }
+            | ClientCredentialRejected { .. }
+            | ServiceIdentityLoginRequired { .. }
+            | SessionStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ExchangeFailed(_) | UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             UpstreamBusy { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT)
@@ -196,6 +232,7 @@ impl GatewayError {
             InvalidToken(_) => "Invalid bearer token",
             InsufficientScope { .. } => "Insufficient scope",
             AppOnlyCaller => "Application callers are not accepted",
+            InsufficientRole { .. } => "Insufficient app role",
             BadRequest(_) => "Bad request",
             PayloadTooLarge { .. } => "Payload too large",
             RateLimited(_) => "Rate limit exceeded",
@@ -207,6 +244,9 @@ impl GatewayError {
             IdentityProviderUnavailable { .. } => "Identity provider unavailable",
             ExchangeFailed(_) => "Token exchange failed",
             GatewayMisconfigured(_) => "Gateway misconfigured",
+            ClientCredentialRejected { .. } => "Gateway credential rejected",
+            ServiceIdentityLoginRequired { .. } => "Service identity needs a login",
+            SessionStoreUnavailable { .. } => "Service identity session store unavailable",
             UpstreamBusy { .. } => "Microsoft Graph is busy",
             UpstreamForbidden { .. } => "Microsoft Graph refused the call",
             UpstreamFailed { .. } => "Microsoft Graph failed",
@@ -225,7 +265,8 @@ impl GatewayError {
             InsufficientScope { required } => {
                 format!("the token does not carry the delegated scope '{required}'")
             }
-            AppOnlyCaller => "this action acts on behalf of a user; app-only tokens cannot be exchanged for delegated access".into(),
+            AppOnlyCaller => "this action acts on behalf of a user; app-only tokens cannot be exchanged for delegated access, and this application is not mapped to a service identity of its tenant".into(),
+            InsufficientRole { required } => format!("the app-only token does not carry the app role '{required}'"),
             BadRequest(d) => d.clone(),
             PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
             RateLimited(s) => format!(
@@ -242,6 +283,13 @@ impl GatewayError {
             IdentityProviderUnavailable { detail, .. } => format!("Entra ID is not answering: {detail}"),
             ExchangeFailed(d) => d.clone(),
             GatewayMisconfigured(_) => "the gateway's own registration or credentials were rejected; the operator has been told".into(),
+            ClientCredentialRejected { credential, .. } => format!("Entra ID rejected the gateway's {credential}; the operator has been told (the log names the cause)"),
+            ServiceIdentityLoginRequired { identity } => format!(
+                "the service identity '{identity}' has no usable session (never signed in, revoked, or expired); an operator must run: sync-gateway login --config <file> --identity {identity}"
+            ),
+            SessionStoreUnavailable { identity } => format!(
+                "the session of service identity '{identity}' could not be stored durably, so it was not used; the operator has been told"
+            ),
             UpstreamBusy { status, request_id, .. } => format!(
                 "Microsoft Graph answered {status}{}",
                 rid(request_id)
@@ -267,7 +315,11 @@ impl GatewayError {
             IdentityProviderUnavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            AuditUnavailable(_) | KeysUnavailable => Some(5),
+            AuditUnavailable(_) | KeysUnavailable | SessionStoreUnavailable { .. } => Some(5),
+            ClientCredentialRejected {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ServiceIdentityLoginRequired { .. } => Some(60),
             UpstreamBusy {
                 retry_after_secs, ..
             } => *retry_after_secs,

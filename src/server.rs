@@ -8,7 +8,10 @@ use crate::audit::AuditLog;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, STATUS_PERMISSION, SYNC_PERMISSION};
+use crate::credentials::client_auth::ClientAuth;
+use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
+use crate::credentials::service_identity::ServiceIdentities;
 use crate::credentials::Credentials;
 use crate::limits::Limits;
 use crate::pipeline::{self, Gateway};
@@ -45,6 +48,14 @@ pub enum StartError {
     /// An HTTP client could not be built (TLS roots, ...).
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The certificate files of the client credential cannot be used.
+    #[error("{key}: {source}")]
+    Credential {
+        /// The configuration key of the file at fault.
+        key: &'static str,
+        /// The cause.
+        source: crate::credentials::client_auth::CertificateError,
+    },
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -60,6 +71,7 @@ pub struct Application {
 struct Health {
     keys: Arc<KeyStore>,
     audit: AuditLog,
+    identities: Arc<ServiceIdentities>,
 }
 
 impl Application {
@@ -85,15 +97,23 @@ impl Application {
             source,
         })?;
         let limits = Arc::new(Limits::new(&config.limits));
-        let credentials = Arc::new(Credentials::new(
-            OboClient::new(
-                entra_http,
-                &config.entra.authority_host,
-                config.entra.client_id.clone(),
-                config.entra.client_secret.clone(),
-            ),
-            config.entra.token_cache_capacity,
+        let client_auth =
+            ClientAuth::from_config(&config.entra).map_err(|source| StartError::Credential {
+                key: source.key(),
+                source,
+            })?;
+        let entra = Arc::new(EntraClient::new(
+            entra_http,
+            &config.entra.authority_host,
+            config.entra.client_id.clone(),
+            client_auth,
         ));
+        let identities = Arc::new(ServiceIdentities::from_config(&config, entra.clone()));
+        let graph_scope = config.graph.scope(SYNC_PERMISSION);
+        let credentials = Arc::new(
+            Credentials::new(OboClient::new(entra), config.entra.token_cache_capacity)
+                .with_identities(identities.clone()),
+        );
         // Each attempt gets a little less than the caller's wait, so a caller waiting on the
         // first attempt always learns its outcome within graph.timeout_seconds.
         let wait_for_run = config.graph_timeout();
@@ -107,7 +127,7 @@ impl Application {
                 action: "sync",
                 upstream_path: a.upstream_path.clone(),
                 status_path: a.status_path.clone(),
-                graph_scope: config.graph.scope(SYNC_PERMISSION),
+                graph_scope: graph_scope.clone(),
                 cooldown: Duration::from_secs(a.cooldown_seconds),
                 retry_budget: Duration::from_secs(a.retry_budget_seconds),
                 max_attempts: a.max_attempts,
@@ -129,9 +149,7 @@ impl Application {
                 config.callers.leeway_seconds,
                 config.callers.verified_cache_capacity,
             ),
-            policy: CallerPolicy {
-                required_scope: config.callers.required_scope.clone(),
-            },
+            policy: CallerPolicy::from_config(&config),
             limits: limits.clone(),
             credentials,
             runs: runs.clone(),
@@ -156,11 +174,13 @@ impl Application {
 
         keys.spawn_refresh();
         limits.spawn_eviction();
+        identities.spawn_keepalive(graph_scope);
 
         let gateway = web::Data::new(gateway);
         let health = web::Data::new(Health {
             keys: keys.clone(),
             audit,
+            identities,
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -232,12 +252,25 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when signing keys are loaded for every tenant and the audit trail is writable.
+/// A service identity without a usable session makes the answer `degraded` (still 200: user
+/// callers are served) and names the identity and its state.
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
+    let identities: serde_json::Map<String, serde_json::Value> = h
+        .identities
+        .statuses()
+        .into_iter()
+        .map(|(name, s)| (name, json!({"state": s.health.state()})))
+        .collect();
+    let degraded = identities.values().any(|s| s["state"] != "ready");
     let body = json!({
-        "status": if keys && audit { "ready" } else { "not ready" },
-        "checks": {"signing_keys": keys, "audit": audit},
+        "status": match (keys && audit, degraded) {
+            (false, _) => "not ready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
+        "checks": {"signing_keys": keys, "audit": audit, "service_identities": identities},
     });
     if keys && audit {
         HttpResponse::Ok().json(body)

@@ -19,10 +19,10 @@ pub enum AuditEvent {
     Run(RunRecord),
 }
 
-/// Who called, as far as it is known. Never carries a token.
+/// Who called, or whose identity was acted as, as far as it is known. Never carries a token.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallerSummary {
-    /// `user` or `app`.
+    /// `user`, `app` or `service_identity`.
     pub kind: &'static str,
     /// The caller's `tid`.
     pub tenant_id: String,
@@ -35,6 +35,9 @@ pub struct CallerSummary {
     /// The client application that obtained the token (`azp` / `appid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// The service identity's name (`[identities.NAME]`), when one was acted as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// What Graph answered.
@@ -61,9 +64,13 @@ pub struct RequestRecord {
     pub time: DateTime<Utc>,
     /// The action requested.
     pub action: &'static str,
-    /// Who called, once known.
+    /// Who called (the initiating principal), once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerSummary>,
+    /// Whose delegated identity the request acts with (the user themself, or a service
+    /// identity), once authorized. Boxed to keep the record small while it is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acting_as: Option<Box<CallerSummary>>,
     /// The TCP peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<IpAddr>,
@@ -104,6 +111,7 @@ impl RequestRecord {
             time,
             action,
             caller: None,
+            acting_as: None,
             client_ip,
             decision: "denied",
             code: None,

@@ -77,6 +77,7 @@ impl Caller {
                 object_id: Some(u.object_id.clone()),
                 upn: u.upn.clone(),
                 app_id: u.client_app_id.clone(),
+                identity: None,
             },
             Caller::App(a) => CallerSummary {
                 kind: "app",
@@ -84,7 +85,23 @@ impl Caller {
                 object_id: a.object_id.clone(),
                 upn: None,
                 app_id: a.app_id.clone(),
+                identity: None,
             },
+        }
+    }
+
+    /// The tenant and the per-caller rate-limit key: a user's `oid`, an application's
+    /// service-principal `oid` (else its app id), so each app has its own allowance.
+    pub fn limit_key(&self) -> (&str, String) {
+        match self {
+            Caller::User(u) => (&u.tenant_id, u.object_id.clone()),
+            Caller::App(a) => (
+                &a.tenant_id,
+                a.object_id
+                    .clone()
+                    .or_else(|| a.app_id.as_ref().map(|id| format!("app:{id}")))
+                    .unwrap_or_else(|| "app".into()),
+            ),
         }
     }
 

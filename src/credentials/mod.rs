@@ -1,17 +1,32 @@
-//! Step 3 of the lifecycle: a Graph delegated token for the caller.
+//! The credentials step of the lifecycle: a Graph delegated token for whoever acts.
 //!
-//! [`Credentials::delegated_token`] exchanges the caller's token on-behalf-of
-//! ([`obo`]), caching the result by SHA-256 of the inbound token plus tenant and scope (as MSAL
-//! does) until 5 minutes before it expires and never past the inbound token's own `exp`.
-//! Concurrent misses for one key make one exchange: the others wait for it.
+//! [`Credentials::token_for`] is the one entry point: given an [`ActingIdentity`] (the calling
+//! user, or a configured service identity) it yields a [`DelegatedToken`].
+//!
+//! - A user: [`Credentials::delegated_token`] exchanges the caller's token on-behalf-of
+//!   ([`obo`]), caching the result by SHA-256 of the inbound token plus tenant and scope (as
+//!   MSAL does) until 5 minutes before it expires and never past the inbound token's own `exp`.
+//!   Concurrent misses for one key make one exchange: the others wait for it.
+//! - A service identity: [`service_identity`] refreshes the session it holds, one refresh in
+//!   flight per identity, storing each rotated refresh token ([`store`]) before use.
+//!
+//! Every token request authenticates the gateway with its configured client credential
+//! ([`client_auth`]) through one client of Entra's token endpoint ([`endpoint`]).
 
+pub mod client_auth;
+pub mod endpoint;
 pub mod obo;
+pub mod service_identity;
+pub mod store;
 
+use crate::audit::CallerSummary;
 use crate::caller::UserCaller;
 use crate::problem::GatewayError;
 use crate::secret::Secret;
+use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +42,14 @@ pub struct DelegatedToken {
 }
 
 impl DelegatedToken {
+    /// A token the gateway may use for `lifetime` from now.
+    pub(crate) fn new(secret: Secret, lifetime: Duration) -> Self {
+        DelegatedToken {
+            secret,
+            usable_until: Instant::now() + lifetime,
+        }
+    }
+
     /// The `Authorization` header value for Graph.
     pub fn authorization(&self) -> String {
         format!("Bearer {}", self.secret.expose())
@@ -35,6 +58,66 @@ impl DelegatedToken {
     /// True if the token stays usable for at least `margin` from now.
     pub fn usable_for(&self, margin: Duration) -> bool {
         self.usable_until > Instant::now() + margin
+    }
+
+    /// Whether the gateway may still use it (the expiry buffer already applied).
+    pub fn is_usable(&self) -> bool {
+        Instant::now() < self.usable_until
+    }
+}
+
+/// Whose delegated identity a Graph call uses. Owned and cheap to clone, so work that happens
+/// later (a scheduled or trailing run) can ask [`Credentials::token_for`] for a fresh token.
+#[derive(Debug, Clone)]
+pub enum ActingIdentity {
+    /// The calling user, through the on-behalf-of exchange of their own token.
+    User(UserCaller),
+    /// A configured service identity whose session the gateway holds.
+    Service(ServiceIdentityRef),
+}
+
+/// A service identity, by name, and its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceIdentityRef {
+    /// The name of `[identities.NAME]`.
+    pub name: Arc<str>,
+    /// The account's tenant.
+    pub tenant_id: String,
+}
+
+impl ActingIdentity {
+    /// The tenant whose Graph is called.
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            ActingIdentity::User(u) => &u.tenant_id,
+            ActingIdentity::Service(s) => &s.tenant_id,
+        }
+    }
+}
+
+/// A file's identity on disk: changes when the file is replaced or rewritten, so files the
+/// gateway re-reads (certificates, session stores) are parsed again only after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    /// The stamp of the file `path` leads to (links followed); `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
     }
 }
 
@@ -61,6 +144,7 @@ impl moka::Expiry<[u8; 32], Arc<DelegatedToken>> for UsableUntil {
 pub struct Credentials {
     exchange: obo::OboClient,
     cache: moka::future::Cache<[u8; 32], Arc<DelegatedToken>>,
+    identities: Arc<ServiceIdentities>,
 }
 
 impl Credentials {
@@ -72,7 +156,59 @@ impl Credentials {
                 .max_capacity(capacity)
                 .expire_after(UsableUntil)
                 .build(),
+            identities: Arc::new(ServiceIdentities::default()),
         }
+    }
+
+    /// The same, with the service identities callers may act as.
+    pub fn with_identities(mut self, identities: Arc<ServiceIdentities>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The configured service identities (for `/readyz`, metrics and keep-alive).
+    pub fn identities(&self) -> &Arc<ServiceIdentities> {
+        &self.identities
+    }
+
+    /// A delegated Graph token with `scope` for whoever `actor` is: the one function the
+    /// pipeline (and a scheduler acting later for the same actor) calls.
+    pub async fn token_for(
+        &self,
+        actor: &ActingIdentity,
+        scope: &str,
+    ) -> Result<Arc<DelegatedToken>, GatewayError> {
+        match actor {
+            ActingIdentity::User(user) => self.delegated_token(user, scope).await,
+            ActingIdentity::Service(s) => self.service_identity(s)?.token(scope).await,
+        }
+    }
+
+    /// What the audit trail records as the identity acted as.
+    pub fn acting_summary(&self, actor: &ActingIdentity) -> CallerSummary {
+        match actor {
+            ActingIdentity::User(u) => crate::caller::Caller::User(u.clone()).summary(),
+            ActingIdentity::Service(s) => match self.identities.get(&s.name) {
+                Some(id) => id.summary(),
+                None => CallerSummary {
+                    kind: "service_identity",
+                    tenant_id: s.tenant_id.clone(),
+                    identity: Some(s.name.to_string()),
+                    ..CallerSummary::default()
+                },
+            },
+        }
+    }
+
+    fn service_identity(
+        &self,
+        s: &ServiceIdentityRef,
+    ) -> Result<&Arc<service_identity::ServiceIdentity>, GatewayError> {
+        self.identities.get(&s.name).ok_or_else(|| {
+            // Configuration validation makes every `run_as` name an identity.
+            tracing::error!(identity = %s.name, "no such service identity");
+            GatewayError::Internal
+        })
     }
 
     /// A delegated token for `user` with `scope`, from the cache or one exchange.

@@ -145,7 +145,7 @@ async fn token_for(inner: &Inner, actor: &Actor) -> Result<Arc<DelegatedToken>, 
     }
     inner
         .credentials
-        .delegated_token(&actor.user, &inner.policy.graph_scope)
+        .token_for(&actor.identity, &inner.policy.graph_scope)
         .await
 }
 

@@ -11,8 +11,7 @@ pub mod execute;
 pub mod schedule;
 
 use crate::audit::{AttemptSummary, CallerSummary};
-use crate::caller::UserCaller;
-use crate::credentials::DelegatedToken;
+use crate::credentials::{ActingIdentity, DelegatedToken};
 use crate::problem::GatewayError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -123,8 +122,9 @@ pub struct Run {
 pub struct Actor {
     /// For the audit trail and the run view.
     pub summary: CallerSummary,
-    /// The user, whose inbound token can be exchanged again if the delegated one would expire.
-    pub user: UserCaller,
+    /// Who acts: a user (whose inbound token can be exchanged again if the delegated one would
+    /// expire) or a service identity (whose session can be refreshed).
+    pub identity: ActingIdentity,
     /// The delegated Graph token from the request's exchange.
     pub token: Arc<DelegatedToken>,
 }

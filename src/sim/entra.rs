@@ -1,6 +1,14 @@
 //! Simulated Microsoft Entra ID: OpenID discovery (v1 and v2), JWKS, the v2 token endpoint with
-//! the on-behalf-of grant and Entra's error bodies, failure injection, and minting of caller
+//! the on-behalf-of, refresh-token and device-code grants and Entra's error bodies, client
+//! authentication by secret, certificate assertion or federated token ([`credentials`]), the
+//! device authorization endpoint ([`sessions`]), failure injection, and minting of caller
 //! tokens for the gateway's own API.
+
+mod credentials;
+mod sessions;
+
+pub use credentials::{ClientAuthSeen, FederatedTokenSpec, TOKEN_EXCHANGE_AUDIENCE};
+pub use sessions::{DeviceOutcome, DeviceScript, DeviceUser};
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -23,6 +31,12 @@ use super::{ServerSlot, SimOptions};
 
 /// The OBO grant type.
 pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The device-code grant type (RFC 8628).
+pub const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The refresh-token grant type.
+pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+/// `client_assertion_type` of certificate and federated client assertions.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The Graph permission the sync action needs.
 pub const PERMISSION_READ_WRITE: &str = "DeviceManagementServiceConfig.ReadWrite.All";
 /// The Graph permission that allows reading the Autopilot settings.
@@ -147,6 +161,22 @@ impl TokenSpec {
     }
 }
 
+/// One POST to a token endpoint, as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequestSeen {
+    /// The tenant in the path (`/{tenant}/oauth2/v2.0/token`).
+    pub tenant: String,
+    /// `grant_type`, empty when missing.
+    pub grant_type: String,
+    /// How the client tried to authenticate; `None` when it presented nothing recognisable.
+    pub client_auth: Option<ClientAuthSeen>,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// Token requests remembered at most (the oldest are dropped).
+const MAX_TOKEN_LOG: usize = 10_000;
+
 /// Handle to a running simulated Entra. Cheap to clone; the server stops when the last clone is
 /// dropped or on [`SimEntra::stop`].
 #[derive(Clone)]
@@ -169,7 +199,15 @@ struct EntraState {
     discovery_requests: AtomicUsize,
     token_requests: AtomicUsize,
     exchanges: AtomicUsize,
+    refreshes: AtomicUsize,
+    device_polls: AtomicUsize,
+    device_logins: AtomicUsize,
     issued: Mutex<Vec<String>>,
+    cloud_instance_name: String,
+    device_interval: Duration,
+    credentials: Mutex<credentials::Credentials>,
+    sessions: Mutex<sessions::Sessions>,
+    token_log: Mutex<Vec<TokenRequestSeen>>,
 }
 
 #[derive(Default)]
@@ -200,7 +238,15 @@ impl SimEntra {
             discovery_requests: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
             exchanges: AtomicUsize::new(0),
+            refreshes: AtomicUsize::new(0),
+            device_polls: AtomicUsize::new(0),
+            device_logins: AtomicUsize::new(0),
             issued: Mutex::new(vec![opts.client_secret.clone()]),
+            cloud_instance_name: opts.cloud_instance_name.clone(),
+            device_interval: opts.device_interval,
+            credentials: Mutex::new(credentials::Credentials::default()),
+            sessions: Mutex::new(sessions::Sessions::default()),
+            token_log: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(Arc::clone(&state));
         let stopped = super::StopFlag::default();
@@ -222,6 +268,12 @@ impl SimEntra {
                 .route("/{tenant}/discovery/v2.0/keys", web::get().to(jwks_v2))
                 .route("/{tenant}/discovery/keys", web::get().to(jwks_v1))
                 .route("/{tenant}/oauth2/v2.0/token", web::post().to(token))
+                .route(
+                    "/{tenant}/oauth2/v2.0/devicecode",
+                    web::post().to(sessions::device_authorization),
+                )
+                .route("/_sim/device", web::get().to(sessions::device_page))
+                .route("/_sim/device", web::post().to(sessions::device_decision))
         })
         .workers(2)
         // The embedding process (tests, `dev`) owns signal handling.
@@ -347,9 +399,101 @@ impl SimEntra {
     }
 
     /// Every token minted, signed or issued so far (caller tokens, Graph tokens, refresh
-    /// tokens), plus the client secret: tests scan logs and audit files for these.
+    /// tokens, ID tokens, device codes, federated tokens), every client assertion received,
+    /// plus the client secret: tests scan logs and audit files for these.
     pub fn issued_secrets(&self) -> Vec<String> {
         self.state.issued.lock().expect("issued lock").clone()
+    }
+
+    /// Every token request so far, oldest first: tenant, grant, client authentication, status.
+    pub fn token_request_log(&self) -> Vec<TokenRequestSeen> {
+        self.state.token_log.lock().expect("token log lock").clone()
+    }
+
+    /// Successful refresh-token grants.
+    pub fn refreshes(&self) -> usize {
+        self.state.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Device-code polls (every POST with the device-code grant that passed client
+    /// authentication).
+    pub fn device_polls(&self) -> usize {
+        self.state.device_polls.load(Ordering::SeqCst)
+    }
+
+    /// Device-code flows completed with tokens.
+    pub fn device_logins(&self) -> usize {
+        self.state.device_logins.load(Ordering::SeqCst)
+    }
+
+    /// Registers an RSA certificate (PEM) on the gateway's app registration, as an
+    /// administrator uploads one; returns its `x5t#S256`. Several may be registered (rotation).
+    ///
+    /// # Panics
+    /// If `pem` is not an RSA certificate.
+    pub fn register_certificate(&self, pem: &str) -> String {
+        self.state.register_certificate(pem)
+    }
+
+    /// The simulated OIDC issuer (a Kubernetes service-account issuer) whose tokens the
+    /// federated credentials trust.
+    pub fn federated_issuer(&self) -> String {
+        self.state.federated_issuer()
+    }
+
+    /// Adds a federated identity credential to the app registration: issuer = the simulated
+    /// OIDC issuer, this `subject`, audience `api://AzureADTokenExchange`.
+    pub fn add_federated_credential(&self, subject: &str) {
+        self.state
+            .credentials
+            .lock()
+            .expect("credentials lock")
+            .federated
+            .push((subject.to_string(), TOKEN_EXCHANGE_AUDIENCE.to_string()));
+    }
+
+    /// A token of the simulated OIDC issuer, as the platform projects into the pod.
+    pub fn mint_federated_token(&self, spec: &FederatedTokenSpec) -> String {
+        self.state.mint_federated(spec)
+    }
+
+    /// Time passes for the OIDC issuer: every federated token minted so far is now past its
+    /// `exp` and refused with AADSTS700024.
+    pub fn expire_federated_tokens(&self) {
+        self.state.expire_federated_tokens();
+    }
+
+    /// How polls of device codes issued from now on are answered (`None`: pending until
+    /// [`SimEntra::approve_device_code`] or [`SimEntra::deny_device_code`]).
+    pub fn script_device_login(&self, script: Option<DeviceScript>) {
+        self.state.set_device_script(script);
+    }
+
+    /// The person at the browser signs in as `user` for `user_code`; false for an unknown code.
+    pub fn approve_device_code(&self, user_code: &str, user: DeviceUser) -> bool {
+        self.state
+            .decide_device_code(user_code, DeviceOutcome::Approve(user))
+    }
+
+    /// The person at the browser declines `user_code`; false for an unknown code.
+    pub fn deny_device_code(&self, user_code: &str) -> bool {
+        self.state
+            .decide_device_code(user_code, DeviceOutcome::Deny)
+    }
+
+    /// The newest refresh token of the user `object_id` that has not been redeemed yet.
+    pub fn current_refresh_token(&self, object_id: &str) -> Option<String> {
+        self.state.newest_refresh_token(object_id)
+    }
+
+    /// Revokes every unredeemed refresh token of `object_id` (password reset, admin action).
+    pub fn revoke_refresh_tokens(&self, object_id: &str) {
+        self.state.revoke_sessions(object_id);
+    }
+
+    /// Ninety days pass without use: every unredeemed refresh token of `object_id` expires.
+    pub fn expire_refresh_tokens(&self, object_id: &str) {
+        self.state.expire_sessions(object_id);
     }
 
     /// Stops the server: the IdP becomes unreachable (connections refused).
@@ -668,7 +812,7 @@ async fn discovery_v2(
             "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
         "kerberos_endpoint": format!("{b}/{tenant}/kerberos"),
         "tenant_region_scope": if alias { Value::Null } else { json!("NA") },
-        "cloud_instance_name": "microsoftonline.com",
+        "cloud_instance_name": state.cloud_instance_name,
         "cloud_graph_host_name": "graph.windows.net",
         "msgraph_host": msgraph_host(&state.graph_resource),
         "rbac_url": "https://pas.windows.net",
@@ -712,7 +856,7 @@ async fn discovery_v1(
         "userinfo_endpoint": format!("{b}/{tenant}/openid/userinfo"),
         "kerberos_endpoint": format!("{b}/{tenant}/kerberos"),
         "tenant_region_scope": if alias { Value::Null } else { json!("NA") },
-        "cloud_instance_name": "microsoftonline.com",
+        "cloud_instance_name": state.cloud_instance_name,
         "cloud_graph_host_name": "graph.windows.net",
         "msgraph_host": msgraph_host(&state.graph_resource),
         "rbac_url": "https://pas.windows.net",
@@ -742,7 +886,10 @@ fn jwks(state: &EntraState, tenant: &str, req: &HttpRequest, v2: bool) -> HttpRe
             m.insert("e".into(), json!(k.e));
             m.insert("x5c".into(), json!([k.x5c]));
             if v2 {
-                m.insert("cloud_instance_name".into(), json!("microsoftonline.com"));
+                m.insert(
+                    "cloud_instance_name".into(),
+                    json!(state.cloud_instance_name),
+                );
                 m.insert(
                     "issuer".into(),
                     json!(format!("{}/{{tenantid}}/v2.0", state.base)),
@@ -825,14 +972,27 @@ async fn token(
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     let ctx = Ctx::new(&req);
     let tenant = path.into_inner();
-    match token_inner(&state, &tenant, &req, &body).await {
+    let mut seen = TokenRequestSeen {
+        tenant: tenant.clone(),
+        grant_type: String::new(),
+        client_auth: None,
+        status: 0,
+    };
+    let resp = match token_inner(&state, &tenant, &req, &body, &mut seen).await {
         Ok(body) => ctx
             .response(StatusCode::OK)
             .insert_header(("cache-control", "no-store, no-cache"))
             .insert_header(("pragma", "no-cache"))
             .json(body),
         Err(e) => e.into_response(&ctx, &state.base),
+    };
+    seen.status = resp.status().as_u16();
+    let mut log = state.token_log.lock().expect("token log lock");
+    if log.len() >= MAX_TOKEN_LOG {
+        log.remove(0);
     }
+    log.push(seen);
+    resp
 }
 
 async fn token_inner(
@@ -840,18 +1000,23 @@ async fn token_inner(
     tenant: &str,
     req: &HttpRequest,
     body: &[u8],
+    seen: &mut TokenRequestSeen,
 ) -> Result<Value, AadError> {
     // 1. Tenant. Multi-tenant aliases are refused too: the gateway must use the caller's tenant.
     if !state.knows_tenant(tenant) {
         return Err(AadError::tenant_not_found("invalid_request", tenant));
     }
     let form = parse_form(req, body);
+    seen.grant_type = form.get("grant_type").cloned().unwrap_or_default();
     // 2. Client authentication.
+    seen.client_auth = presented_client_auth(state, req, &form);
     authenticate_client(state, tenant, req, &form)?;
-    // 3. Grant dispatch: new grants (device code, refresh token) get their own arm.
+    // 3. Grant dispatch.
     match form.get("grant_type").map(String::as_str) {
         None => Err(AadError::missing("grant_type")),
         Some(GRANT_JWT_BEARER) => on_behalf_of(state, tenant, &form).await,
+        Some(GRANT_REFRESH_TOKEN) => sessions::refresh_token_grant(state, tenant, &form).await,
+        Some(GRANT_DEVICE_CODE) => sessions::device_code_grant(state, tenant, &form).await,
         Some(other) => Err(AadError::new(
             400,
             "unsupported_grant_type",
@@ -859,6 +1024,19 @@ async fn token_inner(
             format!("The app requested an unsupported grant type '{other}'."),
         )),
     }
+}
+
+/// How the request tries to authenticate the client, before any check.
+fn presented_client_auth(
+    state: &EntraState,
+    req: &HttpRequest,
+    form: &Form,
+) -> Option<ClientAuthSeen> {
+    if basic_credentials(req).is_some() || form.contains_key("client_secret") {
+        return Some(ClientAuthSeen::Secret);
+    }
+    form.get("client_assertion")
+        .and_then(|a| state.presented(a))
 }
 
 fn authenticate_client(
@@ -909,13 +1087,18 @@ fn authenticate_client(
                 ))
             }
         }
-        // The simulated app registration has no certificate or federated credential.
-        None if form.contains_key("client_assertion") => Err(AadError::new(
-            401,
-            "invalid_client",
-            700027,
-            "Client assertion failed signature validation. [Reason - The key was not found.]",
-        )),
+        None if form.contains_key("client_assertion") => {
+            if form.get("client_assertion_type").map(String::as_str) != Some(CLIENT_ASSERTION_TYPE)
+            {
+                return Err(AadError::new(
+                    400,
+                    "invalid_request",
+                    900144,
+                    "The request body must contain the following parameter: 'client_assertion_type'.",
+                ));
+            }
+            state.check_client_assertion(tenant, &form["client_assertion"])
+        }
         None => Err(AadError::new(
             401,
             "invalid_client",
@@ -927,9 +1110,11 @@ fn authenticate_client(
 }
 
 /// What a valid `scope` parameter asks for.
+#[derive(Clone)]
 struct Scopes {
     permissions: Vec<&'static str>,
     offline_access: bool,
+    openid: bool,
 }
 
 fn parse_scopes(state: &EntraState, scope: &str) -> Result<Scopes, AadError> {
@@ -948,11 +1133,13 @@ fn parse_scopes(state: &EntraState, scope: &str) -> Result<Scopes, AadError> {
     let mut out = Scopes {
         permissions: Vec::new(),
         offline_access: false,
+        openid: false,
     };
     let mut default_scope = false;
     for s in scope.split_whitespace() {
         if OIDC_SCOPES.contains(&s) {
             out.offline_access |= s == "offline_access";
+            out.openid |= s == "openid";
             continue;
         }
         let Some(perm) = s.strip_prefix(&prefix) else {
@@ -1037,10 +1224,13 @@ async fn on_behalf_of(state: &EntraState, tenant: &str, form: &Form) -> Result<V
     // 7. Failure injection.
     injected_failure(state, user.oid.as_deref()).await?;
     // 8. Issue the Graph token.
-    Ok(issue_graph_token(state, &user, &scopes))
+    let body = issue_tokens(state, tenant, &user, &scopes);
+    state.exchanges.fetch_add(1, Ordering::SeqCst);
+    Ok(body)
 }
 
-/// The user an OBO assertion speaks for.
+/// The user an OBO assertion (or a session) speaks for.
+#[derive(Debug, Clone)]
 struct AssertedUser {
     tid: String,
     oid: Option<String>,
@@ -1177,8 +1367,9 @@ async fn injected_failure(state: &EntraState, oid: Option<&str>) -> Result<(), A
     }
 }
 
-/// Signs a v1 Graph access token for `user` and builds the token response.
-fn issue_graph_token(state: &EntraState, user: &AssertedUser, scopes: &Scopes) -> Value {
+/// Signs a v1 Graph access token for `user` and builds the token response, with a refresh
+/// token (redeemable once) when `offline_access` was asked and an ID token when `openid` was.
+fn issue_tokens(state: &EntraState, tenant: &str, user: &AssertedUser, scopes: &Scopes) -> Value {
     let now = now_unix();
     let lifetime = i64::try_from(state.graph_token_lifetime.as_secs()).unwrap_or(i64::MAX / 2);
     let oid = user.oid.clone().unwrap_or_default();
@@ -1206,7 +1397,6 @@ fn issue_graph_token(state: &EntraState, user: &AssertedUser, scopes: &Scopes) -
     c.insert("uti".into(), json!(random_b64url(16)));
     c.insert("ver".into(), json!("1.0"));
     let access_token = state.sign_active(&Value::Object(c));
-    state.exchanges.fetch_add(1, Ordering::SeqCst);
     let granted: Vec<String> = scopes
         .permissions
         .iter()
@@ -1223,9 +1413,38 @@ fn issue_graph_token(state: &EntraState, user: &AssertedUser, scopes: &Scopes) -
         // Opaque, as Entra's are; recorded so leak scans find it.
         let rt = format!("1.SIM{}", random_b64url(96));
         state.record(&rt);
+        state.register_refresh_token(&rt, tenant, user, scopes);
         body["refresh_token"] = json!(rt);
     }
+    if scopes.openid {
+        body["id_token"] = json!(id_token(state, user, now, lifetime));
+    }
     body
+}
+
+/// A v2 ID token naming `user`, for the gateway's application.
+fn id_token(state: &EntraState, user: &AssertedUser, now: i64, lifetime: i64) -> String {
+    let oid = user.oid.clone().unwrap_or_default();
+    let mut c = Map::new();
+    c.insert("aud".into(), json!(state.client_id));
+    c.insert("iss".into(), json!(state.issuer_v2(&user.tid)));
+    c.insert("iat".into(), json!(now));
+    c.insert("nbf".into(), json!(now));
+    c.insert("exp".into(), json!(now.saturating_add(lifetime)));
+    c.insert("oid".into(), json!(oid));
+    c.insert("tid".into(), json!(user.tid));
+    c.insert(
+        "sub".into(),
+        json!(URL_SAFE_NO_PAD.encode(Sha256::digest(
+            format!("{oid}:{}", state.client_id).as_bytes()
+        ))),
+    );
+    if let Some(upn) = &user.upn {
+        c.insert("preferred_username".into(), json!(upn));
+        c.insert("name".into(), json!(upn));
+    }
+    c.insert("ver".into(), json!("2.0"));
+    state.sign_active(&Value::Object(c))
 }
 
 fn header_alg(token: &str) -> Option<Algorithm> {
@@ -1307,10 +1526,11 @@ mod tests {
     use super::*;
 
     pub(crate) const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+    pub(crate) const OTHER_TENANT: &str = "99999999-2222-3333-4444-555555555555";
 
     pub(crate) async fn sims() -> Simulators {
         Simulators::start(SimOptions::new(
-            vec![TENANT.to_string()],
+            vec![TENANT.to_string(), OTHER_TENANT.to_string()],
             "gw-client-id",
             "gw-secret-value",
             vec!["gw-client-id".to_string(), "api://sync-gateway".to_string()],

@@ -82,6 +82,8 @@ pub struct SimGraph {
 
 struct GraphState {
     base: String,
+    /// The token audience this Graph accepts (its base URL, or a national cloud's name).
+    resource: String,
     entra_base: String,
     keys: Arc<KeyStore>,
     cooldown: chrono::Duration,
@@ -175,6 +177,7 @@ impl SimGraph {
         listener: TcpListener,
     ) -> std::io::Result<SimGraph> {
         let state = Arc::new(GraphState {
+            resource: opts.graph_resource.clone().unwrap_or_else(|| base.clone()),
             base,
             entra_base,
             keys,
@@ -487,8 +490,10 @@ fn authenticate(
 
 fn check_claims(state: &GraphState, claims: &Value, permissions: &[&str]) -> Result<(), Refusal> {
     let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => *a == state.base,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(state.base.as_str())),
+        Some(Value::String(a)) => *a == state.resource,
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|a| a.as_str() == Some(state.resource.as_str())),
         _ => false,
     };
     if !aud_ok {

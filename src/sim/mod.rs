@@ -32,6 +32,13 @@ pub struct SimOptions {
     pub graph_cooldown: Duration,
     /// Lifetime of the Graph tokens the OBO exchange issues.
     pub graph_token_lifetime: Duration,
+    /// The Graph resource (scope prefix and token `aud`) as a national cloud names it, e.g.
+    /// `https://graph.microsoft.us`; `None` = the simulated Graph's own base URL.
+    pub graph_resource: Option<String>,
+    /// The `cloud_instance_name` discovery and keys report (e.g. `microsoftonline.us`).
+    pub cloud_instance_name: String,
+    /// The polling interval the device authorization endpoint announces.
+    pub device_interval: Duration,
 }
 
 impl SimOptions {
@@ -49,6 +56,9 @@ impl SimOptions {
             api_audiences,
             graph_cooldown: Duration::from_secs(600),
             graph_token_lifetime: Duration::from_secs(3600),
+            graph_resource: None,
+            cloud_instance_name: "microsoftonline.com".into(),
+            device_interval: Duration::from_secs(5),
         }
     }
 }
@@ -84,10 +94,14 @@ impl Simulators {
             .await
             .map_err(std::io::Error::other)?;
         let keys = Arc::new(keys);
+        let graph_resource = opts
+            .graph_resource
+            .clone()
+            .unwrap_or_else(|| graph_base.clone());
         let entra = entra::SimEntra::start(
             &opts,
             entra_base.clone(),
-            graph_base.clone(),
+            graph_resource,
             Arc::clone(&keys),
             entra_listener,
         )?;

@@ -24,15 +24,24 @@ path = "/var/lib/sync-gateway/audit.jsonl"
 "#;
 
 fn check_config(text: &str, secret: Option<&str>) -> (bool, String, String) {
+    let env: Vec<(&str, &str)> = secret
+        .map(|s| vec![("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", s)])
+        .unwrap_or_default();
+    check_config_with(text, &env)
+}
+
+/// `check-config` with exactly `env` among the variables the configuration reads.
+fn check_config_with(text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["check-config", "--config"]).arg(&path);
     cmd.env_remove("SYNC_GATEWAY__ENTRA__CLIENT_SECRET");
-    if let Some(s) = secret {
-        cmd.env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", s);
+    for v in sync_gateway::config::AZURE_ENV {
+        cmd.env_remove(v);
     }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().unwrap();
     (
         out.status.success(),
@@ -107,6 +116,40 @@ fn the_shipped_example_configuration_is_valid() {
     assert!(ok, "{stderr}");
 }
 
+/// `sync-gateway dev` writing into `dir`: the child and what it printed up to "Ctrl-C".
+fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--audit-path"])
+        .arg(dir.join("dev-audit.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let lines = read_lines_until(child.stdout.take().unwrap(), "Ctrl-C");
+    (child, lines)
+}
+
+/// Lines of `out` up to and including the first containing `marker` (60 s at most).
+fn read_lines_until(out: impl std::io::Read + Send + 'static, marker: &str) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let done = line.contains(marker);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
 /// `sync-gateway dev` running as a child process, with what it printed.
 struct Dev {
     child: std::process::Child,
@@ -132,25 +175,14 @@ impl Dev {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines_until(child.stdout.take().unwrap(), "Ctrl-C");
         let (mut token, mut curl) = (None, None);
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        for line in lines {
             if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
                 token = Some(t.to_string());
             }
             if line.trim().starts_with("curl -i -X POST") {
                 curl = Some(line.trim().to_string());
-            }
-            if line.contains("Ctrl-C") {
-                break;
             }
         }
         let curl = curl.expect("dev printed a curl line");
@@ -251,4 +283,233 @@ async fn dev_mode_schedules_a_second_sync_and_its_run_succeeds_after_the_cooldow
     assert_eq!(state, "succeeded");
     let status = dev.get("/sync/status").await;
     assert_eq!(status["graph"]["syncStatus"], "completed");
+}
+
+/// `VALID` without the lines setting `keys`.
+fn without(keys: &[&str]) -> String {
+    VALID
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn toml_path(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+#[test]
+fn check_config_says_a_certificate_is_in_use_and_names_its_thumbprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::helpers::test_certificate();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let text = VALID.replace(
+        "[callers]",
+        &format!(
+            "certificate_file = {}\nprivate_key_file = {}\n[callers]",
+            toml_path(&cert_path),
+            toml_path(&key_path)
+        ),
+    );
+    let (ok, stdout, stderr) = check_config_with(&text, &[]);
+    assert!(ok, "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("# client authentication: certificate "))
+        .expect("the credential in use");
+    assert!(
+        line.contains("x5t#S256") && line.contains("PS256"),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_config_refuses_several_client_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a.b.c").unwrap();
+    let (ok, _, stderr) = check_config_with(
+        VALID,
+        &[
+            ("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("entra: configure exactly one client credential; found a client secret"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("AZURE_FEDERATED_TOKEN_FILE"), "{stderr}");
+}
+
+#[test]
+fn check_config_takes_workload_identity_keys_from_the_platform_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a.b.c").unwrap();
+    let text = without(&["authority_host", "tenant_id", "client_id"]);
+    let (ok, stdout, stderr) = check_config_with(
+        &text,
+        &[
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+            ("AZURE_CLIENT_ID", "33333333-3333-3333-3333-333333333333"),
+            ("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111"),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("# client authentication: workload identity federation: token file"));
+    assert!(
+        stdout.contains("# entra.client_id from AZURE_CLIENT_ID"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("client_id = \"33333333-3333-3333-3333-333333333333\""));
+}
+
+#[test]
+fn check_config_derives_the_hosts_from_entra_cloud() {
+    let text = without(&["authority_host", "base_url"])
+        .replace("[entra]", "[entra]\ncloud = \"usgov-dod\"");
+    let (ok, stdout, stderr) = check_config(&text, Some("s"));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("authority_host = \"https://login.microsoftonline.us/\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("base_url = \"https://dod-graph.microsoft.us/\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scope_resource = \"https://dod-graph.microsoft.us\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_refuses_hosts_of_two_clouds_unless_forced() {
+    let text = VALID.replace("[entra]", "[entra]\ncloud = \"usgov\"");
+    let (ok, _, stderr) = check_config(&text, Some("s"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("entra.cloud: entra.authority_host https://login.microsoftonline.com/ belongs to global but entra.cloud is usgov"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("entra.allow_cloud_mismatch = true"),
+        "{stderr}"
+    );
+    let forced = text.replace("[entra]", "[entra]\nallow_cloud_mismatch = true");
+    let (ok, _, stderr) = check_config(&forced, Some("s"));
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn login_names_an_unknown_identity_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, VALID).unwrap();
+    let out = Command::new(BIN)
+        .args(["login", "--identity", "nobody", "--config"])
+        .arg(&path)
+        .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no identity \"nobody\" is configured: add [identities.nobody]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, lines) = start_dev(dir.path());
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}"))
+            .to_string()
+    };
+    let app_token = find("export APP_TOKEN=")["export APP_TOKEN=".len()..].to_string();
+    let login = find("sync-gateway login --config ");
+    let config = login.split_whitespace().nth(3).unwrap().to_string();
+    let url = find("curl -i -H \"Authorization: Bearer $APP_TOKEN\" -X POST")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let mut login = Command::new(BIN)
+        .args(["login", "--identity", "dev-bot", "--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let printed = read_lines_until(login.stdout.take().unwrap(), "enter the code");
+    let prompt = printed.last().unwrap().clone();
+    let page = prompt
+        .split("open the page ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let code = prompt
+        .split("enter the code ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let (status, _) =
+        reqwest::blocking_free_form(page, &[("user_code", code), ("action", "approve")]);
+    assert_eq!(status, 200);
+    let signed_in = login.wait().unwrap();
+
+    let (status, body) = reqwest::blocking_free_post(&url, &app_token);
+    dev.kill().ok();
+    dev.wait().ok();
+    assert!(signed_in.success());
+    assert_eq!(status, 202, "{body}");
+}
+
+/// A tiny synchronous POST for the tests above (the test is not async: it drives a child).
+mod reqwest {
+    pub fn blocking_free_post(url: &str, token: &str) -> (u16, String) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("Content-Type", "application/json")
+                .body(r#"{"reason":"trying sync-gateway"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        })
+    }
+
+    pub fn blocking_free_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .form(form)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        })
+    }
 }

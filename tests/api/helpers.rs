@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use sync_gateway::sim::entra::TokenSpec;
@@ -59,12 +59,33 @@ pub struct TestApp {
     pub audit_path: PathBuf,
     /// A client for talking to the gateway.
     pub http: reqwest::Client,
+    /// The gateway's validated configuration (for `login` and restarts).
+    pub config: Config,
+    /// A temporary directory that lives as long as the app (certificates, session stores).
+    pub dir: PathBuf,
     handle: actix_web::dev::ServerHandle,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    config: String,
-    secret: String,
     _dir: tempfile::TempDir,
 }
+
+/// What a [`Setup::prepare`] hook sees before the gateway starts.
+pub struct Prepare<'a> {
+    /// The running simulators (register certificates, mint federated tokens, ...).
+    pub sims: &'a Simulators,
+    /// The app's temporary directory, for files the configuration points at.
+    pub dir: &'a Path,
+    /// The allowed tenant.
+    pub tenant: &'a str,
+    /// The second tenant the simulated Entra knows.
+    pub foreign_tenant: &'a str,
+}
+
+/// Prepares files and simulators before the gateway starts; returns configuration entries
+/// (dotted key, TOML value text) to set.
+pub type PrepareHook = Box<dyn FnOnce(&Prepare<'_>) -> Vec<(String, String)> + Send>;
+
+/// Adjusts the simulators' options before they start.
+pub type SimHook = Box<dyn FnOnce(&mut SimOptions) + Send>;
 
 /// Knobs a test may turn before the system starts.
 pub struct Setup {
@@ -83,6 +104,14 @@ pub struct Setup {
     pub intune_cooldown: Option<Duration>,
     /// Lifetime of the Graph tokens the simulated Entra issues (default one hour).
     pub graph_token_lifetime: Option<Duration>,
+    /// Configure no client secret (the test configures a certificate or a federated token).
+    pub omit_client_secret: bool,
+    /// More environment for the configuration (e.g. `AZURE_*`).
+    pub env: Vec<(String, String)>,
+    /// Runs once the simulators are up, before the gateway is configured.
+    pub prepare: Option<PrepareHook>,
+    /// Options of the simulators beyond the tenants and the app registration.
+    pub sim: Option<SimHook>,
 }
 
 impl Default for Setup {
@@ -95,6 +124,10 @@ impl Default for Setup {
             graph_mode: GraphMode::Always(GraphResponse::Accept),
             intune_cooldown: None,
             graph_token_lifetime: None,
+            omit_client_secret: false,
+            env: Vec::new(),
+            prepare: None,
+            sim: None,
         }
     }
 }
@@ -146,6 +179,10 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
     if let Some(l) = setup.graph_token_lifetime {
         options.graph_token_lifetime = l;
     }
+    let mut setup = setup;
+    if let Some(tune) = setup.sim.take() {
+        tune(&mut options);
+    }
     let sims = Simulators::start(options).await.expect("simulators start");
     sims.graph.set_mode(setup.graph_mode.clone());
     if setup.entra_down_at_start {
@@ -190,7 +227,16 @@ status_poll_ms = 100
         audit = toml::Value::String(audit_path.display().to_string()),
     ))
     .unwrap();
-    for (key, value) in &setup.config {
+    let mut entries = setup.config.clone();
+    if let Some(prepare) = setup.prepare.take() {
+        entries.extend(prepare(&Prepare {
+            sims: &sims,
+            dir: dir.path(),
+            tenant: &tenant,
+            foreign_tenant: &foreign_tenant,
+        }));
+    }
+    for (key, value) in &entries {
         let v: toml::Table = toml::from_str(&format!("v = {value}")).expect("a TOML value");
         let mut parts: Vec<&str> = key.split('.').collect();
         let last = parts.pop().unwrap();
@@ -204,9 +250,16 @@ status_poll_ms = 100
         }
         t.insert(last.to_string(), v["v"].clone());
     }
-    let config = toml::to_string(&table).unwrap();
-    let secret = setup.gateway_secret.clone().unwrap_or(secret);
-    let (address, handle, server) = start_gateway(&config, &secret).await;
+    let mut env = setup.env.clone();
+    if !setup.omit_client_secret {
+        env.push((
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            setup.gateway_secret.clone().unwrap_or(secret),
+        ));
+    }
+    let config = Config::from_toml_and_env(&toml::to_string(&table).unwrap(), env)
+        .expect("valid test configuration");
+    let (address, handle, server) = start_gateway(config.clone()).await;
     let test_app = TestApp {
         address,
         sims,
@@ -218,10 +271,10 @@ status_poll_ms = 100
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
+        config,
+        dir: dir.path().to_path_buf(),
         handle,
         server: Some(server),
-        config,
-        secret,
         _dir: dir,
     };
     if !setup.entra_down_at_start {
@@ -236,15 +289,7 @@ type Started = (
     tokio::task::JoinHandle<std::io::Result<()>>,
 );
 
-async fn start_gateway(config: &str, secret: &str) -> Started {
-    let config = Config::from_toml_and_env(
-        config,
-        [(
-            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            secret.to_string(),
-        )],
-    )
-    .expect("valid test configuration");
+async fn start_gateway(config: Config) -> Started {
     let app = Application::build(config).await.expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -264,7 +309,7 @@ impl TestApp {
     /// audit file: a process restart.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (address, handle, server) = start_gateway(&self.config, &self.secret).await;
+        let (address, handle, server) = start_gateway(self.config.clone()).await;
         self.address = address;
         self.handle = handle;
         self.server = Some(server);
@@ -313,6 +358,23 @@ impl TestApp {
             .send()
             .await
             .expect("gateway answers")
+    }
+
+    /// `n` concurrent `POST /sync` with `token`; their statuses.
+    pub async fn post_sync_concurrently(&self, token: &str, n: usize) -> Vec<u16> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (http, url, token) = (
+                self.http.clone(),
+                format!("{}/sync", self.address),
+                token.to_string(),
+            );
+            set.spawn(async move {
+                let resp = http.post(url).bearer_auth(token).send().await;
+                resp.expect("gateway answers").status().as_u16()
+            });
+        }
+        set.join_all().await
     }
 
     /// `POST /sync` with `token` and a JSON body.
@@ -387,6 +449,12 @@ impl Drop for TestApp {
     }
 }
 
+/// Everything logged so far by every test of this binary (tests run in parallel: assert on
+/// text unique to the test, such as a path in its own temporary directory).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
 /// The JSON body of an answer, asserting it is `application/problem+json` when `problem`.
 pub async fn problem_of(resp: reqwest::Response) -> Value {
     let ct = resp
@@ -406,6 +474,17 @@ pub fn header(resp: &reqwest::Response, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// A fresh self-signed RSA-2048 certificate and its PKCS#8 private key, both PEM.
+pub fn test_certificate() -> (String, String) {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["sync-gateway.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
 }
 
 /// The problem `type` for `kind`.

@@ -4,9 +4,12 @@
 mod audit;
 mod callers;
 mod cli;
+mod client_auth;
 mod exchange;
 mod helpers;
+mod identities;
 mod limits;
 mod runs;
 mod sync;
+mod tenants;
 mod upstream;
