@@ -116,6 +116,13 @@ pub enum AdminEvent {
         /// Group commits that failed.
         failed_commits: u64,
     },
+    /// Records became durable only after their callers had given up waiting (a commit that
+    /// outlived `audit.write_timeout_ms`): those requests were answered 503 and nothing was
+    /// sent upstream for them, whatever the records say.
+    LateCommit {
+        /// The `seq`s of those records.
+        seqs: Vec<u64>,
+    },
     /// Retention deleted rotated files.
     Retention {
         /// The deleted files' names.

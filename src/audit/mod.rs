@@ -27,7 +27,7 @@ pub use event::{
     AdminEvent, AdminRecord, AuditEvent, CallerSummary, IntentRecord, RequestRecord,
     UpstreamSummary,
 };
-pub use file::{FileOptions, FileSink};
+pub use file::{rotated_files, FileOptions, FileSink};
 pub use postgres::{valid_schema_name, verify_postgres, PostgresOptions, PostgresSink};
 pub use redact::{ValueHasher, MIN_KEY_BYTES as MIN_HMAC_KEY_BYTES, SENSITIVE_FIELDS};
 pub use sink::{AuditSink, Batch, Opened};

@@ -138,6 +138,8 @@ struct Head<'a> {
     sig: Option<Cow<'a, str>>,
     #[serde(default)]
     trail_starts_at_seq: Option<u64>,
+    #[serde(default)]
+    seqs: Option<Vec<u64>>,
 }
 
 #[derive(Clone)]
@@ -162,8 +164,11 @@ pub struct Verifier {
     resync: bool,
     suspect: Option<Suspect>,
     retention_starts: BTreeSet<u64>,
-    runs: HashMap<String, Loc>,
+    /// Open runs: run id → where it started and that record's seq.
+    runs: HashMap<String, (Loc, u64)>,
     unverified_checkpoints: u64,
+    /// (source, line) of each problem, kept in trail order at the end.
+    problem_at: Vec<(usize, u64)>,
 }
 
 impl Verifier {
@@ -179,6 +184,7 @@ impl Verifier {
             retention_starts: BTreeSet::new(),
             runs: HashMap::new(),
             unverified_checkpoints: 0,
+            problem_at: Vec::new(),
         }
     }
 
@@ -203,6 +209,10 @@ impl Verifier {
     }
 
     fn push_problem(&mut self, at: &Loc, message: String) {
+        if self.problem_at.contains(&(at.source, at.line)) {
+            return; // one report per line
+        }
+        self.problem_at.push((at.source, at.line));
         let f = self.finding(at, message);
         self.report.problems.push(f);
     }
@@ -274,6 +284,9 @@ impl Verifier {
             }
         }
 
+        // A checkpoint whose signature verifies vouches for its own prev.
+        let signed_ok = head.kind.as_deref() == Some("checkpoint") && self.checkpoint(&at, &head);
+
         match &self.last {
             _ if self.resync => self.resync = false,
             None => {}
@@ -302,20 +315,26 @@ impl Verifier {
                         .as_ref()
                         .map(|l| l.2.clone())
                         .unwrap_or(at.clone());
-                    self.suspect = Some(Suspect {
-                        before,
-                        this: at.clone(),
-                        this_hash: h,
-                    });
+                    if signed_ok {
+                        self.push_problem(
+                            &before,
+                            "record altered: its hash does not match the prev of the signed checkpoint after it".into(),
+                        );
+                    } else {
+                        self.suspect = Some(Suspect {
+                            before,
+                            this: at.clone(),
+                            this_hash: h,
+                        });
+                    }
                 }
             }
         }
 
         match head.kind.as_deref() {
-            Some("checkpoint") => self.checkpoint(&at, &head),
             Some("intent") => {
                 if let Some(r) = &head.run_id {
-                    self.runs.insert(r.to_string(), at.clone());
+                    self.runs.insert(r.to_string(), (at.clone(), head.seq));
                 }
             }
             Some("request") if head.upstream.is_some() => {
@@ -325,7 +344,7 @@ impl Verifier {
             }
             Some("run") => match (head.event.as_deref(), &head.run_id) {
                 (Some("started"), Some(r)) => {
-                    self.runs.insert(r.to_string(), at.clone());
+                    self.runs.insert(r.to_string(), (at.clone(), head.seq));
                 }
                 (Some("finished" | "abandoned"), Some(r)) => {
                     self.runs.remove(r.as_ref());
@@ -336,6 +355,10 @@ impl Verifier {
                 if let Some(s) = head.trail_starts_at_seq {
                     self.retention_starts.insert(s);
                 }
+                if let Some(seqs) = &head.seqs {
+                    // Refused to their callers: no upstream call followed those records.
+                    self.runs.retain(|_, (_, seq)| !seqs.contains(seq));
+                }
             }
             _ => {}
         }
@@ -345,31 +368,37 @@ impl Verifier {
         self.last = Some((head.seq, h, at));
     }
 
-    fn checkpoint(&mut self, at: &Loc, head: &Head<'_>) {
+    /// Checks a checkpoint's signature; true when it verified with a given key.
+    fn checkpoint(&mut self, at: &Loc, head: &Head<'_>) -> bool {
         self.report.checkpoints += 1;
         let (Some(key_id), Some(sig), Some(time)) = (&head.key_id, &head.sig, &head.time) else {
             self.push_problem(at, "checkpoint without key_id, time or sig".into());
-            return;
+            return false;
         };
         if self.opts.keys.is_empty() {
             self.unverified_checkpoints += 1;
-            return;
+            return false;
         }
         match self.opts.keys.iter().find(|k| k.key_id() == key_id) {
-            None => self.push_problem(
-                at,
-                format!(
-                    "checkpoint signed by key {key_id}, which is not among the given public keys"
-                ),
-            ),
+            None => {
+                self.push_problem(
+                    at,
+                    format!("checkpoint signed by key {key_id}, which is not among the given public keys"),
+                );
+                false
+            }
             Some(k) if k.verify(head.seq, &head.prev, time, sig) => {
                 self.report.checkpoints_verified += 1;
                 self.report.unsigned_tail = 0;
+                true
             }
-            Some(_) => self.push_problem(
-                at,
-                "checkpoint signature does not verify: the records before it were rewritten".into(),
-            ),
+            Some(_) => {
+                self.push_problem(
+                    at,
+                    "checkpoint signature does not verify: it or the records before it were rewritten".into(),
+                );
+                false
+            }
         }
     }
 
@@ -381,6 +410,10 @@ impl Verifier {
                 "record altered: its prev does not match the hash of the previous record (either may have been edited)".into(),
             );
         }
+        // Problems were found in trail order except those decided later: sort them.
+        let sources = self.report.sources.clone();
+        let index = |f: &Finding| sources.iter().position(|s| *s == f.source).unwrap_or(0);
+        self.report.problems.sort_by_key(|f| (index(f), f.line));
         if let Some((seq, at)) = self.first.clone() {
             if seq != 1 && !self.retention_starts.contains(&seq) {
                 let msg = format!(
@@ -394,9 +427,9 @@ impl Verifier {
                 ));
             }
         }
-        let mut runs: Vec<(String, Loc)> = self.runs.drain().collect();
-        runs.sort_by_key(|(_, l)| (l.source, l.line));
-        for (id, at) in runs {
+        let mut runs: Vec<(String, (Loc, u64))> = self.runs.drain().collect();
+        runs.sort_by_key(|(_, (l, _))| (l.source, l.line));
+        for (id, (at, _)) in runs {
             let f = self.finding(
                 &at,
                 format!("run {id} started here without a matching finish"),

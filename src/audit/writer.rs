@@ -235,8 +235,16 @@ pub(super) fn run(
                     } else {
                         since_checkpoint += written;
                     }
+                    let mut late = Vec::new();
                     for (i, p) in batch.drain(..).enumerate() {
-                        let _ = p.done.send(Ok(first_record_seq + i as u64));
+                        let seq = first_record_seq + i as u64;
+                        if p.done.send(Ok(seq)).is_err() {
+                            late.push(seq);
+                        }
+                    }
+                    if !late.is_empty() {
+                        // Their callers were answered 503: say so in the trail itself.
+                        notes.push(AdminEvent::LateCommit { seqs: late });
                     }
                     if let Some(copy) = &copy {
                         if copy.try_send(buf.clone()).is_err() {

@@ -8,6 +8,7 @@ async fn an_unwritable_audit_trail_answers_503_and_graph_is_never_called() {
     // /dev/full accepts the open and fails every write with ENOSPC: a full disk.
     let app = spawn_app_with(Setup {
         audit_path: Some("/dev/full".into()),
+        audit_broken_at_start: true,
         ..Setup::default()
     })
     .await;
@@ -29,6 +30,7 @@ async fn an_unwritable_audit_trail_answers_503_and_graph_is_never_called() {
 async fn a_refused_caller_is_also_refused_service_when_the_trail_is_unwritable() {
     let app = spawn_app_with(Setup {
         audit_path: Some("/dev/full".into()),
+        audit_broken_at_start: true,
         ..Setup::default()
     })
     .await;

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use sync_gateway::audit::AuditSink;
+use sync_gateway::server::BuildOptions;
 use sync_gateway::sim::entra::TokenSpec;
 use sync_gateway::sim::graph::{GraphMode, GraphResponse};
 use sync_gateway::sim::{SimOptions, Simulators};
@@ -57,7 +59,12 @@ pub struct TestApp {
     pub audit_path: PathBuf,
     /// A client for talking to the gateway.
     pub http: reqwest::Client,
+    /// The gateway's own audit handle.
+    pub audit: sync_gateway::audit::AuditLog,
+    /// The simulators and ids, to start another gateway in the same world.
+    pub world: World,
     handle: actix_web::dev::ServerHandle,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,6 +80,51 @@ pub struct Setup {
     pub audit_path: Option<PathBuf>,
     /// Graph's mode (default: always accept, so tests are not bound by the 10-minute rule).
     pub graph_mode: GraphMode,
+    /// The audit trail cannot be written from the start, so the gateway never becomes ready:
+    /// wait only for the signing keys.
+    pub audit_broken_at_start: bool,
+    /// Replaces the durable audit sink (a failing or hanging one).
+    pub audit_sink: Option<Box<dyn AuditSink>>,
+    /// Reuse these simulators and ids instead of starting new ones (a restart on one trail).
+    pub world: Option<World>,
+}
+
+/// The simulators and the ids the gateway is configured with.
+#[derive(Clone)]
+pub struct World {
+    /// Entra and Graph.
+    pub sims: Simulators,
+    /// The allowed tenant.
+    pub tenant: String,
+    /// A tenant the simulated Entra knows but the gateway does not allow.
+    pub foreign_tenant: String,
+    /// The gateway's client id.
+    pub client_id: String,
+    /// The gateway's client secret.
+    pub secret: String,
+}
+
+/// Starts both simulators with fresh tenants and a fresh gateway registration.
+pub async fn start_world() -> World {
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let foreign_tenant = uuid::Uuid::new_v4().to_string();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
+    let sims = Simulators::start(SimOptions::new(
+        vec![tenant.clone(), foreign_tenant.clone()],
+        client_id.clone(),
+        secret.clone(),
+        vec![client_id.clone(), APP_ID_URI.to_string()],
+    ))
+    .await
+    .expect("simulators start");
+    World {
+        sims,
+        tenant,
+        foreign_tenant,
+        client_id,
+        secret,
+    }
 }
 
 impl Default for Setup {
@@ -83,6 +135,9 @@ impl Default for Setup {
             entra_down_at_start: false,
             audit_path: None,
             graph_mode: GraphMode::Always(GraphResponse::Accept),
+            audit_broken_at_start: false,
+            audit_sink: None,
+            world: None,
         }
     }
 }
@@ -105,20 +160,19 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the gateway and both simulators, configured by `setup`, and waits until it is ready
 /// (unless Entra is down at start, when it cannot be).
-pub async fn spawn_app_with(setup: Setup) -> TestApp {
+pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     capture_logs();
-    let tenant = uuid::Uuid::new_v4().to_string();
-    let foreign_tenant = uuid::Uuid::new_v4().to_string();
-    let client_id = uuid::Uuid::new_v4().to_string();
-    let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
-    let sims = Simulators::start(SimOptions::new(
-        vec![tenant.clone(), foreign_tenant.clone()],
-        client_id.clone(),
-        secret.clone(),
-        vec![client_id.clone(), APP_ID_URI.to_string()],
-    ))
-    .await
-    .expect("simulators start");
+    let world = match setup.world.take() {
+        Some(w) => w,
+        None => start_world().await,
+    };
+    let World {
+        sims,
+        tenant,
+        foreign_tenant,
+        secret,
+        ..
+    } = world.clone();
     sims.graph.set_mode(setup.graph_mode.clone());
     if setup.entra_down_at_start {
         sims.entra.stop().await;
@@ -129,6 +183,65 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         .audit_path
         .clone()
         .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+    let text = config_toml(&world, &audit_path, &setup.config);
+    let config = Config::from_toml_and_env(
+        &text,
+        [(
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            setup.gateway_secret.clone().unwrap_or(secret),
+        )],
+    )
+    .expect("valid test configuration");
+    let app = Application::build_with(
+        config,
+        BuildOptions {
+            audit_sink: setup.audit_sink.take(),
+        },
+    )
+    .await
+    .expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let audit = app.audit();
+    let running = tokio::spawn(app.run_until_stopped());
+
+    let test_app = TestApp {
+        address,
+        sims,
+        tenant,
+        foreign_tenant,
+        audit_path,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        audit,
+        world,
+        handle,
+        running: Some(running),
+        _dir: dir,
+    };
+    if setup.audit_broken_at_start {
+        test_app.wait_until_keys_loaded().await;
+    } else if !setup.entra_down_at_start {
+        test_app.wait_until_ready().await;
+    }
+    test_app
+}
+
+/// The gateway configuration the tests use, against `world`, with `extra` keys set
+/// (dotted key → TOML value text).
+pub fn config_toml(
+    world: &World,
+    audit_path: &std::path::Path,
+    extra: &[(String, String)],
+) -> String {
+    let World {
+        sims,
+        tenant,
+        client_id,
+        ..
+    } = world;
     let mut table: toml::Table = toml::from_str(&format!(
         r#"
 [server]
@@ -157,7 +270,7 @@ path = {audit}
         audit = toml::Value::String(audit_path.display().to_string()),
     ))
     .unwrap();
-    for (key, value) in &setup.config {
+    for (key, value) in extra {
         let v: toml::Table = toml::from_str(&format!("v = {value}")).expect("a TOML value");
         let mut parts: Vec<&str> = key.split('.').collect();
         let last = parts.pop().unwrap();
@@ -171,39 +284,54 @@ path = {audit}
         }
         t.insert(last.to_string(), v["v"].clone());
     }
-    let config = Config::from_toml_and_env(
-        &toml::to_string(&table).unwrap(),
-        [(
-            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            setup.gateway_secret.clone().unwrap_or(secret),
-        )],
-    )
-    .expect("valid test configuration");
-    let app = Application::build(config).await.expect("gateway builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
-    tokio::spawn(app.run_until_stopped());
-
-    let test_app = TestApp {
-        address,
-        sims,
-        tenant,
-        foreign_tenant,
-        audit_path,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        handle,
-        _dir: dir,
-    };
-    if !setup.entra_down_at_start {
-        test_app.wait_until_ready().await;
-    }
-    test_app
+    toml::to_string(&table).unwrap()
 }
 
 impl TestApp {
+    /// Stops the gateway gracefully and waits until it has recorded its stop.
+    pub async fn stop(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(r) = self.running.take() {
+            r.await.expect("the server task").expect("the server ran");
+        }
+    }
+
+    /// The trail's files: rotated ones and the active one (when it is a regular file).
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        trail_files(&self.audit_path)
+    }
+
+    /// `GET path` on the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// The value of metric line `name` (`sync_gateway_...` with labels) in `/metrics`, or 0.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls `/readyz` until it reports the signing keys loaded (or panics after 10 s).
+    pub async fn wait_until_keys_loaded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body: Value = self.get("/readyz").await.json().await.unwrap();
+            if body["checks"]["signing_keys"] == true {
+                return;
+            }
+            assert!(Instant::now() < deadline, "keys not loaded within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls `/readyz` until 200 (or panics after 10 s).
     pub async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -314,6 +442,10 @@ impl Drop for TestApp {
         // Every test doubles as a leak check: nothing it made the gateway see may be logged.
         if !std::thread::panicking() {
             self.assert_no_secret_leaked();
+            let files = self.audit_files();
+            if !files.is_empty() {
+                assert_trail_valid(&files, &[]);
+            }
         }
         let handle = self.handle.clone();
         drop(handle.stop(false));
@@ -344,4 +476,73 @@ pub fn header(resp: &reqwest::Response, name: &str) -> String {
 /// The problem `type` for `kind`.
 pub fn problem_type(kind: &str) -> String {
     format!("urn:sync-gateway:problem:{kind}")
+}
+
+/// The trail files of the active file `active`: rotated ones, then `active` itself, when
+/// they are regular files.
+pub fn trail_files(active: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = sync_gateway::audit::rotated_files(active)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if std::fs::metadata(active)
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+    {
+        files.push(active.to_path_buf());
+    }
+    files
+}
+
+/// The JSON Schema of audit records (`docs/audit.schema.json`), compiled once.
+pub fn audit_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/audit.schema.json"
+        ))
+        .expect("the schema file");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema compiles")
+    })
+}
+
+/// Fails unless `record` validates against the audit schema.
+pub fn assert_schema_valid(record: &Value) {
+    let errors: Vec<String> = audit_schema()
+        .iter_errors(record)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{record} does not match the schema: {errors:?}"
+    );
+}
+
+/// Fails unless every complete record in `files` validates against the schema and the chain
+/// verifies (a torn last line is allowed: it was never acknowledged).
+pub fn assert_trail_valid(files: &[PathBuf], keys: &[sync_gateway::audit::CheckpointVerifier]) {
+    for f in files {
+        let text = std::fs::read(f).expect("a trail file");
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            if line.last() != Some(&b'\n') {
+                continue; // a torn tail
+            }
+            let v: Value = serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON record");
+            assert_schema_valid(&v);
+        }
+    }
+    let report = sync_gateway::audit::verify::verify_files(
+        files,
+        &sync_gateway::audit::verify::VerifyOptions {
+            keys: keys.to_vec(),
+        },
+    )
+    .expect("the trail is readable");
+    assert!(report.intact(), "{}", report.render());
 }
