@@ -532,3 +532,8 @@ fn feed_file(v: &mut Verifier, src: usize, path: &Path, last_source: bool) -> io
     }
     Ok(())
 }
+
+/// The hex SHA-256 a line's successor names as its `prev` (for tools and tests).
+pub fn line_hash_hex(line: &[u8]) -> String {
+    hex(&hash(line))
+}

@@ -8,4 +8,5 @@ mod exchange;
 mod helpers;
 mod limits;
 mod sync;
+mod trail;
 mod upstream;
