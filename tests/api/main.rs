@@ -4,6 +4,7 @@
 mod audit;
 mod callers;
 mod cli;
+mod crash;
 mod exchange;
 mod helpers;
 mod limits;
