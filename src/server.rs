@@ -96,6 +96,7 @@ impl Application {
         ));
         let audit =
             crate::audit::open_configured(&config.audit, metrics.audit.clone(), options.audit_sink)
+                .await
                 .map_err(|(path, source)| StartError::Audit { path, source })?;
         // Recorded before anything is served; a failure here is the same failure every request
         // will meet (503), so it is logged rather than fatal.

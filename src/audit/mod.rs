@@ -283,7 +283,7 @@ pub fn config_hash(config: &crate::config::Config) -> String {
 /// Opens the trail configured in `[audit]`. `sink` replaces the configured durable sink (the
 /// seam tests use to inject a failing or hanging one); rotation, checkpoints, hashing and the
 /// stdout copy still follow the configuration. The error names what could not be opened.
-pub fn open_configured(
+pub async fn open_configured(
     c: &crate::config::AuditConfig,
     metrics: AuditMetrics,
     sink: Option<Box<dyn AuditSink>>,
@@ -340,7 +340,11 @@ pub fn open_configured(
         stdout_copy: c.stdout_copy(),
         metrics,
     };
-    AuditLog::start(sink, opts).map_err(|e| (what, e))
+    // Opening may block for a while (connect, migrate, read the tail): not on the runtime.
+    match tokio::task::spawn_blocking(move || AuditLog::start(sink, opts)).await {
+        Ok(r) => r.map_err(|e| (what, e)),
+        Err(_) => Err((what, io::Error::other("the audit opener panicked"))),
+    }
 }
 
 #[cfg(test)]

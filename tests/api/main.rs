@@ -8,6 +8,7 @@ mod crash;
 mod exchange;
 mod helpers;
 mod limits;
+mod postgres;
 mod sync;
 mod trail;
 mod upstream;
