@@ -2,6 +2,7 @@
 //! One binary (several modules) so the suite links once.
 
 mod audit;
+mod audit_cli;
 mod callers;
 mod cli;
 mod crash;
@@ -9,6 +10,7 @@ mod exchange;
 mod helpers;
 mod limits;
 mod postgres;
+mod records;
 mod sync;
 mod trail;
 mod upstream;
