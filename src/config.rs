@@ -975,6 +975,82 @@ path = "/tmp/audit.jsonl"
         assert!(e.to_string().contains("base_ur"), "{e}");
     }
 
+    fn with_audit(extra: &str) -> String {
+        full_toml().replace("[audit]\n", &format!("[audit]\n{extra}\n"))
+    }
+
+    fn audit_error(extra: &str, env: Vec<(String, String)>) -> String {
+        let e = Config::from_toml_and_env(&with_audit(extra), env).unwrap_err();
+        e.to_string()
+    }
+
+    #[test]
+    fn the_audit_defaults_are_one_file_sink_without_hashing_or_signing() {
+        let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+        assert_eq!(c.audit.sinks, vec![AuditSinkKind::File]);
+        assert_eq!(c.audit.durable_sink(), AuditSinkKind::File);
+        assert!(!c.audit.stdout_copy());
+        assert!(c.audit.hmac_key.is_none() && c.audit.signing_key_file.is_none());
+        assert_eq!(c.audit.rotate_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.audit.retain_files, 0);
+    }
+
+    #[test]
+    fn stdout_alone_is_refused_as_an_audit_sink() {
+        let e = audit_error("sinks = [\"stdout\"]", secret_env());
+        assert!(
+            e.contains("audit.sinks: must name exactly one durable sink"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn two_durable_audit_sinks_are_refused() {
+        let e = audit_error(
+            "sinks = [\"file\", \"postgres\"]\npostgres_url = \"postgres://h/d\"",
+            secret_env(),
+        );
+        assert!(e.contains("audit.sinks"), "{e}");
+    }
+
+    #[test]
+    fn the_postgres_sink_needs_a_url_and_takes_it_from_the_environment() {
+        let e = audit_error("sinks = [\"postgres\"]", secret_env());
+        assert!(e.contains("audit.postgres_url: is required"), "{e}");
+        let mut env = secret_env();
+        env.push((
+            "SYNC_GATEWAY__AUDIT__POSTGRES_URL".into(),
+            "postgres://u:pw@db.internal/gw".into(),
+        ));
+        let c = Config::from_toml_and_env(&with_audit("sinks = [\"postgres\", \"stdout\"]"), env)
+            .unwrap();
+        assert_eq!(c.audit.durable_sink(), AuditSinkKind::Postgres);
+        assert!(c.audit.stdout_copy());
+        assert!(!c.to_masked_toml().contains("pw@"));
+    }
+
+    #[test]
+    fn an_hmac_key_written_in_the_file_is_refused() {
+        let e = audit_error("hmac_key = \"0123456789abcdef0123\"", secret_env());
+        assert!(e.contains("audit.hmac_key: must not be written"), "{e}");
+    }
+
+    #[test]
+    fn a_short_hmac_key_is_refused() {
+        let mut env = secret_env();
+        env.push(("SYNC_GATEWAY__AUDIT__HMAC_KEY".into(), "short".into()));
+        let e = Config::from_toml_and_env(&full_toml(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16 bytes"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_signing_key_is_named() {
+        let e = audit_error("signing_key_file = \"/nonexistent/key.pem\"", secret_env());
+        assert!(e.contains("audit.signing_key_file: cannot read"), "{e}");
+    }
+
     #[test]
     fn masked_output_hides_the_secret() {
         let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();

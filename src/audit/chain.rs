@@ -102,6 +102,21 @@ pub enum KeyError {
     },
 }
 
+/// Reads one PEM block from `path`, with a maker of errors that name the file.
+fn read_pem(path: &Path) -> Result<(pem::Pem, impl Fn(&str) -> KeyError), KeyError> {
+    let p = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let format = move |message: &str| KeyError::Format {
+        path: p.clone(),
+        message: message.into(),
+    };
+    let pem = pem::parse(&text).map_err(|_| format("not a PEM file"))?;
+    Ok((pem, format))
+}
+
 /// The Ed25519 key that signs checkpoints. Its `Debug` never shows the key.
 pub struct CheckpointSigner {
     pair: Ed25519KeyPair,
@@ -118,16 +133,7 @@ impl CheckpointSigner {
     /// Loads a PKCS#8 `PRIVATE KEY` PEM file (as written by `sync-gateway audit keygen` or
     /// `openssl genpkey -algorithm ed25519`).
     pub fn from_pem_file(path: &Path) -> Result<CheckpointSigner, KeyError> {
-        let p = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let format = |message: &str| KeyError::Format {
-            path: p.clone(),
-            message: message.into(),
-        };
-        let pem = pem::parse(&text).map_err(|_| format("not a PEM file"))?;
+        let (pem, format) = read_pem(path)?;
         if pem.tag() != "PRIVATE KEY" {
             return Err(format(
                 "expected an Ed25519 \"PRIVATE KEY\" (PKCS#8) PEM block",
@@ -195,16 +201,7 @@ impl CheckpointVerifier {
     /// From a `PUBLIC KEY` PEM (as printed by `audit keygen`), or a `PRIVATE KEY` PEM whose
     /// public half is used.
     pub fn from_pem(path: &Path) -> Result<CheckpointVerifier, KeyError> {
-        let p = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let format = |message: &str| KeyError::Format {
-            path: p.clone(),
-            message: message.into(),
-        };
-        let pem = pem::parse(&text).map_err(|_| format("not a PEM file"))?;
+        let (pem, format) = read_pem(path)?;
         let raw = match pem.tag() {
             "PUBLIC KEY" => {
                 let der = pem.contents();

@@ -98,10 +98,11 @@ pub(super) fn run(
     let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
 
     loop {
-        let wait = if !notes.is_empty() {
-            Duration::ZERO
-        } else if failing.is_some() {
+        // A failing sink is retried at a steady pace, whatever is waiting to be written.
+        let wait = if failing.is_some() {
             RETRY_EVERY
+        } else if !notes.is_empty() {
+            Duration::ZERO
         } else if opts.signer.is_some() && since_checkpoint > 0 {
             opts.checkpoint_every
                 .saturating_sub(last_checkpoint.elapsed())
@@ -141,7 +142,9 @@ pub(super) fn run(
                     Ok(Some(t)) => tail = t,
                     Ok(None) => {}
                     Err(e) => {
-                        f.commits += 1;
+                        if work {
+                            f.commits += 1;
+                        }
                         fail(&mut batch, &shared, &e);
                         if stopping.is_some() {
                             break;
@@ -246,7 +249,7 @@ pub(super) fn run(
                         // Their callers were answered 503: say so in the trail itself.
                         notes.push(AdminEvent::LateCommit { seqs: late });
                     }
-                    if let Some(copy) = &copy {
+                    if let Some((copy, _)) = &copy {
                         if copy.try_send(buf.clone()).is_err() {
                             shared.metrics.copy_failures.inc();
                         }
@@ -269,6 +272,11 @@ pub(super) fn run(
         if stopping.is_some() {
             break;
         }
+    }
+    if let Some((tx, drained)) = copy {
+        // Let the copy catch up before the process exits, but never wait on a stuck reader.
+        drop(tx);
+        let _ = drained.recv_timeout(Duration::from_secs(1));
     }
     if let Some(Some(ack)) = stopping {
         let _ = ack.send(());
@@ -312,8 +320,10 @@ fn checkpoint_key_id(line: &[u8]) -> Option<String> {
 
 /// The stdout copy runs on its own thread behind a bounded queue: a slow log shipper must
 /// never hold up the durable sink. When the queue is full the copy is skipped and counted.
-fn spawn_copy(metrics: AuditMetrics) -> SyncSender<Vec<u8>> {
+/// Returns the queue and a channel that closes once everything queued has been copied.
+fn spawn_copy(metrics: AuditMetrics) -> (SyncSender<Vec<u8>>, Receiver<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1024);
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("audit-stdout".into())
         .spawn(move || {
@@ -324,11 +334,12 @@ fn spawn_copy(metrics: AuditMetrics) -> SyncSender<Vec<u8>> {
                     metrics.copy_failures.inc();
                 }
             }
+            drop(done_tx);
         });
     if spawned.is_err() {
         tracing::error!("cannot start the audit stdout copy");
     }
-    tx
+    (tx, done)
 }
 
 /// Sends without blocking; a full or stopped writer is an error the caller maps.

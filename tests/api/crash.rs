@@ -3,11 +3,11 @@
 //! pre-call record; the next start resumes the chain.
 
 use crate::helpers::{
-    assert_trail_valid, config_toml, spawn_app_with, start_world, trail_files, Setup,
+    assert_trail_valid, config_toml, spawn_app_with, start_world, trail_files, Setup, World,
 };
 use serde_json::Value;
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,43 @@ fn served_port(log: &std::path::Path) -> Option<u16> {
         .map(|p| p as u16)
 }
 
+/// Starts the real binary with `serve --config` against `world`, and waits until it is ready:
+/// (the child, its base URL).
+async fn serve(
+    world: &World,
+    dir: &std::path::Path,
+    extra: &[(String, String)],
+    stdout: Stdio,
+) -> (Child, String) {
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, config_toml(world, &dir.join("audit.jsonl"), extra)).unwrap();
+    let log = dir.join("stderr.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", &world.secret)
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(port) = served_port(&log) {
+            let base = format!("http://127.0.0.1:{port}");
+            if let Ok(r) = reqwest::get(format!("{base}/readyz")).await {
+                if r.status() == 200 {
+                    return (child, base);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_killed_mid_load_leaves_a_verifiable_trail_covering_every_graph_call() {
     let world = start_world().await;
@@ -34,38 +71,11 @@ async fn a_gateway_killed_mid_load_leaves_a_verifiable_trail_covering_every_grap
         .set_mode(GraphMode::Always(GraphResponse::Accept));
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, config_toml(&world, &audit, &[])).unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", &world.secret)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-
+    let (mut child, base) = serve(&world, dir.path(), &[], Stdio::null()).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let base = loop {
-        if let Some(port) = served_port(&log) {
-            let base = format!("http://127.0.0.1:{port}");
-            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-                if r.status() == 200 {
-                    break base;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
 
     // Eight callers in a loop, each bounded in count; the gateway is killed under them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -143,4 +153,47 @@ async fn a_gateway_killed_mid_load_leaves_a_verifiable_trail_covering_every_grap
         .count();
     assert_eq!(recovered, usize::from(torn));
     assert_trail_valid(&trail_files(&audit), &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stdout_copy_carries_every_committed_record_line_for_line() {
+    let world = start_world().await;
+    world
+        .sims
+        .graph
+        .set_mode(GraphMode::Always(GraphResponse::Accept));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stdout.log");
+    let extra = [(
+        "audit.sinks".to_string(),
+        "[\"file\", \"stdout\"]".to_string(),
+    )];
+    let (mut child, base) = serve(
+        &world,
+        dir.path(),
+        &extra,
+        Stdio::from(std::fs::File::create(&out).unwrap()),
+    )
+    .await;
+    for _ in 0..3 {
+        let spec = sync_gateway::sim::entra::TokenSpec::user(&world.tenant, "someone");
+        let r = reqwest::Client::new()
+            .post(format!("{base}/sync"))
+            .bearer_auth(world.sims.entra.mint(&spec))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // A graceful stop: the stop record is written, and the copy drained, before exit.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(child.wait().unwrap().success());
+    let file = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let copy = std::fs::read_to_string(&out).unwrap();
+    assert!(file.contains("\"event\":\"stop\""));
+    assert_eq!(copy, file);
 }

@@ -4,6 +4,7 @@
 
 use crate::helpers::{
     assert_schema_valid, config_toml, problem_of, problem_type, spawn_app_with, start_world, Setup,
+    TestApp,
 };
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -136,11 +137,7 @@ async fn the_postgres_sink_holds_the_same_chain_and_verify_accepts_it() {
         assert_eq!(v["seq"], *seq);
         assert_schema_valid(&v);
     }
-    let (u, name) = (url.clone(), schema.to_string());
-    let report = tokio::task::spawn_blocking(move || verify(&u, &name))
-        .await
-        .unwrap();
-    assert!(report.intact(), "{}", report.render());
+    let report = intact(&url, &schema).await;
     assert_eq!(report.records, rows.len() as u64);
 }
 
@@ -186,11 +183,7 @@ async fn a_restart_continues_the_postgres_chain() {
     })
     .await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
-    let (u, name) = (url.clone(), schema.to_string());
-    let report = tokio::task::spawn_blocking(move || verify(&u, &name))
-        .await
-        .unwrap();
-    assert!(report.intact(), "{}", report.render());
+    let report = intact(&url, &schema).await;
     // start, config_loaded, intent, request, stop; start, config_loaded, intent, request
     assert_eq!(report.records, 9, "{}", report.render());
 }
@@ -275,6 +268,25 @@ impl Proxy {
     }
 }
 
+/// A gateway whose PostgreSQL sink goes through a proxy, after one request that worked.
+async fn app_behind_proxy(url: &str) -> (Proxy, Schema, TestApp) {
+    let proxy = Proxy::start(host_port(url)).await;
+    let schema = fresh_schema(url);
+    let app = spawn_app_with(postgres_setup(&proxy.url(url), &schema)).await;
+    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    (proxy, schema, app)
+}
+
+/// Verifies the table (off the runtime: verify blocks) and asserts the chain is intact.
+async fn intact(url: &str, schema: &str) -> sync_gateway::audit::verify::Report {
+    let (u, name) = (url.to_string(), schema.to_string());
+    let report = tokio::task::spawn_blocking(move || verify(&u, &name))
+        .await
+        .unwrap();
+    assert!(report.intact(), "{}", report.render());
+    report
+}
+
 fn host_port(url: &str) -> String {
     let u = url::Url::parse(url).unwrap();
     format!(
@@ -289,10 +301,7 @@ async fn an_unreachable_postgres_answers_503_and_graph_is_never_called() {
     let Some(url) = database_url("an_unreachable_postgres_answers_503") else {
         return;
     };
-    let proxy = Proxy::start(host_port(&url)).await;
-    let schema = fresh_schema(&url);
-    let app = spawn_app_with(postgres_setup(&proxy.url(&url), &schema)).await;
-    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    let (proxy, schema, app) = app_behind_proxy(&url).await;
 
     proxy.set(Link::Down);
     let resp = app.post_sync(&app.token()).await;
@@ -308,11 +317,7 @@ async fn an_unreachable_postgres_answers_503_and_graph_is_never_called() {
     app.wait_until_ready().await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
     assert_eq!(app.sims.graph.sync_calls(), 2);
-    let (u, name) = (url.clone(), schema.to_string());
-    let report = tokio::task::spawn_blocking(move || verify(&u, &name))
-        .await
-        .unwrap();
-    assert!(report.intact(), "{}", report.render());
+    let report = intact(&url, &schema).await;
     assert!(report.open_runs.is_empty(), "{}", report.render());
 }
 
@@ -321,10 +326,7 @@ async fn a_postgres_server_that_stops_answering_gives_503_within_the_bound() {
     let Some(url) = database_url("a_postgres_server_that_stops_answering") else {
         return;
     };
-    let proxy = Proxy::start(host_port(&url)).await;
-    let schema = fresh_schema(&url);
-    let app = spawn_app_with(postgres_setup(&proxy.url(&url), &schema)).await;
-    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    let (proxy, schema, app) = app_behind_proxy(&url).await;
 
     proxy.set(Link::Silent);
     for _ in 0..3 {
@@ -335,11 +337,7 @@ async fn a_postgres_server_that_stops_answering_gives_503_within_the_bound() {
     proxy.set(Link::Up);
     app.wait_until_ready().await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
-    let (u, name) = (url.clone(), schema.to_string());
-    let report = tokio::task::spawn_blocking(move || verify(&u, &name))
-        .await
-        .unwrap();
-    assert!(report.intact(), "{}", report.render());
+    let report = intact(&url, &schema).await;
 }
 
 #[tokio::test]
