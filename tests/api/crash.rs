@@ -27,6 +27,8 @@ fn served_port(log: &std::path::Path) -> Option<u16> {
 
 /// Starts the real binary with `serve --config` against `world`, and waits until it is ready:
 /// (the child, its base URL).
+// The caller waits for the child: it kills it, or stops it with SIGTERM, and then waits.
+#[allow(clippy::zombie_processes)]
 async fn serve(
     world: &World,
     dir: &std::path::Path,
@@ -36,7 +38,7 @@ async fn serve(
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_toml(world, &dir.join("audit.jsonl"), extra)).unwrap();
     let log = dir.join("stderr.log");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
         .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", &world.secret)
@@ -54,10 +56,11 @@ async fn serve(
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not become ready"
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway did not become ready");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

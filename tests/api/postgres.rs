@@ -337,7 +337,7 @@ async fn a_postgres_server_that_stops_answering_gives_503_within_the_bound() {
     proxy.set(Link::Up);
     app.wait_until_ready().await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
-    let report = intact(&url, &schema).await;
+    intact(&url, &schema).await;
 }
 
 #[tokio::test]

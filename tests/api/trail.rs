@@ -295,7 +295,7 @@ async fn a_torn_last_line_is_reported_then_cut_and_recorded_at_the_next_start() 
     std::io::Write::write_all(&mut f, torn).unwrap();
 
     let before = verify_files(
-        &[path.clone()],
+        std::slice::from_ref(&path),
         &VerifyOptions {
             keys: vec![key.clone()],
         },
@@ -321,7 +321,11 @@ async fn a_torn_last_line_is_reported_then_cut_and_recorded_at_the_next_start() 
         .collect();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0]["torn_bytes"], torn.len());
-    let after = verify_files(&[path.clone()], &VerifyOptions { keys: vec![key] }).unwrap();
+    let after = verify_files(
+        std::slice::from_ref(&path),
+        &VerifyOptions { keys: vec![key] },
+    )
+    .unwrap();
     assert!(
         after.intact() && after.torn_tail.is_none(),
         "{}",
@@ -347,7 +351,7 @@ async fn a_new_signing_key_is_recorded_and_both_keys_verify_the_trail() {
     assert!(text.contains("\"event\":\"key_rotation\""));
     assert!(text.contains(&format!("\"previous_key_id\":\"{}\"", v1.key_id())));
     let only_new = verify_files(
-        &[path.clone()],
+        std::slice::from_ref(&path),
         &VerifyOptions {
             keys: vec![v2.clone()],
         },
@@ -357,7 +361,11 @@ async fn a_new_signing_key_is_recorded_and_both_keys_verify_the_trail() {
         !only_new.intact(),
         "a checkpoint by an unknown key is reported"
     );
-    let both = verify_files(&[path.clone()], &VerifyOptions { keys: vec![v1, v2] }).unwrap();
+    let both = verify_files(
+        std::slice::from_ref(&path),
+        &VerifyOptions { keys: vec![v1, v2] },
+    )
+    .unwrap();
     assert!(both.intact(), "{}", both.render());
     assert_trail_valid(&[path], &[]);
 }
