@@ -35,6 +35,11 @@ async fn serve(
     extra: &[(String, String)],
     stdout: Stdio,
 ) -> (Child, String) {
+    // Graph accepts every call: the load is not bound by Intune's ten-minute rule.
+    world
+        .sims
+        .graph
+        .set_mode(GraphMode::Always(GraphResponse::Accept));
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_toml(world, &dir.join("audit.jsonl"), extra)).unwrap();
     let log = dir.join("stderr.log");
@@ -68,10 +73,6 @@ async fn serve(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_killed_mid_load_leaves_a_verifiable_trail_covering_every_graph_call() {
     let world = start_world().await;
-    world
-        .sims
-        .graph
-        .set_mode(GraphMode::Always(GraphResponse::Accept));
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     let (mut child, base) = serve(&world, dir.path(), &[], Stdio::null()).await;
@@ -161,10 +162,6 @@ async fn a_gateway_killed_mid_load_leaves_a_verifiable_trail_covering_every_grap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stdout_copy_carries_every_committed_record_line_for_line() {
     let world = start_world().await;
-    world
-        .sims
-        .graph
-        .set_mode(GraphMode::Always(GraphResponse::Accept));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stdout.log");
     let extra = [(

@@ -414,3 +414,29 @@ async fn the_gateway_trail_spans_three_rotated_files_and_a_restart_and_verifies(
     assert_eq!(text.matches("\"event\":\"stop\"").count(), 2);
     assert_eq!(text.matches("\"kind\":\"intent\"").count(), 6);
 }
+
+#[tokio::test]
+async fn a_run_started_without_a_finish_is_reported_as_outcome_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open_file(&path, Duration::from_secs(5)).unwrap();
+    let started = |run: Uuid| {
+        serde_json::json!({"v": 1, "kind": "run", "id": Uuid::now_v7(), "time": Utc::now(),
+            "run_id": run, "event": "started", "request_ids": [],
+            "acting_as": {"kind": "user", "tenant_id": "t"}})
+    };
+    let (finished_run, open_run) = (Uuid::now_v7(), Uuid::now_v7());
+    log.append_value(started(finished_run)).await.unwrap();
+    log.append_value(started(open_run)).await.unwrap();
+    let mut finished = started(finished_run);
+    finished["event"] = "finished".into();
+    log.append_value(finished).await.unwrap();
+
+    let r = verify_files(std::slice::from_ref(&path), &VerifyOptions::default()).unwrap();
+    assert!(r.intact(), "unknown outcomes are facts, not tampering");
+    assert_eq!(r.open_runs.len(), 1, "{}", r.render());
+    assert_eq!(r.open_runs[0].line, 2);
+    assert!(r.open_runs[0].message.contains(&open_run.to_string()));
+    assert!(r.render().contains("outcome unknown"));
+    assert_trail_valid(&[path], &[]);
+}
