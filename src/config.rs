@@ -323,10 +323,58 @@ pub struct LimitsConfig {
 /// `[audit]`
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditConfig {
-    /// `audit.path`: the audit log file (JSON lines).
-    pub path: PathBuf,
+    /// `audit.path`: the active audit file (JSON lines); required with the `file` sink.
+    pub path: Option<PathBuf>,
     /// `audit.write_timeout_ms`: a record not durable within this answers 503.
     pub write_timeout_ms: u64,
+    /// `audit.sinks`: exactly one durable sink (`file` or `postgres`), plus `stdout` as a copy.
+    pub sinks: Vec<AuditSinkKind>,
+    /// `audit.rotate_bytes`: rotate the active file at this size (0: never by size).
+    pub rotate_bytes: u64,
+    /// `audit.rotate_seconds`: rotate the active file at this age (0: never by age).
+    pub rotate_seconds: u64,
+    /// `audit.retain_files`: rotated files kept, oldest deleted first (0: keep all).
+    pub retain_files: usize,
+    /// `audit.postgres_url` (environment `SYNC_GATEWAY__AUDIT__POSTGRES_URL`; may carry a password).
+    pub postgres_url: Option<Secret>,
+    /// `audit.postgres_schema`: the schema holding the `records` table.
+    pub postgres_schema: String,
+    /// `audit.signing_key_file`: Ed25519 PKCS#8 PEM that signs checkpoints (off when absent).
+    pub signing_key_file: Option<PathBuf>,
+    /// `audit.checkpoint_every_records`: a signed checkpoint after at most this many records...
+    pub checkpoint_every_records: u64,
+    /// `audit.checkpoint_every_seconds`: ...or this many seconds, whichever comes first.
+    pub checkpoint_every_seconds: u64,
+    /// The HMAC key from `audit.hmac_key_file` or `SYNC_GATEWAY__AUDIT__HMAC_KEY` (off when absent).
+    pub hmac_key: Option<Secret>,
+}
+
+/// One entry of `audit.sinks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    /// The rotated, fsynced files at `audit.path` (durable).
+    File,
+    /// A table in PostgreSQL at `audit.postgres_url` (durable).
+    Postgres,
+    /// A copy on standard output for log shippers (not durable: never alone).
+    Stdout,
+}
+
+impl AuditConfig {
+    /// The durable sink: `File` or `Postgres` (validation guarantees exactly one).
+    pub fn durable_sink(&self) -> AuditSinkKind {
+        if self.sinks.contains(&AuditSinkKind::Postgres) {
+            AuditSinkKind::Postgres
+        } else {
+            AuditSinkKind::File
+        }
+    }
+
+    /// True when committed records are also copied to stdout.
+    pub fn stdout_copy(&self) -> bool {
+        self.sinks.contains(&AuditSinkKind::Stdout)
+    }
 }
 
 /// `[actions]`
@@ -496,6 +544,17 @@ struct RawLimits {
 struct RawAudit {
     path: Option<PathBuf>,
     write_timeout_ms: Option<u64>,
+    sinks: Option<Vec<AuditSinkKind>>,
+    rotate_bytes: Option<u64>,
+    rotate_seconds: Option<u64>,
+    retain_files: Option<usize>,
+    postgres_url: Option<Secret>,
+    postgres_schema: Option<String>,
+    signing_key_file: Option<PathBuf>,
+    checkpoint_every_records: Option<u64>,
+    checkpoint_every_seconds: Option<u64>,
+    hmac_key: Option<Secret>,
+    hmac_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,6 +614,14 @@ impl Config {
         let file: toml::Table =
             toml::from_str(toml_text).map_err(|e| one("<file>", format!("not valid TOML: {e}")))?;
         let mut early = Vec::new();
+        if file.get("audit").and_then(|e| e.get("hmac_key")).is_some() {
+            early.push(ConfigError {
+                key: "audit.hmac_key".into(),
+                message: format!(
+                    "must not be written in the configuration file; set {ENV_PREFIX}AUDIT__HMAC_KEY or audit.hmac_key_file"
+                ),
+            });
+        }
         if file
             .get("entra")
             .and_then(|e| e.get("client_secret"))
@@ -926,6 +993,121 @@ impl Check {
     }
 }
 
+impl Check {
+    /// `[audit]`: sinks, rotation, checkpoints and hashing; keys are loaded once here so that
+    /// `check-config` reports an unreadable or malformed key by name.
+    fn audit(&mut self, raw: RawAudit, write_timeout_ms: u64) -> Option<AuditConfig> {
+        let sinks = raw.sinks.unwrap_or_else(|| vec![AuditSinkKind::File]);
+        let durable = sinks
+            .iter()
+            .filter(|s| **s != AuditSinkKind::Stdout)
+            .count();
+        let mut ok = true;
+        if durable != 1 {
+            self.err(
+                "audit.sinks",
+                "must name exactly one durable sink, \"file\" or \"postgres\" (\"stdout\" is only a copy and never the only one)",
+            );
+            ok = false;
+        }
+        let path = if sinks.contains(&AuditSinkKind::File) {
+            let p = self.required("audit.path", raw.path);
+            ok &= p.is_some();
+            p
+        } else {
+            raw.path
+        };
+        let postgres_schema = raw
+            .postgres_schema
+            .unwrap_or_else(|| "sync_gateway_audit".into());
+        if !crate::audit::valid_schema_name(&postgres_schema) {
+            self.err(
+                "audit.postgres_schema",
+                "must be lower-case letters, digits and _ (at most 63, not starting with a digit)",
+            );
+            ok = false;
+        }
+        if sinks.contains(&AuditSinkKind::Postgres) {
+            match &raw.postgres_url {
+                None => {
+                    self.err(
+                        "audit.postgres_url",
+                        format!("is required with the postgres sink (or {ENV_PREFIX}AUDIT__POSTGRES_URL)"),
+                    );
+                    ok = false;
+                }
+                Some(u) if u.expose().parse::<tokio_postgres::Config>().is_err() => {
+                    self.err("audit.postgres_url", "is not a PostgreSQL connection URL");
+                    ok = false;
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(p) = &raw.signing_key_file {
+            if let Err(e) = crate::audit::CheckpointSigner::from_pem_file(p) {
+                self.err("audit.signing_key_file", e.to_string());
+                ok = false;
+            }
+        }
+        let every_records = self.positive(
+            "audit.checkpoint_every_records",
+            raw.checkpoint_every_records.unwrap_or(1000),
+        );
+        let every_seconds = self.positive(
+            "audit.checkpoint_every_seconds",
+            raw.checkpoint_every_seconds.unwrap_or(60),
+        );
+        let hmac_key = match (raw.hmac_key, raw.hmac_key_file) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    "audit.hmac_key",
+                    "set either the environment key or audit.hmac_key_file, not both",
+                );
+                None
+            }
+            (Some(k), None) => Some(k),
+            (None, Some(p)) => match std::fs::read_to_string(&p) {
+                Ok(k) => Some(Secret::new(k.trim().to_string())),
+                Err(e) => {
+                    self.err(
+                        "audit.hmac_key_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(k) = &hmac_key {
+            if k.expose().len() < crate::audit::MIN_HMAC_KEY_BYTES {
+                self.err(
+                    "audit.hmac_key_file",
+                    format!(
+                        "the key must be at least {} bytes",
+                        crate::audit::MIN_HMAC_KEY_BYTES
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(AuditConfig {
+            path,
+            write_timeout_ms,
+            sinks,
+            rotate_bytes: raw.rotate_bytes.unwrap_or(64 * 1024 * 1024),
+            rotate_seconds: raw.rotate_seconds.unwrap_or(86_400),
+            retain_files: raw.retain_files.unwrap_or(0),
+            postgres_url: raw.postgres_url,
+            postgres_schema,
+            signing_key_file: raw.signing_key_file,
+            checkpoint_every_records: every_records,
+            checkpoint_every_seconds: every_seconds,
+            hmac_key,
+        })
+    }
+}
+
 /// Identity names appear in commands, file names and environment variable names.
 fn valid_identity_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -1173,11 +1355,11 @@ impl RawConfig {
             }
         }
 
-        let audit_path = c.required("audit.path", self.audit.path);
         let write_timeout_ms = c.positive(
             "audit.write_timeout_ms",
             self.audit.write_timeout_ms.unwrap_or(2000),
         );
+        let audit = c.audit(self.audit, write_timeout_ms);
 
         let upstream_path = self
             .actions
@@ -1340,10 +1522,7 @@ impl RawConfig {
                 max_tracked_callers: max_tracked,
                 eviction_seconds: eviction,
             },
-            audit: AuditConfig {
-                path: audit_path.unwrap(),
-                write_timeout_ms,
-            },
+            audit: audit.unwrap(),
             actions: ActionsConfig { sync: sync_action },
             identities,
         })
@@ -1483,6 +1662,82 @@ path = "/tmp/audit.jsonl"
         let text = full_toml().replace("[graph]", "[graph]\nbase_ur = \"x\"");
         let e = Config::from_toml_and_env(&text, secret_env()).unwrap_err();
         assert!(e.to_string().contains("base_ur"), "{e}");
+    }
+
+    fn with_audit(extra: &str) -> String {
+        full_toml().replace("[audit]\n", &format!("[audit]\n{extra}\n"))
+    }
+
+    fn audit_error(extra: &str, env: Vec<(String, String)>) -> String {
+        let e = Config::from_toml_and_env(&with_audit(extra), env).unwrap_err();
+        e.to_string()
+    }
+
+    #[test]
+    fn the_audit_defaults_are_one_file_sink_without_hashing_or_signing() {
+        let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+        assert_eq!(c.audit.sinks, vec![AuditSinkKind::File]);
+        assert_eq!(c.audit.durable_sink(), AuditSinkKind::File);
+        assert!(!c.audit.stdout_copy());
+        assert!(c.audit.hmac_key.is_none() && c.audit.signing_key_file.is_none());
+        assert_eq!(c.audit.rotate_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.audit.retain_files, 0);
+    }
+
+    #[test]
+    fn stdout_alone_is_refused_as_an_audit_sink() {
+        let e = audit_error("sinks = [\"stdout\"]", secret_env());
+        assert!(
+            e.contains("audit.sinks: must name exactly one durable sink"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn two_durable_audit_sinks_are_refused() {
+        let e = audit_error(
+            "sinks = [\"file\", \"postgres\"]\npostgres_url = \"postgres://h/d\"",
+            secret_env(),
+        );
+        assert!(e.contains("audit.sinks"), "{e}");
+    }
+
+    #[test]
+    fn the_postgres_sink_needs_a_url_and_takes_it_from_the_environment() {
+        let e = audit_error("sinks = [\"postgres\"]", secret_env());
+        assert!(e.contains("audit.postgres_url: is required"), "{e}");
+        let mut env = secret_env();
+        env.push((
+            "SYNC_GATEWAY__AUDIT__POSTGRES_URL".into(),
+            "postgres://u:pw@db.internal/gw".into(),
+        ));
+        let c = Config::from_toml_and_env(&with_audit("sinks = [\"postgres\", \"stdout\"]"), env)
+            .unwrap();
+        assert_eq!(c.audit.durable_sink(), AuditSinkKind::Postgres);
+        assert!(c.audit.stdout_copy());
+        assert!(!c.to_masked_toml().contains("pw@"));
+    }
+
+    #[test]
+    fn an_hmac_key_written_in_the_file_is_refused() {
+        let e = audit_error("hmac_key = \"0123456789abcdef0123\"", secret_env());
+        assert!(e.contains("audit.hmac_key: must not be written"), "{e}");
+    }
+
+    #[test]
+    fn a_short_hmac_key_is_refused() {
+        let mut env = secret_env();
+        env.push(("SYNC_GATEWAY__AUDIT__HMAC_KEY".into(), "short".into()));
+        let e = Config::from_toml_and_env(&full_toml(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16 bytes"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_signing_key_is_named() {
+        let e = audit_error("signing_key_file = \"/nonexistent/key.pem\"", secret_env());
+        assert!(e.contains("audit.signing_key_file: cannot read"), "{e}");
     }
 
     #[test]

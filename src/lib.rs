@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod dev;
 pub mod limits;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;

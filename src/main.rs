@@ -1,4 +1,4 @@
-//! The `sync-gateway` command line: `serve`, `dev`, `check-config`, `login`.
+//! The `sync-gateway` command line: `serve`, `dev`, `check-config`, `login`, `audit`.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -55,6 +55,53 @@ enum Command {
         /// The identity to sign in: the NAME of `[identities.NAME]`.
         #[arg(long)]
         identity: String,
+    },
+    /// Work with the audit trail: verify it, compute a searchable hash, make a signing key.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain and the checkpoint signatures; report the first broken link (file and
+    /// line), missing files, a torn last line and runs without a finish. Exit 0 when intact,
+    /// 1 when not, 2 when the trail cannot be read.
+    Verify {
+        /// The trail's files, in any order (e.g. audit.jsonl*).
+        #[arg(required_unless_present = "postgres_url")]
+        paths: Vec<PathBuf>,
+        /// A public key (PEM) of the checkpoint signer; repeat for rotated keys.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// Verify the PostgreSQL sink instead of files.
+        #[arg(
+            long,
+            env = "SYNC_GATEWAY__AUDIT__POSTGRES_URL",
+            hide_env_values = true
+        )]
+        postgres_url: Option<String>,
+        /// The schema of the PostgreSQL sink.
+        #[arg(long, default_value = "sync_gateway_audit")]
+        postgres_schema: String,
+    },
+    /// Print the value a sensitive field (client IP, UPN, reason) has in the trail when
+    /// audit hashing is on, to search for it.
+    Hash {
+        /// The value as it would be recorded in clear.
+        value: String,
+        /// The HMAC key file (else SYNC_GATEWAY__AUDIT__HMAC_KEY, else --config's audit.hmac_key_file).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// A configuration file whose audit.hmac_key_file to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create an Ed25519 key for checkpoints: the private key goes to OUT (mode 0600), the
+    /// public key to OUT.pub and stdout.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -113,6 +160,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Audit(cmd) => audit_command(cmd),
         Command::Dev {
             listen,
             audit_path,
@@ -152,4 +200,126 @@ fn run(f: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error
             ExitCode::FAILURE
         }
     }
+}
+
+fn audit_command(cmd: AuditCommand) -> ExitCode {
+    use sync_gateway::audit::{self, verify};
+    match cmd {
+        AuditCommand::Verify {
+            paths,
+            public_keys,
+            postgres_url,
+            postgres_schema,
+        } => {
+            let mut keys = Vec::new();
+            for p in &public_keys {
+                match audit::CheckpointVerifier::from_pem(p) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => {
+                        eprintln!("sync-gateway audit verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let opts = verify::VerifyOptions { keys };
+            let report = match postgres_url {
+                Some(url) if paths.is_empty() => audit::verify_postgres(
+                    &audit::PostgresOptions {
+                        url,
+                        schema: postgres_schema,
+                        timeout: std::time::Duration::from_secs(10),
+                    },
+                    &opts,
+                ),
+                _ => verify::verify_files(&paths, &opts),
+            };
+            match report {
+                Ok(r) => {
+                    print!("{}", r.render());
+                    if r.intact() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sync-gateway audit verify: cannot read the trail: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        AuditCommand::Hash {
+            value,
+            key_file,
+            config,
+        } => match hmac_key(key_file, config) {
+            Ok(key) => {
+                println!("{}", audit::ValueHasher::new(key.as_bytes()).hash(&value));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sync-gateway audit hash: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        AuditCommand::Keygen { out } => match write_key_pair(&out) {
+            Ok(public) => {
+                print!("{public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sync-gateway audit keygen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// The HMAC key, looked up as the `hash` command documents.
+fn hmac_key(key_file: Option<PathBuf>, config: Option<PathBuf>) -> Result<String, String> {
+    let from_file = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|k| k.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    if let Some(p) = key_file {
+        return from_file(&p);
+    }
+    if let Ok(k) = std::env::var("SYNC_GATEWAY__AUDIT__HMAC_KEY") {
+        return Ok(k);
+    }
+    let Some(c) = config else {
+        return Err("give --key-file, SYNC_GATEWAY__AUDIT__HMAC_KEY or --config".into());
+    };
+    let text =
+        std::fs::read_to_string(&c).map_err(|e| format!("cannot read {}: {e}", c.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", c.display()))?;
+    match table
+        .get("audit")
+        .and_then(|a| a.get("hmac_key_file"))
+        .and_then(|v| v.as_str())
+    {
+        Some(p) => from_file(std::path::Path::new(p)),
+        None => Err(format!("{} sets no audit.hmac_key_file", c.display())),
+    }
+}
+
+fn write_key_pair(out: &std::path::Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (private, public) = sync_gateway::audit::generate_key_pair()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    f.write_all(private.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let mut pub_path = out.as_os_str().to_owned();
+    pub_path.push(".pub");
+    std::fs::write(&pub_path, &public)
+        .map_err(|e| format!("cannot write {}: {e}", pub_path.to_string_lossy()))?;
+    Ok(public)
 }

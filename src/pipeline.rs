@@ -322,6 +322,12 @@ async fn read_reason(
             "a request body must be JSON with Content-Type: application/json".into(),
         ));
     }
+    // serde would read a JSON array into the struct by position; only an object is the contract.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(GatewayError::BadRequest(
+            "the body must be a JSON object like {\"reason\": \"...\"}".into(),
+        ));
+    }
     let parsed: SyncRequest = serde_json::from_slice(&bytes).map_err(|e| {
         GatewayError::BadRequest(format!(
             "the body must be a JSON object like {{\"reason\": \"...\"}}: {}",

@@ -4,7 +4,7 @@
 //! with [`Application::port`]) and starts the background work (signing-key refresh, limiter
 //! eviction); [`Application::run_until_stopped`] serves until SIGTERM/SIGINT.
 
-use crate::audit::AuditLog;
+use crate::audit::{AdminEvent, AuditLog, AuditSink};
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, STATUS_PERMISSION, SYNC_PERMISSION};
@@ -14,6 +14,7 @@ use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::ServiceIdentities;
 use crate::credentials::Credentials;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
@@ -29,7 +30,7 @@ use std::time::Duration;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The audit file could not be opened.
+    /// The audit trail (file, database, key) could not be opened.
     #[error("cannot open the audit trail {path}: {source}")]
     Audit {
         /// The configured path.
@@ -65,6 +66,16 @@ pub struct Application {
     keys: Arc<KeyStore>,
     runs: Scheduler,
     drain: Duration,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+}
+
+/// What a caller (a test, an embedding) may put in place of what the configuration says.
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Replaces the configured durable audit sink, e.g. with one that fails with `ENOSPC` or
+    /// hangs, to test failing closed.
+    pub audit_sink: Option<Box<dyn AuditSink>>,
 }
 
 /// State the probes read.
@@ -72,11 +83,21 @@ struct Health {
     keys: Arc<KeyStore>,
     audit: AuditLog,
     identities: Arc<ServiceIdentities>,
+    metrics: Arc<Metrics>,
 }
 
 impl Application {
     /// Builds the whole gateway from `config` and binds its listener.
     pub async fn build(config: Config) -> Result<Application, StartError> {
+        Self::build_with(config, BuildOptions::default()).await
+    }
+
+    /// [`Application::build`], with parts replaced by `options`.
+    pub async fn build_with(
+        config: Config,
+        options: BuildOptions,
+    ) -> Result<Application, StartError> {
+        let metrics = Metrics::new();
         let entra_http = reqwest::Client::builder()
             .timeout(config.entra_timeout())
             .connect_timeout(config.entra_timeout().min(Duration::from_secs(10)))
@@ -88,14 +109,22 @@ impl Application {
             Duration::from_secs(config.callers.unknown_kid_cooldown_seconds),
             Duration::from_secs(config.callers.keys_refresh_seconds),
         ));
-        let audit = AuditLog::open_file(
-            &config.audit.path,
-            Duration::from_millis(config.audit.write_timeout_ms),
-        )
-        .map_err(|source| StartError::Audit {
-            path: config.audit.path.display().to_string(),
-            source,
-        })?;
+        let audit =
+            crate::audit::open_configured(&config.audit, metrics.audit.clone(), options.audit_sink)
+                .await
+                .map_err(|(path, source)| StartError::Audit { path, source })?;
+        // Recorded before anything is served; a failure here is the same failure every request
+        // will meet (503), so it is logged rather than fatal.
+        for event in [
+            audit.start_event(),
+            AdminEvent::ConfigLoaded {
+                config_sha256: crate::audit::config_hash(&config),
+            },
+        ] {
+            if let Err(e) = audit.admin(event).await {
+                tracing::error!(error = %e, "the start of the gateway could not be recorded");
+            }
+        }
         let limits = Arc::new(Limits::new(&config.limits));
         let client_auth =
             ClientAuth::from_config(&config.entra).map_err(|source| StartError::Credential {
@@ -179,8 +208,9 @@ impl Application {
         let gateway = web::Data::new(gateway);
         let health = web::Data::new(Health {
             keys: keys.clone(),
-            audit,
+            audit: audit.clone(),
             identities,
+            metrics: metrics.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -200,6 +230,7 @@ impl Application {
                 .route("/sync/runs/{id}", web::get().to(pipeline::get_run))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics_text))
                 .default_service(web::to(|| async {
                     problem::respond(&GatewayError::NotFound, None)
                 }))
@@ -219,6 +250,8 @@ impl Application {
             keys,
             runs,
             drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
+            audit,
+            metrics,
         })
     }
 
@@ -237,14 +270,34 @@ impl Application {
         self.server.handle()
     }
 
+    /// The audit trail, for modules that record admin events (e.g. an identity login).
+    pub fn audit(&self) -> AuditLog {
+        self.audit.clone()
+    }
+
+    /// The metrics registry, for modules that register their own metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Serves until the process is told to stop (SIGTERM, SIGINT or the handle), then gives
     /// runs `server.shutdown_timeout_seconds` to finish and records the scheduled runs that
-    /// cannot start by then as abandoned.
+    /// cannot start by then as abandoned; last, records the stop and a final checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let result = self.server.await;
         self.runs.shutdown(self.drain).await;
-        served
+        if let Err(e) = self.audit.admin(AdminEvent::Stop).await {
+            tracing::error!(error = %e, "the stop of the gateway could not be recorded");
+        }
+        self.audit.shutdown().await;
+        result
     }
+}
+
+async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(h.metrics.encode())
 }
 
 async fn healthz() -> HttpResponse {

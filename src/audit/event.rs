@@ -1,5 +1,8 @@
-//! The record format (`"v": 1`). One `request` record per caller request, and `run` records
-//! for each change in a run's life, the pre-call ones made durable before Graph is called.
+//! The record format (`"v": 1`), documented in `docs/audit.md` and `docs/audit.schema.json`.
+//! One `request` record per caller request, `run` records for each change in a run's life (the
+//! pre-call ones made durable before Graph is called), and `admin` records for what happens to
+//! the gateway itself. The writer adds `seq` and `prev` to every record (see `chain.rs`);
+//! records here never carry them.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,6 +20,116 @@ pub enum AuditEvent {
     Request(RequestRecord),
     /// A change in a run's life (scheduled, started, attempt, finished, ...).
     Run(RunRecord),
+    /// Something that happened to the gateway itself: start, stop, configuration, keys.
+    Admin(AdminRecord),
+}
+
+/// The record of an [`AdminEvent`].
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminRecord {
+    /// Record format version.
+    pub v: u32,
+    /// This record's id.
+    pub id: Uuid,
+    /// When it happened (UTC).
+    pub time: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: AdminEvent,
+}
+
+impl AdminRecord {
+    /// A record of `event`, now.
+    pub fn now(event: AdminEvent) -> AdminRecord {
+        AdminRecord {
+            v: FORMAT_VERSION,
+            id: Uuid::now_v7(),
+            time: Utc::now(),
+            event,
+        }
+    }
+}
+
+/// What happened to the gateway (the `event` field of an `admin` record). Other modules record
+/// theirs with [`crate::audit::AuditLog::admin`]; the audit writer records the last four itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AdminEvent {
+    /// The gateway started and its trail is open.
+    Start {
+        /// The gateway's version.
+        version: String,
+        /// The durable sink (`file`, `postgres`).
+        sink: String,
+        /// The id of the key signing checkpoints, when checkpoints are on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signing_key_id: Option<String>,
+        /// The id of the key hashing sensitive values, when hashing is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hmac_key_id: Option<String>,
+    },
+    /// The gateway is stopping; nothing is recorded after this but a final checkpoint.
+    Stop,
+    /// The configuration the gateway runs with (secrets masked before hashing).
+    ConfigLoaded {
+        /// SHA-256 (hex) of the effective configuration as `check-config` prints it.
+        config_sha256: String,
+    },
+    /// A key changed: the checkpoint key, the hashing key, or a credential (issue 4).
+    KeyRotation {
+        /// Which key (`audit-signing`, `audit-hmac`, `client-secret`, ...).
+        key: String,
+        /// The id of the key used before, when known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous_key_id: Option<String>,
+        /// The id of the key used from now on.
+        key_id: String,
+    },
+    /// The gateway's own service identity signed in to its identity provider.
+    IdentityLogin {
+        /// Which identity (client id, managed identity name).
+        identity: String,
+        /// The tenant signed in to.
+        tenant_id: String,
+        /// How (`client_secret`, `certificate`, `managed_identity`, ...).
+        method: String,
+        /// `succeeded` or `failed`.
+        outcome: String,
+    },
+    /// At start, the last line was incomplete (a crash mid-write); it was cut off and the
+    /// chain resumes after the last complete record. The cut bytes were never acknowledged.
+    TornTailRecovered {
+        /// The file that ended in the torn line.
+        file: String,
+        /// How many bytes were cut.
+        torn_bytes: u64,
+        /// SHA-256 (hex) of the cut bytes.
+        torn_sha256: String,
+        /// The `seq` of the last complete record, which the chain continues from.
+        resumed_after_seq: u64,
+    },
+    /// Writes failed for a while (the requests were answered 503); recorded once they work
+    /// again.
+    WriteFailed {
+        /// The first error's kind, e.g. `StorageFull`.
+        error: String,
+        /// Group commits that failed.
+        failed_commits: u64,
+    },
+    /// Records became durable only after their callers had given up waiting (a commit that
+    /// outlived `audit.write_timeout_ms`): those requests were answered 503 and nothing was
+    /// sent upstream for them, whatever the records say.
+    LateCommit {
+        /// The `seq`s of those records.
+        seqs: Vec<u64>,
+    },
+    /// Retention deleted rotated files.
+    Retention {
+        /// The deleted files' names.
+        removed: Vec<String>,
+        /// The `seq` of the first record still kept.
+        trail_starts_at_seq: u64,
+    },
 }
 
 /// Who called, or whose identity was acted as, as far as it is known. Never carries a token.

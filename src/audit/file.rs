@@ -1,81 +1,415 @@
-//! The file sink: one append-only file, one writer thread, group commit.
+//! The file sink: an append-only active file, rotated by size and age into numbered files
+//! that are fsynced and never written again, with retention by count and start-up repair of
+//! a torn last line.
+//!
+//! Layout, for `audit.path = /var/lib/sync-gateway/audit.jsonl`:
+//! `audit.jsonl.000001`, `audit.jsonl.000002`, ... (rotated, oldest first) and `audit.jsonl`
+//! (active). The chain runs through them in that order.
 
-use super::Pending;
+use super::chain::{hash, hex, Tail};
+use super::event::AdminEvent;
+use super::sink::{AuditSink, Batch, Opened};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-/// Records committed together at most; bounds the latency of the first one in a batch.
-const MAX_BATCH: usize = 4096;
+/// When the active file is rotated and how many rotated files are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct FileOptions {
+    /// Rotate once the active file holds at least this many bytes (0: never by size).
+    pub rotate_bytes: u64,
+    /// Rotate once the active file is this old (zero: never by age).
+    pub rotate_age: Duration,
+    /// Keep at most this many rotated files, deleting the oldest (0: keep all).
+    pub retain_files: usize,
+}
 
-pub(super) struct FileSink {
-    file: File,
-    /// A failed write may have left part of a line behind; the next commit starts a new line
-    /// so that the next record is never glued to the torn one.
-    maybe_torn: bool,
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            rotate_bytes: 64 * 1024 * 1024,
+            rotate_age: Duration::from_secs(86_400),
+            retain_files: 0,
+        }
+    }
+}
+
+/// The file sink; see the module docs.
+pub struct FileSink {
+    path: PathBuf,
+    opts: FileOptions,
+    file: Option<File>,
+    /// Bytes of the active file that are complete and durable; a failed commit is cut back
+    /// to this.
+    good_len: u64,
+    /// A character device such as `/dev/full` or `/dev/null`: never rotated, never cut.
+    device: bool,
+    created: SystemTime,
+    last_number: u64,
 }
 
 impl FileSink {
-    pub(super) fn open(path: &Path) -> io::Result<FileSink> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(FileSink {
-            file,
-            maybe_torn: false,
-        })
+    /// A sink for the active file `path`; nothing is touched until [`AuditSink::open`].
+    pub fn new(path: impl Into<PathBuf>, opts: FileOptions) -> FileSink {
+        FileSink {
+            path: path.into(),
+            opts,
+            file: None,
+            good_len: 0,
+            device: false,
+            created: SystemTime::now(),
+            last_number: 0,
+        }
     }
 
-    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
-        let result = self.write_and_sync(buf);
-        self.maybe_torn = result.is_err();
-        result
+    fn file(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("audit file not open"))
     }
 
-    fn write_and_sync(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.maybe_torn {
-            self.file.write_all(b"\n")?;
+    fn open_active(&mut self) -> io::Result<()> {
+        let existed = self.path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        let meta = file.metadata()?;
+        self.device = !meta.is_file();
+        self.good_len = if self.device { 0 } else { meta.len() };
+        self.created = if existed {
+            meta.created()
+                .or_else(|_| meta.modified())
+                .unwrap_or_else(|_| SystemTime::now())
+        } else {
+            SystemTime::now()
+        };
+        self.file = Some(file);
+        if !existed {
+            sync_dir(&self.path)?;
         }
-        self.file.write_all(buf)?;
-        match self.file.sync_data() {
-            // A character device such as /dev/null cannot be synced; a regular file can.
-            Err(e) if e.raw_os_error() == Some(22) => Ok(()),
-            other => other,
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<PathBuf> {
+        self.file()?.sync_all()?;
+        let number = self.last_number + 1;
+        let target = numbered(&self.path, number);
+        if target.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", target.display()),
+            ));
         }
+        std::fs::rename(&self.path, &target)?;
+        self.last_number = number;
+        self.file = None;
+        self.open_active()?;
+        sync_dir(&self.path)?;
+        Ok(target)
+    }
+
+    fn apply_retention(&mut self) -> io::Result<Option<AdminEvent>> {
+        if self.opts.retain_files == 0 {
+            return Ok(None);
+        }
+        let rotated = rotated_files(&self.path)?;
+        if rotated.len() <= self.opts.retain_files {
+            return Ok(None);
+        }
+        let (gone, kept) = rotated.split_at(rotated.len() - self.opts.retain_files);
+        let starts_at = match kept.first() {
+            Some((_, p)) => first_seq(p)?,
+            None => return Ok(None),
+        };
+        let mut removed = Vec::new();
+        for (_, p) in gone {
+            std::fs::remove_file(p)?;
+            removed.push(file_name(p));
+        }
+        sync_dir(&self.path)?;
+        Ok(Some(AdminEvent::Retention {
+            removed,
+            trail_starts_at_seq: starts_at,
+        }))
     }
 }
 
-/// Drains the queue: everything waiting is written with one `write` and one `fsync`, then
-/// each waiter is told the outcome. Runs on its own thread so a slow disk never blocks the
-/// async runtime; callers bound their wait with a timeout.
-pub(super) fn run_writer(
-    mut sink: FileSink,
-    mut rx: mpsc::Receiver<Pending>,
-    healthy: Arc<AtomicBool>,
-) {
-    let mut batch: Vec<Pending> = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+impl AuditSink for FileSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn open(&mut self) -> io::Result<Opened> {
+        self.last_number = rotated_files(&self.path)?
+            .last()
+            .map(|(n, _)| *n)
+            .unwrap_or(0);
+        self.open_active()?;
+        let mut notes = Vec::new();
+        if self.device {
+            return Ok(Opened {
+                tail: Tail::EMPTY,
+                last_line: None,
+                notes,
+            });
+        }
+        let path = self.path.clone();
+        let (complete_len, last) = {
+            let file = self.file()?;
+            last_complete_line(file)?
+        };
+        if complete_len < self.good_len {
+            // A crash mid-write: the bytes after the last newline were never acknowledged.
+            let good = self.good_len;
+            let torn = read_range(self.file()?, complete_len, good)?;
+            let file = self.file()?;
+            file.set_len(complete_len)?;
+            file.sync_all()?;
+            self.good_len = complete_len;
+            notes.push(AdminEvent::TornTailRecovered {
+                file: file_name(&path),
+                torn_bytes: torn.len() as u64,
+                torn_sha256: hex(&hash(&torn)),
+                resumed_after_seq: 0, // filled in below, once the tail is known
+            });
+        }
+        let last = match last {
+            Some(l) => Some(l),
+            None => match rotated_files(&self.path)?.last() {
+                Some((_, p)) => last_complete_line(&mut File::open(p)?)?.1,
+                None => None,
+            },
+        };
+        let tail = match &last {
+            Some(l) => Tail {
+                seq: seq_of(l).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the last record of the audit trail has no seq; run `sync-gateway audit verify`",
+                    )
+                })?,
+                hash: hash(l),
+            },
+            None => Tail::EMPTY,
+        };
+        for n in &mut notes {
+            if let AdminEvent::TornTailRecovered {
+                resumed_after_seq, ..
+            } = n
+            {
+                *resumed_after_seq = tail.seq;
             }
         }
-        buf.clear();
-        for p in &batch {
-            buf.extend_from_slice(&p.line);
+        Ok(Opened {
+            tail,
+            last_line: last,
+            notes,
+        })
+    }
+
+    fn commit(&mut self, batch: &Batch<'_>) -> io::Result<()> {
+        let file = self.file()?;
+        file.write_all(batch.buf)?;
+        match file.sync_data() {
+            // A character device such as /dev/null cannot be synced; a regular file can.
+            Err(e) if e.raw_os_error() == Some(22) => {}
+            other => other?,
         }
-        let result = sink.commit(&buf);
-        healthy.store(result.is_ok(), Ordering::Relaxed);
-        for p in batch.drain(..) {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            let _ = p.done.send(r);
+        self.good_len += batch.buf.len() as u64;
+        Ok(())
+    }
+
+    fn recover(&mut self) -> io::Result<Option<Tail>> {
+        if self.device {
+            return Err(io::Error::other("cannot repair a device"));
         }
+        if self.file.is_none() {
+            self.open_active()?;
+        }
+        let good = self.good_len;
+        let file = self.file()?;
+        // Cut whatever part of the failed commit landed: those records were never confirmed.
+        if file.metadata()?.len() != good {
+            file.set_len(good)?;
+        }
+        file.sync_all()?;
+        Ok(None)
+    }
+
+    fn maintain(&mut self, now: SystemTime) -> io::Result<Vec<AdminEvent>> {
+        if self.device || self.good_len == 0 {
+            return Ok(Vec::new());
+        }
+        let by_size = self.opts.rotate_bytes > 0 && self.good_len >= self.opts.rotate_bytes;
+        let by_age = !self.opts.rotate_age.is_zero()
+            && now.duration_since(self.created).unwrap_or_default() >= self.opts.rotate_age;
+        if !(by_size || by_age) {
+            return Ok(Vec::new());
+        }
+        self.rotate()?;
+        Ok(self.apply_retention()?.into_iter().collect())
+    }
+}
+
+/// `path` with the rotation number appended: `audit.jsonl.000003`.
+pub fn numbered(path: &Path, n: u64) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n:06}"));
+    PathBuf::from(s)
+}
+
+/// The rotation number of `candidate` if it is a rotated file of the active file `path`.
+pub fn rotation_number(active: &Path, candidate: &Path) -> Option<u64> {
+    let base = active.file_name()?.to_str()?;
+    let name = candidate.file_name()?.to_str()?;
+    let digits = name.strip_prefix(base)?.strip_prefix('.')?;
+    if digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// The rotated files of the active file `path`, oldest first.
+pub fn rotated_files(path: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let p = entry?.path();
+        if let Some(n) = rotation_number(path, &p) {
+            out.push((n, p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => File::open(d)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+/// The `seq` of a line, read without parsing the rest of it.
+pub fn seq_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq)
+}
+
+fn first_seq(p: &Path) -> io::Result<u64> {
+    let mut f = File::open(p)?;
+    let mut buf = vec![0u8; 256];
+    let n = f.read(&mut buf)?;
+    let text = &buf[..n];
+    let digits: String = text
+        .strip_prefix(b"{\"seq\":")
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .map(|b| *b as char)
+        .collect();
+    digits.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} does not start with a record", p.display()),
+        )
+    })
+}
+
+fn read_range(file: &mut File, from: u64, to: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.seek(SeekFrom::Start(from))?;
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads backwards from the end: the length up to and including the last newline, and the
+/// last complete line (without its newline).
+fn last_complete_line(file: &mut File) -> io::Result<(u64, Option<Vec<u8>>)> {
+    let len = file.metadata()?.len();
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut tail: Vec<u8> = Vec::new(); // bytes from `end` to `len`
+    let mut last_nl: Option<u64> = None;
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let mut chunk = read_range(file, start, end)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        end = start;
+        let positions: Vec<u64> = tail
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| end + i as u64)
+            .collect();
+        if last_nl.is_none() {
+            last_nl = positions.last().copied();
+        }
+        if let Some(nl) = last_nl {
+            // The line before `nl` starts after the newline before it (or at 0).
+            let before = positions.iter().rev().find(|p| **p < nl).copied();
+            if before.is_some() || end == 0 {
+                let line_start = before.map(|p| p + 1).unwrap_or(0);
+                let line = tail[(line_start - end) as usize..(nl - end) as usize].to_vec();
+                return Ok((nl + 1, Some(line)));
+            }
+        }
+    }
+    Ok((0, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_complete_line_is_found_behind_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        std::fs::write(&p, b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3,\"to").unwrap();
+        let (len, line) = last_complete_line(&mut File::open(&p).unwrap()).unwrap();
+        assert_eq!(len, 20);
+        assert_eq!(line.unwrap(), b"{\"seq\":2}");
+    }
+
+    #[test]
+    fn a_long_last_line_spanning_chunks_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let long = format!("{{\"seq\":2,\"x\":\"{}\"}}", "y".repeat(200_000));
+        std::fs::write(&p, format!("{{\"seq\":1}}\n{long}\n")).unwrap();
+        let (_, line) = last_complete_line(&mut File::open(&p).unwrap()).unwrap();
+        assert_eq!(line.unwrap(), long.as_bytes());
+    }
+
+    #[test]
+    fn rotated_names_sort_by_number_and_ignore_others() {
+        let active = Path::new("/x/audit.jsonl");
+        assert_eq!(
+            rotation_number(active, Path::new("/x/audit.jsonl.000012")),
+            Some(12)
+        );
+        assert_eq!(
+            rotation_number(active, Path::new("/x/audit.jsonl.12")),
+            None
+        );
+        assert_eq!(rotation_number(active, Path::new("/x/other.000001")), None);
     }
 }

@@ -1,28 +1,52 @@
-//! The audit trail: what the gateway did, for whom, and why, as JSON lines.
+//! The audit trail: what the gateway did, for whom, and why, as a hash-chained sequence of
+//! JSON records (format and guarantees: `docs/audit.md`).
 //!
-//! Records are made durable (written and fsynced) by one writer thread that commits whatever
-//! has queued up in one `write` + `fsync` (group commit). [`AuditLog::append`] returns only once
-//! the record is durable, or fails within `audit.write_timeout_ms`: the pipeline then answers
-//! 503 and calls nothing upstream (fail closed, with a bound).
+//! Records are made durable by one writer thread that commits whatever has queued up in one
+//! `write` + `fsync` (or one transaction) — group commit. [`AuditLog::append`] returns only
+//! once the record is durable, or fails within `audit.write_timeout_ms`: the pipeline then
+//! answers 503 and calls nothing upstream (fail closed, with a bound). While a commit has been
+//! running longer than that bound (a hung disk), appends are refused at once instead of each
+//! waiting out the bound.
+//!
+//! The chain, checkpoints, rotation, recovery and sinks know nothing of record kinds: they
+//! take a JSON object and add `seq` and `prev` in the writer, where the order is decided.
 
+mod chain;
 mod event;
 mod file;
+mod postgres;
+mod redact;
+mod sink;
+pub mod verify;
+mod writer;
 
-pub use event::{
-    AttemptSummary, AuditEvent, CallerSummary, RequestRecord, RunRecord, UpstreamSummary,
+pub use chain::{
+    generate_key_pair, public_key_pem, CheckpointSigner, CheckpointVerifier, KeyError, Tail,
 };
+pub use event::{
+    AdminEvent, AdminRecord, AttemptSummary, AuditEvent, CallerSummary, RequestRecord, RunRecord,
+    UpstreamSummary,
+};
+pub use file::{rotated_files, FileOptions, FileSink};
+pub use postgres::{valid_schema_name, verify_postgres, PostgresOptions, PostgresSink};
+pub use redact::{ValueHasher, MIN_KEY_BYTES as MIN_HMAC_KEY_BYTES, SENSITIVE_FIELDS};
+pub use sink::{AuditSink, Batch, Opened};
+
+use crate::metrics::AuditMetrics;
+use serde_json::Value;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use writer::{Msg, Pending, Shared, WriterOptions};
 
 /// The record format version written into every record.
 pub fn event_format_version() -> u32 {
     event::FORMAT_VERSION
 }
-
-use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 /// Why a record could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,78 +54,296 @@ pub enum AuditError {
     /// The writer did not confirm in time (hung or slow disk).
     #[error("audit write timed out")]
     Timeout,
+    /// A commit has been running longer than the bound: refused at once.
+    #[error("audit writer stalled")]
+    Stalled,
     /// The queue to the writer is full.
     #[error("audit queue full")]
     QueueFull,
-    /// The write or fsync failed (disk full, I/O error, ...).
+    /// The write or fsync failed (disk full, I/O error, ...); the text is the error kind.
     #[error("audit write failed: {0}")]
     Io(String),
     /// The writer thread has stopped.
     #[error("audit writer stopped")]
     Stopped,
+    /// The record is not a JSON object, or carries `seq` / `prev` itself.
+    #[error("not a valid audit record: {0}")]
+    Invalid(String),
 }
 
-/// A record queued for the writer, with the channel that confirms its durability.
-struct Pending {
-    line: Vec<u8>,
-    done: oneshot::Sender<io::Result<()>>,
-}
-
-/// Handle to the audit trail; cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
-    timeout: Duration,
-    healthy: Arc<AtomicBool>,
+impl AuditError {
+    /// The stable label of the `reason` in `audit_append_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditError::Timeout => "timeout",
+            AuditError::Stalled => "stalled",
+            AuditError::QueueFull => "queue_full",
+            AuditError::Io(_) => "io",
+            AuditError::Stopped => "stopped",
+            AuditError::Invalid(_) => "invalid",
+        }
+    }
 }
 
 /// How many records may wait for the writer; beyond that callers get 503 at once.
 const QUEUE_CAPACITY: usize = 16_384;
 
+/// How the trail is written, besides the sink.
+pub struct AuditOptions {
+    /// `audit.write_timeout_ms`: the bound on every append.
+    pub write_timeout: Duration,
+    /// Signs checkpoints when set.
+    pub signer: Option<CheckpointSigner>,
+    /// A checkpoint after at most this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or this long after the last one, whichever comes first.
+    pub checkpoint_every: Duration,
+    /// Hashes sensitive values when set.
+    pub hasher: Option<ValueHasher>,
+    /// Also copies every committed record to stdout.
+    pub stdout_copy: bool,
+    /// Where the counters go.
+    pub metrics: AuditMetrics,
+}
+
+impl AuditOptions {
+    /// No checkpoints, no hashing, no copy; fresh counters.
+    pub fn new(write_timeout: Duration) -> AuditOptions {
+        AuditOptions {
+            write_timeout,
+            signer: None,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
+            hasher: None,
+            stdout_copy: false,
+            metrics: AuditMetrics::default(),
+        }
+    }
+}
+
+/// Handle to the audit trail; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: SyncSender<Msg>,
+    timeout: Duration,
+    shared: Arc<Shared>,
+    hasher: Option<Arc<ValueHasher>>,
+    sink: &'static str,
+    signing_key_id: Option<String>,
+}
+
 impl AuditLog {
-    /// Opens (creating if needed) the append-only file at `path` and starts the writer thread.
+    /// Opens (creating if needed) the append-only file at `path`, without rotation, and starts
+    /// the writer thread.
     pub fn open_file(path: &Path, timeout: Duration) -> io::Result<AuditLog> {
-        let sink = file::FileSink::open(path)?;
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let h = healthy.clone();
+        let opts = FileOptions {
+            rotate_bytes: 0,
+            rotate_age: Duration::ZERO,
+            retain_files: 0,
+        };
+        AuditLog::start(
+            Box::new(FileSink::new(path, opts)),
+            AuditOptions::new(timeout),
+        )
+    }
+
+    /// Opens `sink` on a new writer thread and returns once it is open (or failed to open).
+    pub fn start(mut sink: Box<dyn AuditSink>, opts: AuditOptions) -> io::Result<AuditLog> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(true),
+            busy_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics: opts.metrics.clone(),
+        });
+        shared.metrics.healthy.set(1);
+        let name = sink.name();
+        let signing_key_id = opts.signer.as_ref().map(|s| s.key_id().to_string());
+        let writer_opts = WriterOptions {
+            signer: opts.signer,
+            checkpoint_every_records: opts.checkpoint_every_records.max(1),
+            checkpoint_every: opts.checkpoint_every,
+            stdout_copy: opts.stdout_copy,
+        };
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || file::run_writer(sink, rx, h))?;
+            .spawn(move || match sink.open() {
+                Ok(opened) => {
+                    let _ = opened_tx.send(Ok(()));
+                    writer::run(sink, opened, rx, s, writer_opts);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })?;
+        opened_rx
+            .recv()
+            .map_err(|_| io::Error::other("the audit writer died while opening"))??;
         Ok(AuditLog {
             tx,
-            timeout,
-            healthy,
+            timeout: opts.write_timeout,
+            shared,
+            hasher: opts.hasher.map(Arc::new),
+            sink: name,
+            signing_key_id,
         })
     }
 
     /// Appends `event` and waits until it is durable.
     pub async fn append(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let mut line = serde_json::to_vec(event).map_err(|e| AuditError::Io(e.to_string()))?;
-        line.push(b'\n');
-        let (done, confirmed) = oneshot::channel();
-        self.tx
-            .try_send(Pending { line, done })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
-            })?;
-        let result = match tokio::time::timeout(self.timeout, confirmed).await {
-            Err(_) => Err(AuditError::Timeout),
-            Ok(Err(_)) => Err(AuditError::Stopped),
-            Ok(Ok(Err(e))) => Err(AuditError::Io(e.to_string())),
-            Ok(Ok(Ok(()))) => Ok(()),
-        };
+        let value = serde_json::to_value(event).map_err(|e| AuditError::Invalid(e.to_string()))?;
+        self.append_value(value).await.map(|_| ())
+    }
+
+    /// Records an admin event (start, stop, key rotation, identity login, ...) and waits until
+    /// it is durable.
+    pub async fn admin(&self, event: AdminEvent) -> Result<(), AuditError> {
+        self.append(&AuditEvent::Admin(AdminRecord::now(event)))
+            .await
+    }
+
+    /// Appends any record given as a JSON object (it must carry `v` and `kind`, and not `seq`
+    /// or `prev`, which the writer adds). Returns the record's `seq` once it is durable.
+    pub async fn append_value(&self, mut record: Value) -> Result<u64, AuditError> {
+        let result = self.try_append(&mut record).await;
         if let Err(e) = &result {
-            self.healthy.store(false, Ordering::Relaxed);
+            self.shared.metrics.refused(e.kind());
             tracing::error!(error = %e, "audit record could not be made durable");
         }
         result
     }
 
-    /// False after the last write failed; `/readyz` reports it.
+    async fn try_append(&self, record: &mut Value) -> Result<u64, AuditError> {
+        let obj = record
+            .as_object()
+            .ok_or_else(|| AuditError::Invalid("not a JSON object".into()))?;
+        if obj.contains_key("seq") || obj.contains_key("prev") {
+            return Err(AuditError::Invalid("seq and prev are the writer's".into()));
+        }
+        if let Some(h) = &self.hasher {
+            h.apply(record);
+        }
+        if self.stalled() {
+            return Err(AuditError::Stalled);
+        }
+        let body = serde_json::to_vec(record).map_err(|e| AuditError::Invalid(e.to_string()))?;
+        let (done, confirmed) = oneshot::channel();
+        writer::offer(&self.tx, Pending { body, done })?;
+        match tokio::time::timeout(self.timeout, confirmed).await {
+            Err(_) => Err(AuditError::Timeout),
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// True while a commit has been running for longer than the write timeout.
+    fn stalled(&self) -> bool {
+        let since = self.shared.busy_since_ms.load(Ordering::Relaxed);
+        since != 0 && self.shared.now_ms().saturating_sub(since) > self.timeout.as_millis() as u64
+    }
+
+    /// False after the last commit failed or while the writer is stalled; `/readyz` reports it.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.shared.healthy.load(Ordering::Relaxed) && !self.stalled()
+    }
+
+    /// The durable sink's name (`file`, `postgres`, ...).
+    pub fn sink_name(&self) -> &'static str {
+        self.sink
+    }
+
+    /// The `start` admin event for this trail.
+    pub fn start_event(&self) -> AdminEvent {
+        AdminEvent::Start {
+            version: env!("CARGO_PKG_VERSION").into(),
+            sink: self.sink.into(),
+            signing_key_id: self.signing_key_id.clone(),
+            hmac_key_id: self.hasher.as_ref().map(|h| h.key_id().to_string()),
+        }
+    }
+
+    /// Writes a final checkpoint (when checkpoints are on) and waits, at most the write
+    /// timeout, for the writer to confirm. Records appended afterwards are refused.
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.try_send(Msg::Shutdown(ack)).is_ok() {
+            let _ = tokio::time::timeout(self.timeout, done).await;
+        }
+    }
+}
+
+/// SHA-256 (hex) of the effective configuration as `check-config` prints it, secrets masked:
+/// the `config_loaded` admin record names it.
+pub fn config_hash(config: &crate::config::Config) -> String {
+    chain::hex(&chain::hash(config.to_masked_toml().as_bytes()))
+}
+
+/// Opens the trail configured in `[audit]`. `sink` replaces the configured durable sink (the
+/// seam tests use to inject a failing or hanging one); rotation, checkpoints, hashing and the
+/// stdout copy still follow the configuration. The error names what could not be opened.
+pub async fn open_configured(
+    c: &crate::config::AuditConfig,
+    metrics: AuditMetrics,
+    sink: Option<Box<dyn AuditSink>>,
+) -> Result<AuditLog, (String, io::Error)> {
+    use crate::config::AuditSinkKind;
+    let timeout = Duration::from_millis(c.write_timeout_ms);
+    let (what, sink): (String, Box<dyn AuditSink>) = match (sink, c.durable_sink()) {
+        (Some(s), _) => (format!("the {} sink", s.name()), s),
+        (None, AuditSinkKind::Postgres) => (
+            format!("PostgreSQL schema {}", c.postgres_schema),
+            Box::new(PostgresSink::new(PostgresOptions {
+                url: c
+                    .postgres_url
+                    .as_ref()
+                    .map(|u| u.expose().to_string())
+                    .unwrap_or_default(),
+                schema: c.postgres_schema.clone(),
+                timeout,
+            })),
+        ),
+        (None, _) => {
+            let path = c.path.clone().unwrap_or_default();
+            (
+                path.display().to_string(),
+                Box::new(FileSink::new(
+                    path,
+                    FileOptions {
+                        rotate_bytes: c.rotate_bytes,
+                        rotate_age: Duration::from_secs(c.rotate_seconds),
+                        retain_files: c.retain_files,
+                    },
+                )),
+            )
+        }
+    };
+    let signer = match &c.signing_key_file {
+        Some(p) => Some(CheckpointSigner::from_pem_file(p).map_err(|e| {
+            (
+                "audit.signing_key_file".to_string(),
+                io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            )
+        })?),
+        None => None,
+    };
+    let opts = AuditOptions {
+        write_timeout: timeout,
+        signer,
+        checkpoint_every_records: c.checkpoint_every_records,
+        checkpoint_every: Duration::from_secs(c.checkpoint_every_seconds),
+        hasher: c
+            .hmac_key
+            .as_ref()
+            .map(|k| ValueHasher::new(k.expose().as_bytes())),
+        stdout_copy: c.stdout_copy(),
+        metrics,
+    };
+    // Opening may block for a while (connect, migrate, read the tail): not on the runtime.
+    match tokio::task::spawn_blocking(move || AuditLog::start(sink, opts)).await {
+        Ok(r) => r.map_err(|e| (what, e)),
+        Err(_) => Err((what, io::Error::other("the audit opener panicked"))),
     }
 }
 
@@ -116,7 +358,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_appends_all_land_as_whole_lines() {
+    async fn concurrent_appends_all_land_as_whole_chained_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open_file(&path, Duration::from_secs(5)).unwrap();
@@ -131,10 +373,13 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 200);
-        for l in lines {
+        for (i, l) in lines.iter().enumerate() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["kind"], "request");
+            assert_eq!(v["seq"], i as u64 + 1);
         }
+        let report = verify::verify_files(&[path], &verify::VerifyOptions::default()).unwrap();
+        assert!(report.intact(), "{}", report.render());
     }
 
     #[tokio::test]
@@ -145,5 +390,15 @@ mod tests {
             Err(AuditError::Io(_))
         ));
         assert!(!log.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn a_record_carrying_its_own_seq_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_file(&dir.path().join("a"), Duration::from_secs(5)).unwrap();
+        let r = log
+            .append_value(serde_json::json!({"v": 1, "kind": "x", "seq": 9}))
+            .await;
+        assert!(matches!(r, Err(AuditError::Invalid(_))));
     }
 }

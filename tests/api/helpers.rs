@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use sync_gateway::audit::AuditSink;
+use sync_gateway::server::BuildOptions;
 use sync_gateway::sim::entra::TokenSpec;
 use sync_gateway::sim::graph::{GraphMode, GraphResponse};
 use sync_gateway::sim::{SimOptions, Simulators};
@@ -63,8 +65,12 @@ pub struct TestApp {
     pub config: Config,
     /// A temporary directory that lives as long as the app (certificates, session stores).
     pub dir: PathBuf,
+    /// The gateway's own audit handle.
+    pub audit: sync_gateway::audit::AuditLog,
+    /// The simulators and ids, to start another gateway in the same world.
+    pub world: World,
     handle: actix_web::dev::ServerHandle,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -112,6 +118,60 @@ pub struct Setup {
     pub prepare: Option<PrepareHook>,
     /// Options of the simulators beyond the tenants and the app registration.
     pub sim: Option<SimHook>,
+    /// The audit trail cannot be written from the start, so the gateway never becomes ready:
+    /// wait only for the signing keys.
+    pub audit_broken_at_start: bool,
+    /// Replaces the durable audit sink (a failing or hanging one).
+    pub audit_sink: Option<Box<dyn AuditSink>>,
+    /// Reuse these simulators and ids instead of starting new ones (a restart on one trail).
+    pub world: Option<World>,
+}
+
+/// The simulators and the ids the gateway is configured with.
+#[derive(Clone)]
+pub struct World {
+    /// Entra and Graph.
+    pub sims: Simulators,
+    /// The allowed tenant.
+    pub tenant: String,
+    /// A second allowed tenant.
+    pub tenant2: String,
+    /// A tenant the simulated Entra knows but the gateway does not allow.
+    pub foreign_tenant: String,
+    /// The gateway's client id.
+    pub client_id: String,
+    /// The gateway's client secret.
+    pub secret: String,
+}
+
+/// Starts both simulators with fresh tenants and a fresh gateway registration.
+pub async fn start_world() -> World {
+    start_world_with(|_| {}).await
+}
+
+/// [`start_world`], with the simulators' options adjusted by `tune` first.
+pub async fn start_world_with(tune: impl FnOnce(&mut SimOptions)) -> World {
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let tenant2 = uuid::Uuid::new_v4().to_string();
+    let foreign_tenant = uuid::Uuid::new_v4().to_string();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
+    let mut options = SimOptions::new(
+        vec![tenant.clone(), tenant2.clone(), foreign_tenant.clone()],
+        client_id.clone(),
+        secret.clone(),
+        vec![client_id.clone(), APP_ID_URI.to_string()],
+    );
+    tune(&mut options);
+    let sims = Simulators::start(options).await.expect("simulators start");
+    World {
+        sims,
+        tenant,
+        tenant2,
+        foreign_tenant,
+        client_id,
+        secret,
+    }
 }
 
 impl Default for Setup {
@@ -128,6 +188,9 @@ impl Default for Setup {
             env: Vec::new(),
             prepare: None,
             sim: None,
+            audit_broken_at_start: false,
+            audit_sink: None,
+            world: None,
         }
     }
 }
@@ -160,30 +223,38 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the gateway and both simulators, configured by `setup`, and waits until it is ready
 /// (unless Entra is down at start, when it cannot be).
-pub async fn spawn_app_with(setup: Setup) -> TestApp {
+pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     capture_logs();
-    let tenant = uuid::Uuid::new_v4().to_string();
-    let tenant2 = uuid::Uuid::new_v4().to_string();
-    let foreign_tenant = uuid::Uuid::new_v4().to_string();
-    let client_id = uuid::Uuid::new_v4().to_string();
-    let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
-    let mut options = SimOptions::new(
-        vec![tenant.clone(), tenant2.clone(), foreign_tenant.clone()],
-        client_id.clone(),
-        secret.clone(),
-        vec![client_id.clone(), APP_ID_URI.to_string()],
-    );
-    if let Some(c) = setup.intune_cooldown {
-        options.graph_cooldown = c;
-    }
-    if let Some(l) = setup.graph_token_lifetime {
-        options.graph_token_lifetime = l;
-    }
-    let mut setup = setup;
-    if let Some(tune) = setup.sim.take() {
-        tune(&mut options);
-    }
-    let sims = Simulators::start(options).await.expect("simulators start");
+    let world = match setup.world.take() {
+        Some(w) => w,
+        None => {
+            let (cooldown, lifetime, sim) = (
+                setup.intune_cooldown,
+                setup.graph_token_lifetime,
+                setup.sim.take(),
+            );
+            start_world_with(move |options| {
+                if let Some(c) = cooldown {
+                    options.graph_cooldown = c;
+                }
+                if let Some(l) = lifetime {
+                    options.graph_token_lifetime = l;
+                }
+                if let Some(tune) = sim {
+                    tune(options);
+                }
+            })
+            .await
+        }
+    };
+    let World {
+        sims,
+        tenant,
+        tenant2,
+        foreign_tenant,
+        secret,
+        ..
+    } = world.clone();
     sims.graph.set_mode(setup.graph_mode.clone());
     if setup.entra_down_at_start {
         sims.entra.stop().await;
@@ -194,6 +265,89 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         .audit_path
         .clone()
         .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+    let mut entries = setup.config.clone();
+    if let Some(prepare) = setup.prepare.take() {
+        entries.extend(prepare(&Prepare {
+            sims: &sims,
+            dir: dir.path(),
+            tenant: &tenant,
+            foreign_tenant: &foreign_tenant,
+        }));
+    }
+    let mut env = setup.env.clone();
+    if !setup.omit_client_secret {
+        env.push((
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            setup.gateway_secret.clone().unwrap_or(secret),
+        ));
+    }
+    let config = Config::from_toml_and_env(&config_toml(&world, &audit_path, &entries), env)
+        .expect("valid test configuration");
+    let (address, handle, audit, running) =
+        start_gateway(config.clone(), setup.audit_sink.take()).await;
+    let test_app = TestApp {
+        address,
+        sims,
+        tenant,
+        tenant2,
+        foreign_tenant,
+        audit_path,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        config,
+        dir: dir.path().to_path_buf(),
+        audit,
+        world,
+        handle,
+        running: Some(running),
+        _dir: dir,
+    };
+    if setup.audit_broken_at_start {
+        test_app.wait_until_keys_loaded().await;
+    } else if !setup.entra_down_at_start {
+        test_app.wait_until_ready().await;
+    }
+    test_app
+}
+
+type Started = (
+    String,
+    actix_web::dev::ServerHandle,
+    sync_gateway::audit::AuditLog,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+async fn start_gateway(config: Config, audit_sink: Option<Box<dyn AuditSink>>) -> Started {
+    let app = Application::build_with(config, BuildOptions { audit_sink })
+        .await
+        .expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let audit = app.audit();
+    (
+        address,
+        handle,
+        audit,
+        tokio::spawn(app.run_until_stopped()),
+    )
+}
+
+/// The gateway configuration the tests use, against `world`, with `extra` keys set
+/// (dotted key → TOML value text).
+pub fn config_toml(
+    world: &World,
+    audit_path: &std::path::Path,
+    extra: &[(String, String)],
+) -> String {
+    let World {
+        sims,
+        tenant,
+        tenant2,
+        client_id,
+        ..
+    } = world;
     let mut table: toml::Table = toml::from_str(&format!(
         r#"
 [server]
@@ -227,16 +381,7 @@ status_poll_ms = 100
         audit = toml::Value::String(audit_path.display().to_string()),
     ))
     .unwrap();
-    let mut entries = setup.config.clone();
-    if let Some(prepare) = setup.prepare.take() {
-        entries.extend(prepare(&Prepare {
-            sims: &sims,
-            dir: dir.path(),
-            tenant: &tenant,
-            foreign_tenant: &foreign_tenant,
-        }));
-    }
-    for (key, value) in &entries {
+    for (key, value) in extra {
         let v: toml::Table = toml::from_str(&format!("v = {value}")).expect("a TOML value");
         let mut parts: Vec<&str> = key.split('.').collect();
         let last = parts.pop().unwrap();
@@ -250,70 +395,65 @@ status_poll_ms = 100
         }
         t.insert(last.to_string(), v["v"].clone());
     }
-    let mut env = setup.env.clone();
-    if !setup.omit_client_secret {
-        env.push((
-            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            setup.gateway_secret.clone().unwrap_or(secret),
-        ));
-    }
-    let config = Config::from_toml_and_env(&toml::to_string(&table).unwrap(), env)
-        .expect("valid test configuration");
-    let (address, handle, server) = start_gateway(config.clone()).await;
-    let test_app = TestApp {
-        address,
-        sims,
-        tenant,
-        tenant2,
-        foreign_tenant,
-        audit_path,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        config,
-        dir: dir.path().to_path_buf(),
-        handle,
-        server: Some(server),
-        _dir: dir,
-    };
-    if !setup.entra_down_at_start {
-        test_app.wait_until_ready().await;
-    }
-    test_app
-}
-
-type Started = (
-    String,
-    actix_web::dev::ServerHandle,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-);
-
-async fn start_gateway(config: Config) -> Started {
-    let app = Application::build(config).await.expect("gateway builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
-    (address, handle, tokio::spawn(app.run_until_stopped()))
+    toml::to_string(&table).unwrap()
 }
 
 impl TestApp {
-    /// Stops the gateway as SIGTERM would and waits until its shutdown work is done.
+    /// Stops the gateway as SIGTERM would and waits until its shutdown work is done (runs
+    /// abandoned, the stop recorded).
     pub async fn stop(&mut self) {
         self.handle.stop(true).await;
-        if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+        if let Some(r) = self.running.take() {
+            r.await.expect("the server task").expect("the server ran");
         }
     }
 
     /// Stops the gateway and starts a new one with the same configuration, simulators and
-    /// audit file: a process restart.
+    /// audit file: a process restart; waits until it is ready.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (address, handle, server) = start_gateway(self.config.clone()).await;
+        let (address, handle, audit, running) = start_gateway(self.config.clone(), None).await;
         self.address = address;
         self.handle = handle;
-        self.server = Some(server);
+        self.audit = audit;
+        self.running = Some(running);
         self.wait_until_ready().await;
+    }
+
+    /// The trail's files: rotated ones and the active one (when it is a regular file).
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        trail_files(&self.audit_path)
+    }
+
+    /// `GET path` on the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// The value of metric line `name` (`sync_gateway_...` with labels) in `/metrics`, or 0.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls `/readyz` until it reports the signing keys loaded (or panics after 10 s).
+    pub async fn wait_until_keys_loaded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body: Value = self.get("/readyz").await.json().await.unwrap();
+            if body["checks"]["signing_keys"] == true {
+                return;
+            }
+            assert!(Instant::now() < deadline, "keys not loaded within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls `/readyz` until 200 (or panics after 10 s).
@@ -443,6 +583,10 @@ impl Drop for TestApp {
         // Every test doubles as a leak check: nothing it made the gateway see may be logged.
         if !std::thread::panicking() {
             self.assert_no_secret_leaked();
+            let files = self.audit_files();
+            if !files.is_empty() {
+                assert_trail_valid(&files, &[]);
+            }
         }
         let handle = self.handle.clone();
         drop(handle.stop(false));
@@ -490,4 +634,73 @@ pub fn test_certificate() -> (String, String) {
 /// The problem `type` for `kind`.
 pub fn problem_type(kind: &str) -> String {
     format!("urn:sync-gateway:problem:{kind}")
+}
+
+/// The trail files of the active file `active`: rotated ones, then `active` itself, when
+/// they are regular files.
+pub fn trail_files(active: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = sync_gateway::audit::rotated_files(active)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if std::fs::metadata(active)
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+    {
+        files.push(active.to_path_buf());
+    }
+    files
+}
+
+/// The JSON Schema of audit records (`docs/audit.schema.json`), compiled once.
+pub fn audit_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/audit.schema.json"
+        ))
+        .expect("the schema file");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema compiles")
+    })
+}
+
+/// Fails unless `record` validates against the audit schema.
+pub fn assert_schema_valid(record: &Value) {
+    let errors: Vec<String> = audit_schema()
+        .iter_errors(record)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{record} does not match the schema: {errors:?}"
+    );
+}
+
+/// Fails unless every complete record in `files` validates against the schema and the chain
+/// verifies (a torn last line is allowed: it was never acknowledged).
+pub fn assert_trail_valid(files: &[PathBuf], keys: &[sync_gateway::audit::CheckpointVerifier]) {
+    for f in files {
+        let text = std::fs::read(f).expect("a trail file");
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            if line.last() != Some(&b'\n') {
+                continue; // a torn tail
+            }
+            let v: Value = serde_json::from_slice(&line[..line.len() - 1]).expect("a JSON record");
+            assert_schema_valid(&v);
+        }
+    }
+    let report = sync_gateway::audit::verify::verify_files(
+        files,
+        &sync_gateway::audit::verify::VerifyOptions {
+            keys: keys.to_vec(),
+        },
+    )
+    .expect("the trail is readable");
+    assert!(report.intact(), "{}", report.render());
 }

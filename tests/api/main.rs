@@ -2,14 +2,19 @@
 //! One binary (several modules) so the suite links once.
 
 mod audit;
+mod audit_cli;
 mod callers;
 mod cli;
 mod client_auth;
+mod crash;
 mod exchange;
 mod helpers;
 mod identities;
 mod limits;
+mod postgres;
+mod records;
 mod runs;
 mod sync;
 mod tenants;
+mod trail;
 mod upstream;

@@ -1,0 +1,351 @@
+//! The writer thread: group commit, chaining, checkpoints, failure and recovery.
+//!
+//! Everything waiting in the queue is linked into the chain and handed to the sink as one
+//! batch (one `write` + one `fsync`, or one transaction); each waiter then learns the outcome.
+//! The chain only moves forward once a commit succeeded: after a failure the sink cuts the
+//! unconfirmed part and the next batch reuses the same `seq`s, so the trail never holds a
+//! record that was refused to its caller, nor a gap.
+
+use super::chain::{hex, CheckpointSigner, Tail};
+use super::event::{AdminEvent, AdminRecord, AuditEvent};
+use super::sink::{AuditSink, Batch, Opened};
+use super::AuditError;
+use crate::metrics::AuditMetrics;
+use chrono::{SecondsFormat, Utc};
+use std::io::Write;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
+
+/// Records committed together at most; bounds the latency of the first one in a batch.
+const MAX_BATCH: usize = 4096;
+
+/// How often a failed sink is retried while no record arrives, so `/readyz` recovers on its own.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// A record queued for the writer: its JSON object, and the channel that confirms it.
+pub(super) struct Pending {
+    pub body: Vec<u8>,
+    pub done: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// What the writer is told.
+pub(super) enum Msg {
+    Record(Pending),
+    /// Write a final checkpoint, then confirm and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// State the writer shares with [`super::AuditLog`].
+pub(super) struct Shared {
+    /// False after a failed commit, true again after a successful one.
+    pub healthy: AtomicBool,
+    /// Milliseconds since `epoch` at which the running commit started; 0 when idle.
+    pub busy_since_ms: AtomicU64,
+    pub epoch: Instant,
+    pub metrics: AuditMetrics,
+}
+
+impl Shared {
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// How the writer signs and copies.
+pub(super) struct WriterOptions {
+    pub signer: Option<CheckpointSigner>,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_every: Duration,
+    pub stdout_copy: bool,
+}
+
+struct Failing {
+    error: String,
+    commits: u64,
+}
+
+pub(super) fn run(
+    mut sink: Box<dyn AuditSink>,
+    opened: Opened,
+    rx: Receiver<Msg>,
+    shared: Arc<Shared>,
+    opts: WriterOptions,
+) {
+    let mut tail = opened.tail;
+    let mut notes: Vec<AdminEvent> = opened.notes;
+    if let (Some(signer), Some(last)) = (&opts.signer, &opened.last_line) {
+        if let Some(previous) = checkpoint_key_id(last) {
+            if previous != signer.key_id() {
+                notes.push(AdminEvent::KeyRotation {
+                    key: "audit-signing".into(),
+                    previous_key_id: Some(previous),
+                    key_id: signer.key_id().into(),
+                });
+            }
+        }
+    }
+    let copy = opts.stdout_copy.then(|| spawn_copy(shared.metrics.clone()));
+    let mut since_checkpoint: u64 = 0;
+    let mut last_checkpoint = Instant::now();
+    let mut failing: Option<Failing> = None;
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
+
+    loop {
+        // A failing sink is retried at a steady pace, whatever is waiting to be written.
+        let wait = if failing.is_some() {
+            RETRY_EVERY
+        } else if !notes.is_empty() {
+            Duration::ZERO
+        } else if opts.signer.is_some() && since_checkpoint > 0 {
+            opts.checkpoint_every
+                .saturating_sub(last_checkpoint.elapsed())
+        } else {
+            Duration::from_secs(3600)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Record(p)) => batch.push(p),
+            Ok(Msg::Shutdown(ack)) => stopping = Some(Some(ack)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => stopping = Some(None),
+        }
+        while stopping.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Record(p)) => batch.push(p),
+                Ok(Msg::Shutdown(ack)) => stopping = Some(Some(ack)),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up has been answered 503: its record must not appear later.
+        let before = batch.len();
+        batch.retain(|p| !p.done.is_closed());
+        shared
+            .metrics
+            .abandoned
+            .inc_by((before - batch.len()) as u64);
+
+        let checkpoint_due = opts.signer.is_some()
+            && since_checkpoint + (batch.len() as u64) > 0
+            && (since_checkpoint + batch.len() as u64 >= opts.checkpoint_every_records
+                || last_checkpoint.elapsed() >= opts.checkpoint_every
+                || stopping.is_some());
+        let work = !batch.is_empty() || !notes.is_empty() || checkpoint_due;
+        if work || failing.is_some() {
+            if let Some(f) = &mut failing {
+                match sink.recover() {
+                    Ok(Some(t)) => tail = t,
+                    Ok(None) => {}
+                    Err(e) => {
+                        if work {
+                            f.commits += 1;
+                        }
+                        fail(&mut batch, &shared, &e);
+                        if stopping.is_some() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            match sink.maintain(SystemTime::now()) {
+                Ok(events) => notes.extend(events),
+                Err(e) => tracing::error!(error = %e, "audit rotation or retention failed"),
+            }
+
+            let saved = tail;
+            buf.clear();
+            ranges.clear();
+            let push = |line: Vec<u8>, buf: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>| {
+                let start = buf.len();
+                buf.extend_from_slice(&line);
+                ranges.push(start..buf.len());
+                buf.push(b'\n');
+            };
+            if let Some(f) = &failing {
+                let body = admin_body(AdminEvent::WriteFailed {
+                    error: f.error.clone(),
+                    failed_commits: f.commits,
+                });
+                push(tail.link(&body), &mut buf, &mut ranges);
+            }
+            for n in &notes {
+                push(tail.link(&admin_body(n.clone())), &mut buf, &mut ranges);
+            }
+            let first_record_seq = tail.seq + 1;
+            for p in &batch {
+                push(tail.link(&p.body), &mut buf, &mut ranges);
+            }
+            let written = (ranges.len()) as u64;
+            let mut checkpoint_written = false;
+            if let Some(signer) = &opts.signer {
+                let pending = since_checkpoint + written;
+                let due = pending > 0
+                    && (pending >= opts.checkpoint_every_records
+                        || last_checkpoint.elapsed() >= opts.checkpoint_every
+                        || stopping.is_some());
+                if due {
+                    push(
+                        tail.link(&checkpoint_body(signer, &tail)),
+                        &mut buf,
+                        &mut ranges,
+                    );
+                    checkpoint_written = true;
+                }
+            }
+            if ranges.is_empty() {
+                // Nothing to write: the sink recovered with nothing waiting.
+                failing = None;
+                shared.healthy.store(true, Ordering::Relaxed);
+                shared.metrics.healthy.set(1);
+                if stopping.is_some() {
+                    break;
+                }
+                continue;
+            }
+
+            let started = Instant::now();
+            shared
+                .busy_since_ms
+                .store(shared.now_ms(), Ordering::Relaxed);
+            let result = sink.commit(&Batch {
+                buf: &buf,
+                lines: &ranges,
+                first_seq: saved.seq + 1,
+            });
+            shared.busy_since_ms.store(0, Ordering::Relaxed);
+            shared
+                .metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    failing = None;
+                    notes.clear();
+                    shared.healthy.store(true, Ordering::Relaxed);
+                    shared.metrics.healthy.set(1);
+                    shared.metrics.commits.inc();
+                    shared.metrics.records_written.inc_by(ranges.len() as u64);
+                    if checkpoint_written {
+                        shared.metrics.checkpoints.inc();
+                        since_checkpoint = 0;
+                        last_checkpoint = Instant::now();
+                    } else {
+                        since_checkpoint += written;
+                    }
+                    let mut late = Vec::new();
+                    for (i, p) in batch.drain(..).enumerate() {
+                        let seq = first_record_seq + i as u64;
+                        if p.done.send(Ok(seq)).is_err() {
+                            late.push(seq);
+                        }
+                    }
+                    if !late.is_empty() {
+                        // Their callers were answered 503: say so in the trail itself.
+                        notes.push(AdminEvent::LateCommit { seqs: late });
+                    }
+                    if let Some((copy, _)) = &copy {
+                        if copy.try_send(buf.clone()).is_err() {
+                            shared.metrics.copy_failures.inc();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tail = saved;
+                    shared.metrics.commit_failures.inc();
+                    tracing::error!(error = %e, sink = sink.name(), "audit commit failed");
+                    failing
+                        .get_or_insert_with(|| Failing {
+                            error: format!("{:?}", e.kind()),
+                            commits: 0,
+                        })
+                        .commits += 1;
+                    fail(&mut batch, &shared, &e);
+                }
+            }
+        }
+        if stopping.is_some() {
+            break;
+        }
+    }
+    if let Some((tx, drained)) = copy {
+        // Let the copy catch up before the process exits, but never wait on a stuck reader.
+        drop(tx);
+        let _ = drained.recv_timeout(Duration::from_secs(1));
+    }
+    if let Some(Some(ack)) = stopping {
+        let _ = ack.send(());
+    }
+}
+
+fn fail(batch: &mut Vec<Pending>, shared: &Shared, e: &std::io::Error) {
+    shared.healthy.store(false, Ordering::Relaxed);
+    shared.metrics.healthy.set(0);
+    for p in batch.drain(..) {
+        let _ = p.done.send(Err(AuditError::Io(format!("{:?}", e.kind()))));
+    }
+}
+
+fn admin_body(event: AdminEvent) -> Vec<u8> {
+    serde_json::to_vec(&AuditEvent::Admin(AdminRecord::now(event))).unwrap_or_default()
+}
+
+/// The checkpoint that will follow `tail`: it signs `tail`'s seq + 1 and hash.
+fn checkpoint_body(signer: &CheckpointSigner, tail: &Tail) -> Vec<u8> {
+    let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+    let prev = hex(&tail.hash);
+    let sig = signer.sign(tail.seq + 1, &prev, &time);
+    serde_json::to_vec(&serde_json::json!({
+        "v": super::event::FORMAT_VERSION,
+        "kind": "checkpoint",
+        "time": time,
+        "key_id": signer.key_id(),
+        "sig": sig,
+    }))
+    .unwrap_or_default()
+}
+
+fn checkpoint_key_id(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    if v["kind"] != "checkpoint" {
+        return None;
+    }
+    v["key_id"].as_str().map(str::to_string)
+}
+
+/// The stdout copy runs on its own thread behind a bounded queue: a slow log shipper must
+/// never hold up the durable sink. When the queue is full the copy is skipped and counted.
+/// Returns the queue and a channel that closes once everything queued has been copied.
+fn spawn_copy(metrics: AuditMetrics) -> (SyncSender<Vec<u8>>, Receiver<()>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1024);
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("audit-stdout".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            for buf in rx {
+                let mut out = stdout.lock();
+                if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+                    metrics.copy_failures.inc();
+                }
+            }
+            drop(done_tx);
+        });
+    if spawned.is_err() {
+        tracing::error!("cannot start the audit stdout copy");
+    }
+    (tx, done)
+}
+
+/// Sends without blocking; a full or stopped writer is an error the caller maps.
+pub(super) fn offer(tx: &SyncSender<Msg>, p: Pending) -> Result<(), AuditError> {
+    tx.try_send(Msg::Record(p)).map_err(|e| match e {
+        TrySendError::Full(_) => AuditError::QueueFull,
+        TrySendError::Disconnected(_) => AuditError::Stopped,
+    })
+}
