@@ -21,6 +21,16 @@ pub struct Metrics {
     registry: RwLock<Registry>,
     /// The audit trail's own metrics (registered by [`Metrics::new`]).
     pub audit: AuditMetrics,
+    /// Service identities whose session cannot refresh (1) or is ready (0), by identity:
+    /// `service_identity_login_required`. Bounded: identities come from configuration.
+    pub identity_login_required: Family<IdentityLabels, Gauge>,
+}
+
+/// Which service identity (the `identity` label).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// The NAME of `[identities.NAME]`.
+    pub identity: String,
 }
 
 impl Metrics {
@@ -29,9 +39,16 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sync_gateway");
         let audit = AuditMetrics::default();
         audit.register_into(&mut registry);
+        let identity_login_required = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "service_identity_login_required",
+            "1 while a service identity has no session that can refresh: run `sync-gateway login`",
+            identity_login_required.clone(),
+        );
         Arc::new(Metrics {
             registry: RwLock::new(registry),
             audit,
+            identity_login_required,
         })
     }
 

@@ -137,7 +137,11 @@ impl Application {
             config.entra.client_id.clone(),
             client_auth,
         ));
-        let identities = Arc::new(ServiceIdentities::from_config(&config, entra.clone()));
+        let identities = Arc::new(ServiceIdentities::with_audit(
+            &config,
+            entra.clone(),
+            Some(audit.clone()),
+        ));
         let graph_scope = config.graph.scope(SYNC_PERMISSION);
         let credentials = Arc::new(
             Credentials::new(OboClient::new(entra), config.entra.token_cache_capacity)
@@ -295,6 +299,14 @@ impl Application {
 }
 
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
+    // Session health is read when scraped, so the gauge is never stale.
+    for (identity, status) in h.identities.statuses() {
+        let login_required = i64::from(status.health.state() != "ready");
+        h.metrics
+            .identity_login_required
+            .get_or_create(&crate::metrics::IdentityLabels { identity })
+            .set(login_required);
+    }
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(h.metrics.encode())

@@ -97,6 +97,8 @@ pub struct ServiceIdentity {
     entra: Arc<EntraClient>,
     session: tokio::sync::Mutex<Session>,
     status: RwLock<IdentityStatus>,
+    /// Where a session picked up from a `login` is recorded (an `identity_login` admin record).
+    audit: Option<crate::audit::AuditLog>,
 }
 
 impl ServiceIdentity {
@@ -124,6 +126,7 @@ impl ServiceIdentity {
                 health: SessionHealth::Ready,
                 account: None,
             }),
+            audit: None,
         };
         id.session.get_mut().stored = id.load();
         id
@@ -172,7 +175,9 @@ impl ServiceIdentity {
         if let Some(t) = s.access.as_ref().filter(|t| t.is_usable()) {
             return Ok(t.clone());
         }
-        self.pick_up_store_changes(&mut s);
+        if self.pick_up_store_changes(&mut s) {
+            self.record_login().await;
+        }
         let Some(current) = s.stored.clone() else {
             return Err(self.login_required_error());
         };
@@ -247,17 +252,35 @@ impl ServiceIdentity {
         }
     }
 
-    /// A `login` (or another replica) replaced the store: its session wins over ours.
-    fn pick_up_store_changes(&self, s: &mut Session) {
+    /// A `login` (or another replica) replaced the store: its session wins over ours. True
+    /// when a usable session was picked up that way.
+    fn pick_up_store_changes(&self, s: &mut Session) -> bool {
         let stamp = self.store.stamp();
         if stamp == s.stamp {
-            return;
+            return false;
         }
         tracing::info!(identity = %self.name, store = %self.store.path().display(),
             "the session store changed on disk; reading it again");
         s.stamp = stamp;
         s.access = None;
         s.stored = self.load();
+        s.stored.is_some()
+    }
+
+    /// Records, in the audit trail, that a session from a `login` is now in use. `login` runs
+    /// as its own process and cannot append to the gateway's chain, so the gateway records it
+    /// when it takes the new session up.
+    async fn record_login(&self) {
+        let Some(audit) = &self.audit else { return };
+        let event = crate::audit::AdminEvent::IdentityLogin {
+            identity: self.name.to_string(),
+            tenant_id: self.tenant_id.clone(),
+            method: "device_code".into(),
+            outcome: "succeeded".into(),
+        };
+        if let Err(e) = audit.admin(event).await {
+            tracing::error!(identity = %self.name, error = %e, "the service identity's login could not be recorded");
+        }
     }
 
     fn refresh_refused(&self, s: &mut Session, e: &ErrorBody) -> GatewayError {
@@ -323,15 +346,23 @@ pub struct ServiceIdentities(BTreeMap<String, Arc<ServiceIdentity>>);
 impl ServiceIdentities {
     /// The identities of `config`, their sessions loaded.
     pub fn from_config(config: &Config, entra: Arc<EntraClient>) -> ServiceIdentities {
+        Self::with_audit(config, entra, None)
+    }
+
+    /// [`ServiceIdentities::from_config`], recording sessions picked up from a `login` in `audit`.
+    pub fn with_audit(
+        config: &Config,
+        entra: Arc<EntraClient>,
+        audit: Option<crate::audit::AuditLog>,
+    ) -> ServiceIdentities {
         ServiceIdentities(
             config
                 .identities
                 .iter()
                 .map(|(name, cfg)| {
-                    (
-                        name.clone(),
-                        Arc::new(ServiceIdentity::new(cfg, entra.clone())),
-                    )
+                    let mut identity = ServiceIdentity::new(cfg, entra.clone());
+                    identity.audit = audit.clone();
+                    (name.clone(), Arc::new(identity))
                 })
                 .collect(),
         )

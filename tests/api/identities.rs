@@ -349,6 +349,8 @@ async fn before_login_callers_get_503_naming_the_login_command_and_readyz_is_deg
         body["checks"]["service_identities"]["bot"]["state"],
         "login-required"
     );
+    let gauge = r#"sync_gateway_service_identity_login_required{identity="bot"}"#;
+    assert_eq!(app.metric(gauge).await, 1.0);
 }
 
 #[tokio::test]
@@ -357,6 +359,16 @@ async fn a_login_while_the_gateway_runs_is_used_from_the_next_request() {
     assert_eq!(app.post_sync(&webhook_token(&app)).await.status(), 503);
     run_login(&app, approve_after(0)).await.result.unwrap();
     assert_eq!(app.post_sync(&webhook_token(&app)).await.status(), 202);
+    let gauge = r#"sync_gateway_service_identity_login_required{identity="bot"}"#;
+    assert_eq!(app.metric(gauge).await, 0.0);
+    let logins: Vec<_> = app
+        .audit_of_kind("admin")
+        .into_iter()
+        .filter(|r| r["event"] == "identity_login")
+        .collect();
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0]["identity"], "bot");
+    assert_eq!(logins[0]["outcome"], "succeeded");
     let (_, body) = readyz(&app).await;
     assert_eq!(body["status"], "ready");
     assert_eq!(
