@@ -25,6 +25,7 @@ usage: bench/run.sh [--smoke] [--build debug|release] [--only LIST] [--duration 
   --duration S       measured seconds per wrk run (default 30; 2 with --smoke)
   --warmup S         warm-up seconds before each measured run, excluded (default 5; 1 with --smoke)
   --connections N    wrk connections (default 64)
+  --rounds N         proxy rounds, each running the three contenders back to back (default 1)
   --memory-callers N distinct callers of the memory scenario (default 100000; 300 with --smoke)
   --keep             keep the work directory (logs, configs, audit files) and print its path
 EOF
@@ -36,6 +37,7 @@ ONLY="proxy,storm,cold,memory,startup"
 DURATION=""
 WARMUP=""
 CONNS=64
+ROUNDS=1
 MEMORY_CALLERS=""
 KEEP=0
 while [[ $# -gt 0 ]]; do
@@ -46,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION=${2:?}; shift ;;
     --warmup) WARMUP=${2:?}; shift ;;
     --connections) CONNS=${2:?}; shift ;;
+    --rounds) ROUNDS=${2:?}; shift ;;
     --memory-callers) MEMORY_CALLERS=${2:?}; shift ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -213,6 +216,9 @@ wait_port() {
 }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
+# Count checks: `condition && pass || fail "what went wrong"`.
+PASSED=0
+pass() { PASSED=$((PASSED + 1)); }
 fail() { FAILURES+=("$1"); log "CHECK FAILED: $1"; }
 rss_mb() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mb() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -358,6 +364,11 @@ wrk_errors() { jq -r '.status_errors + .connect_errors + .read_errors + .write_e
 rps() { jq -r '.requests / (.duration_us / 1000000) | floor' <<<"$1"; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# utime + stime of a process, every thread, in clock ticks (fields 14 and 15 of its stat; the
+# command name in field 2 may hold spaces, so count from its closing parenthesis).
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+per_request_us() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n == 0) print "—"; else printf "%.0f", t / hz * 1000000 / n }'; }
 
 # ---------------------------------------------------------------------------------------------
 # Results.
@@ -414,79 +425,97 @@ EOF
 
 scenario_proxy() {
   local tokens=$ENV_DIR/tokens-proxy.txt c url pid warm meas load ex0 ex posts gets total errs started
-  local hap_port
+  local hap_port round cpu0 cpu label
   hap_port=$(free_port)
-  for c in direct haproxy gateway; do
-    log "proxy: $c"
-    start_nginx "proxy-$c"
-    pid=""
-    case $c in
-      direct) url=$UPSTREAM$SYNC_PATH ;;
-      haproxy)
-        haproxy_config "$WORK/haproxy.cfg" "$hap_port"
-        haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected its configuration"
-        start_bg "$WORK/haproxy.out" taskset -c "$CONTENDER_CPU" haproxy -f "$WORK/haproxy.cfg"
-        pid=$LAST_PID
-        wait_port "$hap_port" haproxy
-        url=http://127.0.0.1:$hap_port$SYNC_PATH
-        ;;
-      gateway)
-        gateway_config proxy 0 high
-        start_gateway
-        pid=$GW_PID
-        url=http://127.0.0.1:$GW_PORT/sync
-        ;;
-    esac
-    ex0=$(exchanges)
-    warm=$(run_wrk "$url" "$tokens" "$WARMUP" "$WORK/wrk-proxy-$c-warmup.out")
-    load=$(load1)
-    meas=$(run_wrk "$url" "$tokens" "$DURATION" "$WORK/wrk-proxy-$c.out")
-    if [[ -n $pid ]]; then stop_pid "$pid" TERM; fi
-    stop_nginx
-    posts=$(upstream_count POST "$SYNC_PATH")
-    gets=$(upstream_count GET "$SETTINGS_PATH")
-    ex=$(($(exchanges) - ex0))
-    total=$(($(j .requests "$warm") + $(j .requests "$meas")))
-    errs=$(($(wrk_errors "$warm") + $(wrk_errors "$meas")))
+  for round in $(seq "$ROUNDS"); do
+    for c in direct haproxy gateway; do
+      log "proxy: $c (round $round of $ROUNDS)"
+      start_nginx "proxy-$c-$round"
+      pid=""
+      case $c in
+        direct) url=$UPSTREAM$SYNC_PATH ;;
+        haproxy)
+          haproxy_config "$WORK/haproxy.cfg" "$hap_port"
+          haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected its configuration"
+          start_bg "$WORK/haproxy-$round.out" taskset -c "$CONTENDER_CPU" haproxy -f "$WORK/haproxy.cfg"
+          pid=$LAST_PID
+          wait_port "$hap_port" haproxy
+          url=http://127.0.0.1:$hap_port$SYNC_PATH
+          ;;
+        gateway)
+          gateway_config "proxy-$round" 0 high
+          start_gateway
+          pid=$GW_PID
+          url=http://127.0.0.1:$GW_PORT/sync
+          ;;
+      esac
+      ex0=$(exchanges)
+      warm=$(run_wrk "$url" "$tokens" "$WARMUP" "$WORK/wrk-proxy-$c-$round-warmup.out")
+      load=$(load1)
+      # CPU time of the contender's process (every thread) over the measured run: a figure that
+      # drifts less with the machine's load than requests/s does. nginx's own is not separable
+      # from the load generator's core, so direct has none.
+      cpu0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+      meas=$(run_wrk "$url" "$tokens" "$DURATION" "$WORK/wrk-proxy-$c-$round.out")
+      cpu=""
+      if [[ -n $pid ]]; then cpu=$(per_request_us $(($(cpu_ticks "$pid") - cpu0)) "$(j .requests "$meas")"); fi
+      # Runs still in flight when wrk stopped get a moment to finish before the stop.
+      if [[ -n $pid ]]; then sleep 1; stop_pid "$pid" TERM; fi
+      stop_nginx
+      posts=$(upstream_count POST "$SYNC_PATH")
+      gets=$(upstream_count GET "$SETTINGS_PATH")
+      ex=$(($(exchanges) - ex0))
+      total=$(($(j .requests "$warm") + $(j .requests "$meas")))
+      errs=$(($(wrk_errors "$warm") + $(wrk_errors "$meas")))
 
-    # Counts: every contender answered every request with 2xx, and (past the load generator)
-    # each answer is one upstream call; requests in flight when wrk stopped may add up to one
-    # per connection and run.
-    [[ $(j .requests "$meas") -gt 0 ]] || fail "proxy/$c: no request answered"
-    [[ $errs == 0 ]] || fail "proxy/$c: $errs errors (non-2xx or socket errors)"
-    if ((posts < total || posts > total + 2 * CONNS)); then
-      fail "proxy/$c: $posts upstream calls for $total answered requests"
-    fi
-    if [[ $c == gateway ]]; then
-      started=$(audit_events started)
-      [[ $started == "$posts" ]] || fail "proxy/gateway: $posts upstream calls but $started durable 'started' records"
-      [[ $gets == 1 ]] || fail "proxy/gateway: $gets settings reads (expected 1 per tenant)"
-      ((ex <= N_PROXY)) || fail "proxy/gateway: $ex exchanges for $N_PROXY tokens"
-      if ((total >= N_PROXY)) && ((ex != N_PROXY)); then
-        fail "proxy/gateway: $ex exchanges for $N_PROXY tokens all used"
+      # Counts: every contender answered every request with 2xx, and (past the load generator)
+      # each answer is one upstream call; requests in flight when wrk stopped may add up to one
+      # per connection and run.
+      [[ $(j .requests "$meas") -gt 0 ]] && pass || fail "proxy/$c: no request answered"
+      [[ $errs == 0 ]] && pass || fail "proxy/$c: $errs errors (non-2xx or socket errors)"
+      ((posts >= total && posts <= total + 2 * CONNS)) && pass ||
+        fail "proxy/$c: $posts upstream calls for $total answered requests"
+      if [[ $c == gateway ]]; then
+        # Invariant 1: no upstream call without a durable 'started' record before it. A run
+        # cut off by the stop may have its record without its call, at most one per connection.
+        started=$(audit_events started)
+        ((posts <= started && started <= posts + CONNS)) && pass ||
+          fail "proxy/gateway: $posts upstream calls but $started durable 'started' records"
+        [[ $gets == 1 ]] && pass || fail "proxy/gateway: $gets settings reads (expected 1 per tenant)"
+        ((ex <= N_PROXY)) && pass || fail "proxy/gateway: $ex exchanges for $N_PROXY tokens"
+        ((total < N_PROXY || ex == N_PROXY)) && pass ||
+          fail "proxy/gateway: $ex exchanges for $N_PROXY tokens all used"
+      else
+        [[ $ex == 0 ]] && pass || fail "proxy/$c: $ex exchanges (expected none)"
       fi
-    else
-      [[ $ex == 0 ]] || fail "proxy/$c: $ex exchanges (expected none)"
-    fi
-    R[proxy_${c}_rps]=$(rps "$meas")
-    R[proxy_${c}_p50]=$(j .p50_us "$meas")
-    R[proxy_${c}_p99]=$(j .p99_us "$meas")
-    R[proxy_${c}_load]=$load
-    local label
-    case $c in
-      direct) label="direct: wrk → nginx (204)" ;;
-      haproxy) label="haproxy $HAPROXY_VERSION: jwt_verify RS256, exp, aud, per-oid stick table → nginx" ;;
-      gateway) label="sync-gateway: validation, limits, cached exchange, fsync'd audit → nginx" ;;
-    esac
-    PROXY_ROWS+=("| $label | ${R[proxy_${c}_rps]} | $(ms "${R[proxy_${c}_p50]}") | $(ms "${R[proxy_${c}_p99]}") | $posts | $ex | $errs | $load |")
+      R[proxy_${c}_rps_$round]=$(rps "$meas")
+      R[proxy_${c}_p99_$round]=$(j .p99_us "$meas")
+      R[proxy_${c}_cpu_$round]=$cpu
+      R[proxy_${c}_load_$round]=$load
+      case $c in
+        direct) label="direct: wrk → nginx (204)" ;;
+        haproxy) label="haproxy $HAPROXY_VERSION: jwt_verify RS256, exp, aud, per-oid stick table → nginx" ;;
+        gateway) label="sync-gateway: validation, limits, cached exchange, fsync'd audit → nginx" ;;
+      esac
+      PROXY_ROWS+=("| $label | $round | $(rps "$meas") | $(ms "$(j .p50_us "$meas")") | $(ms "$(j .p99_us "$meas")") | ${cpu:-—} | $posts | $ex | $errs | $load |")
+    done
   done
-  local thr_h thr_d p99_h
-  thr_h=$(ratio "${R[proxy_gateway_rps]}" "${R[proxy_haproxy_rps]}")
-  thr_d=$(ratio "${R[proxy_gateway_rps]}" "${R[proxy_direct_rps]}")
-  p99_h=$(ratio "${R[proxy_gateway_p99]}" "${R[proxy_haproxy_p99]}")
-  TARGET_ROWS+=("| proxy throughput, sync-gateway / haproxy | ≥ 2.0 | $thr_h (${R[proxy_gateway_rps]} / ${R[proxy_haproxy_rps]} rps) | $(verdict "$thr_h >= 2.0") | ${R[proxy_haproxy_load]} / ${R[proxy_gateway_load]} |")
-  TARGET_ROWS+=("| proxy p99 latency, sync-gateway / haproxy | ≤ 1.0 | $p99_h ($(ms "${R[proxy_gateway_p99]}") / $(ms "${R[proxy_haproxy_p99]}") ms) | $(verdict "$p99_h <= 1.0") | ${R[proxy_haproxy_load]} / ${R[proxy_gateway_load]} |")
-  TARGET_ROWS+=("| proxy throughput, sync-gateway / direct | ≥ 0.40 | $thr_d (${R[proxy_gateway_rps]} / ${R[proxy_direct_rps]} rps) | $(verdict "$thr_d >= 0.40") | ${R[proxy_direct_load]} / ${R[proxy_gateway_load]} |")
+
+  # The ratios of each round (its three contenders ran back to back), then their median.
+  local thr_h=() thr_d=() p99_h=() loads=()
+  for round in $(seq "$ROUNDS"); do
+    thr_h+=("$(ratio "${R[proxy_gateway_rps_$round]}" "${R[proxy_haproxy_rps_$round]}")")
+    thr_d+=("$(ratio "${R[proxy_gateway_rps_$round]}" "${R[proxy_direct_rps_$round]}")")
+    p99_h+=("$(ratio "${R[proxy_gateway_p99_$round]}" "${R[proxy_haproxy_p99_$round]}")")
+    loads+=("${R[proxy_haproxy_load_$round]}/${R[proxy_gateway_load_$round]}")
+  done
+  local m_h m_d m_p
+  m_h=$(median "${thr_h[@]}")
+  m_d=$(median "${thr_d[@]}")
+  m_p=$(median "${p99_h[@]}")
+  TARGET_ROWS+=("| proxy throughput, sync-gateway / haproxy | ≥ 2.0 | $m_h (rounds: ${thr_h[*]}) | $(verdict "$m_h >= 2.0") | ${loads[*]} |")
+  TARGET_ROWS+=("| proxy p99 latency, sync-gateway / haproxy | ≤ 1.0 | $m_p (rounds: ${p99_h[*]}) | $(verdict "$m_p <= 1.0") | ${loads[*]} |")
+  TARGET_ROWS+=("| proxy throughput, sync-gateway / direct | ≥ 0.40 | $m_d (rounds: ${thr_d[*]}) | $(verdict "$m_d >= 0.40") | ${loads[*]} |")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -495,13 +524,16 @@ scenario_proxy() {
 scenario_storm() {
   log "storm"
   local tokens=$ENV_DIR/tokens-storm.txt warm meas load ex0 ex posts gets total errs scheduled accepted
+  local cpu0 cpu
   start_nginx storm
   gateway_config storm 600 high
   start_gateway
   ex0=$(exchanges)
   warm=$(run_wrk "http://127.0.0.1:$GW_PORT/sync" "$tokens" "$WARMUP" "$WORK/wrk-storm-warmup.out")
   load=$(load1)
+  cpu0=$(cpu_ticks "$GW_PID")
   meas=$(run_wrk "http://127.0.0.1:$GW_PORT/sync" "$tokens" "$DURATION" "$WORK/wrk-storm.out")
+  cpu=$(per_request_us $(($(cpu_ticks "$GW_PID") - cpu0)) "$(j .requests "$meas")")
   stop_gateway
   stop_nginx
   posts=$(upstream_count POST "$SYNC_PATH")
@@ -511,13 +543,13 @@ scenario_storm() {
   total=$(($(j .requests "$warm") + $(j .requests "$meas")))
   errs=$(($(wrk_errors "$warm") + $(wrk_errors "$meas")))
   accepted=$(rps "$meas")
-  [[ $(j .requests "$meas") -gt 0 ]] || fail "storm: no request answered"
-  [[ $errs == 0 ]] || fail "storm: $errs errors"
-  [[ $posts == 1 ]] || fail "storm: $posts upstream calls (expected 1)"
-  [[ $gets == 1 ]] || fail "storm: $gets settings reads (expected 1)"
-  ((scheduled <= 1)) || fail "storm: $scheduled scheduled runs (expected at most 1)"
-  if ((total >= N_STORM)) && ((ex != N_STORM)); then fail "storm: $ex exchanges for $N_STORM callers"; fi
-  TARGET_ROWS+=("| storm: accepted requests/s ($N_STORM callers, cooldown 600 s) | ≥ 15,000 | $accepted (p99 $(ms "$(j .p99_us "$meas")") ms) | $(verdict "$accepted >= 15000") | $load |")
+  [[ $(j .requests "$meas") -gt 0 ]] && pass || fail "storm: no request answered"
+  [[ $errs == 0 ]] && pass || fail "storm: $errs errors"
+  [[ $posts == 1 ]] && pass || fail "storm: $posts upstream calls (expected 1)"
+  [[ $gets == 1 ]] && pass || fail "storm: $gets settings reads (expected 1)"
+  ((scheduled <= 1)) && pass || fail "storm: $scheduled scheduled runs (expected at most 1)"
+  ((total < N_STORM || ex == N_STORM)) && pass || fail "storm: $ex exchanges for $N_STORM callers"
+  TARGET_ROWS+=("| storm: accepted requests/s ($N_STORM callers, cooldown 600 s) | ≥ 15,000 | $accepted (p99 $(ms "$(j .p99_us "$meas")") ms; $cpu CPU µs/request) | $(verdict "$accepted >= 15000") | $load |")
   TARGET_ROWS+=("| storm: upstream calls (+ scheduled run) | 1 (+ ≤ 1) | $posts (+ $scheduled) of $total requests | $([[ $posts == 1 && $scheduled -le 1 ]] && echo yes || echo '**no**') | |")
   TARGET_ROWS+=("| storm: errors | 0 | $errs | $([[ $errs == 0 ]] && echo yes || echo '**no**') | |")
 }
@@ -540,8 +572,8 @@ scenario_cold() {
   stop_gateway
   stop_nginx
   ok=$(j '.statuses["202"] // 0' "$out")
-  [[ $ok == $((N_COLD * COLD_PER_TOKEN)) ]] || fail "cold: $ok of $((N_COLD * COLD_PER_TOKEN)) requests accepted: $out"
-  [[ $ex == "$N_COLD" ]] || fail "cold: $ex exchanges for $N_COLD new tokens"
+  [[ $ok == $((N_COLD * COLD_PER_TOKEN)) ]] && pass || fail "cold: $ok of $((N_COLD * COLD_PER_TOKEN)) requests accepted: $out"
+  [[ $ex == "$N_COLD" ]] && pass || fail "cold: $ex exchanges for $N_COLD new tokens"
   TARGET_ROWS+=("| cold exchange: exchanges for $N_COLD new tokens × $COLD_PER_TOKEN simultaneous requests | $N_COLD | $ex (p99 $(j '.p99_ms * 100 | round / 100' "$out") ms) | $([[ $ex == "$N_COLD" ]] && echo yes || echo '**no**') | $load |")
 }
 
@@ -578,9 +610,9 @@ scenario_memory() {
   stop_gateway
   stop_nginx
   ok=$(j '.statuses["202"] // 0' "$out")
-  [[ $ok == "$MEMORY_CALLERS" ]] || fail "memory: $ok of $MEMORY_CALLERS callers accepted: $out"
-  [[ $(j '.statuses["202"] // 0' "$trickle") == "$N_TRICKLE" ]] || fail "memory: trickle after eviction not all accepted: $trickle"
-  [[ $ex == $((MEMORY_CALLERS + N_TRICKLE)) ]] || fail "memory: $ex exchanges for $((MEMORY_CALLERS + N_TRICKLE)) callers"
+  [[ $ok == "$MEMORY_CALLERS" ]] && pass || fail "memory: $ok of $MEMORY_CALLERS callers accepted: $out"
+  [[ $(j '.statuses["202"] // 0' "$trickle") == "$N_TRICKLE" ]] && pass || fail "memory: trickle after eviction not all accepted: $trickle"
+  [[ $ex == $((MEMORY_CALLERS + N_TRICKLE)) ]] && pass || fail "memory: $ex exchanges for $((MEMORY_CALLERS + N_TRICKLE)) callers"
   TARGET_ROWS+=("| memory: RSS idle | ≤ 32 MB | $idle MB | $(verdict "$idle <= 32") | $load |")
   TARGET_ROWS+=("| memory: RSS after $MEMORY_CALLERS distinct callers | ≤ 128 MB | $peak MB (peak $hwm MB) | $(verdict "$hwm <= 128") | |")
   TARGET_ROWS+=("| memory: RSS after eviction (+ $N_TRICKLE new callers) | ≤ 128 MB, not above the peak | $after MB | $(verdict "$after <= 128 && $after <= $peak + 1") | |")
@@ -608,7 +640,7 @@ scenario_startup() {
     done
     t1=$(date +%s%N)
     stop_gateway
-    [[ $code == 200 ]] || { fail "start-up: /readyz never answered 200 (trial $i)"; continue; }
+    [[ $code == 200 ]] && pass || { fail "start-up: /readyz never answered 200 (trial $i)"; continue; }
     times+=($(((t1 - t0) / 1000000)))
   done
   [[ ${#times[@]} -gt 0 ]] || return 0
@@ -638,15 +670,15 @@ cat <<EOF
 ## sync-gateway benchmark, $STARTED$([[ $SMOKE == 1 ]] && echo " (smoke: counts only, timings not judged)")
 
 Machine: $CPU_MODEL, nproc $NPROC, $MEM_TOTAL RAM; load (1 min) $START_LOAD at start, $(load1) at the end.
-Build: $BUILD. wrk $WRK_VERSION -t$WRK_THREADS -c$CONNS, ${WARMUP} s warm-up (excluded) + ${DURATION} s measured; contender on CPU $CONTENDER_CPU, wrk + nginx $NGINX_VERSION + simulated Entra on CPU $LOAD_CPU; audit on $FS_TYPE. Took $(($(date +%s) - BEGAN)) s.
+Build: $BUILD. wrk $WRK_VERSION -t$WRK_THREADS -c$CONNS, ${WARMUP} s warm-up (excluded) + ${DURATION} s measured; contender on CPU $CONTENDER_CPU, wrk + nginx $NGINX_VERSION + simulated Entra on CPU $LOAD_CPU; audit file on $FS_TYPE (statfs type). Took $(($(date +%s) - BEGAN)) s.
 EOF
 if [[ ${#PROXY_ROWS[@]} -gt 0 ]]; then
   cat <<EOF
 
 ### proxy: every request goes upstream (cooldown 0, limits high, exchange cache warm)
 
-| contender | requests/s | p50 ms | p99 ms | upstream calls | exchanges | errors | load 1m |
-|---|---|---|---|---|---|---|---|
+| contender | round | requests/s | p50 ms | p99 ms | CPU µs/request | upstream calls | exchanges | errors | load 1m |
+|---|---|---|---|---|---|---|---|---|---|
 EOF
   printf '%s\n' "${PROXY_ROWS[@]}"
 fi
@@ -662,8 +694,10 @@ EOF
 fi
 echo
 if [[ ${#FAILURES[@]} -gt 0 ]]; then
-  echo "### count checks: ${#FAILURES[@]} failed"
+  echo "### count checks that failed"
   printf -- '- %s\n' "${FAILURES[@]}"
-  exit 1
 fi
-echo "count checks: all passed"
+echo
+# The plain closing line CI reads: count checks only, never a timing.
+echo "bench: $PASSED passed, ${#FAILURES[@]} failed"
+[[ ${#FAILURES[@]} == 0 ]]
