@@ -58,7 +58,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
     let mut tries: u32 = 0;
     loop {
         tries += 1;
-        let number = cell.view().upstream.map_or(0, |u| u.attempts.len()) as u32 + 1;
+        let number = cell.attempts_made() as u32 + 1;
         let attempt = AttemptSummary {
             number,
             client_request_id: new_client_request_id(),
@@ -91,7 +91,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             AttemptClass::Succeeded => {
                 // Graph stamps the trigger when it receives the call, after we sent it: count
                 // the cooldown from its answer so the next run cannot arrive early.
-                let tenant = cell.view().tenant_id;
+                let tenant = cell.tenant_id();
                 inner
                     .hold_until(&tenant, after(Utc::now(), policy.cooldown))
                     .await;
@@ -109,7 +109,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
                 return Outcome::Done;
             }
             AttemptClass::TimedOut => {
-                let tenant = cell.view().tenant_id;
+                let tenant = cell.tenant_id();
                 inner
                     .hold_until(&tenant, after(Utc::now(), policy.cooldown))
                     .await;

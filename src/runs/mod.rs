@@ -7,6 +7,7 @@
 //! - [`schedule::Scheduler`] decides, per (action, tenant), whether a request joins the scheduled
 //!   run, starts one now, or creates the scheduled one; [`execute`] carries a run out.
 
+mod archive;
 pub mod execute;
 pub mod schedule;
 
@@ -189,6 +190,20 @@ impl RunCell {
     /// The run's state now.
     pub fn state(&self) -> RunState {
         lock(&self.run).state
+    }
+
+    /// The run's tenant. Cheaper than [`RunCell::view`], which copies the whole run: the
+    /// executor needs only this on every attempt.
+    pub fn tenant_id(&self) -> String {
+        lock(&self.run).tenant_id.clone()
+    }
+
+    /// How many upstream attempts the run has made so far.
+    pub fn attempts_made(&self) -> usize {
+        lock(&self.run)
+            .upstream
+            .as_ref()
+            .map_or(0, |u| u.attempts.len())
     }
 
     /// The run that now carries this run's requests (itself unless it was merged).

@@ -109,7 +109,7 @@ pub(super) struct Inner {
     pub(super) audit: AuditLog,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
-    finished: moka::sync::Cache<Uuid, Arc<RunCell>>,
+    finished: super::archive::Archive<Arc<RunCell>>,
     shutting_down: AtomicBool,
 }
 
@@ -135,10 +135,7 @@ impl Scheduler {
         credentials: Arc<Credentials>,
         audit: AuditLog,
     ) -> Scheduler {
-        let finished = moka::sync::Cache::builder()
-            .max_capacity(policy.max_finished)
-            .time_to_live(policy.retention)
-            .build();
+        let finished = super::archive::Archive::new(policy.max_finished, policy.retention);
         Scheduler {
             inner: Arc::new(Inner {
                 policy,
@@ -292,7 +289,7 @@ async fn drive(inner: Arc<Inner>, cell: Arc<RunCell>, started: bool) {
 /// was learned meanwhile, then marks it running. False if the run is no longer scheduled
 /// (merged or abandoned).
 async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
-    let tenant = cell.view().tenant_id;
+    let tenant = cell.tenant_id();
     loop {
         let not_before = cell.view().not_before.unwrap_or_else(Utc::now);
         tokio::time::sleep(to_std(not_before - Utc::now())).await;
@@ -393,7 +390,7 @@ impl Inner {
     /// (merging into it if one exists, since it starts after every request either covers).
     /// True if `cell` itself is now the scheduled run.
     pub(super) async fn requeue(&self, cell: &Arc<RunCell>, next: DateTime<Utc>) -> bool {
-        let tenant = cell.view().tenant_id;
+        let tenant = cell.tenant_id();
         let slot_lock = self.slot(&tenant);
         let mut slot = slot_lock.lock().await;
         if slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)) {
@@ -434,7 +431,7 @@ impl Inner {
         if let Some(f) = &failure {
             cell.set_failure(f.clone());
         }
-        let tenant = cell.view().tenant_id;
+        let tenant = cell.tenant_id();
         {
             let slot_lock = self.slot(&tenant);
             let mut slot = slot_lock.lock().await;

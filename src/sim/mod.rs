@@ -110,6 +110,39 @@ impl Simulators {
     }
 }
 
+/// Starts only the simulated Entra ID, issuing Graph tokens for `graph_resource` (an origin such
+/// as `http://127.0.0.1:8081`) instead of a simulated Graph's URL.
+///
+/// For running the gateway against another Graph stand-in (the benchmark's nginx): the gateway
+/// asks for scopes on its `graph.base_url`'s origin, and Entra only grants scopes on the
+/// resource it knows, so the two must name the same origin.
+///
+/// # Errors
+/// When the listener cannot be bound, or `opts.api_audiences` is empty.
+pub async fn start_entra_for(
+    opts: SimOptions,
+    graph_resource: String,
+) -> std::io::Result<entra::SimEntra> {
+    if opts.api_audiences.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "SimOptions::api_audiences must name at least one audience",
+        ));
+    }
+    let listener = bind_local()?;
+    let base = base_url(&listener)?;
+    let keys = tokio::task::spawn_blocking(keys::KeyStore::new)
+        .await
+        .map_err(std::io::Error::other)?;
+    entra::SimEntra::start(
+        &opts,
+        base,
+        graph_resource.trim_end_matches('/').to_string(),
+        Arc::new(keys),
+        listener,
+    )
+}
+
 fn bind_local() -> std::io::Result<TcpListener> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     l.set_nonblocking(true)?;
