@@ -17,7 +17,7 @@ ROOT=$(pwd)
 usage() {
   cat <<'EOF'
 usage: bench/run.sh [--smoke] [--build debug|release] [--only LIST] [--duration S] [--warmup S]
-                    [--connections N] [--memory-callers N] [--keep]
+                    [--connections N] [--rounds N] [--memory-callers N] [--keep]
 
   --smoke            short scenarios, small token sets, debug build; checks counts only
   --build            which build of the gateway to measure (default: release; debug with --smoke)
