@@ -359,8 +359,14 @@ async fn a_login_while_the_gateway_runs_is_used_from_the_next_request() {
     assert_eq!(app.post_sync(&webhook_token(&app)).await.status(), 503);
     run_login(&app, approve_after(0)).await.result.unwrap();
     assert_eq!(app.post_sync(&webhook_token(&app)).await.status(), 202);
-    let gauge = r#"sync_gateway_service_identity_login_required{identity="bot"}"#;
-    assert_eq!(app.metric(gauge).await, 0.0);
+    // The line must be there with 0, not merely absent (which `metric` also reads as 0).
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"sync_gateway_service_identity_login_required{identity="bot"} 0"#),
+        "{metrics}"
+    );
     let logins: Vec<_> = app
         .audit_of_kind("admin")
         .into_iter()
