@@ -111,23 +111,33 @@ pub async fn post_sync(
     record.status = response.status().as_u16();
     record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
     record.duration_ms = started.elapsed().as_millis() as u64;
+    let (id, status, code, run_id, duration_ms) = (
+        record.id,
+        record.status,
+        record.code,
+        record.run_id,
+        record.duration_ms,
+    );
     // Invariant: the caller's record is durable before the caller gets an answer.
-    if let Err(e) = gw.audit.append(&AuditEvent::Request(record.clone())).await {
-        let joined = record.run_id.is_some();
-        tracing::error!(audit_id = %record.id, error = %e, joined_run = joined,
+    if let Err(e) = gw.audit.append(&AuditEvent::Request(record)).await {
+        let joined = run_id.is_some();
+        tracing::error!(audit_id = %id, error = %e, joined_run = joined,
             "the request's audit record could not be made durable");
         let detail = if joined {
             "the request joined a run but could not be recorded durably; check the run before retrying"
         } else {
             "the request could not be recorded durably, so it was not carried out"
         };
-        return problem::respond(
-            &GatewayError::AuditUnavailable(detail.into()),
-            Some(record.id),
-        );
+        return problem::respond(&GatewayError::AuditUnavailable(detail.into()), Some(id));
     }
-    tracing::info!(audit_id = %record.id, status = record.status, code = record.code.unwrap_or(""),
-        run = ?record.run_id, duration_ms = record.duration_ms, "sync request");
+    // The audit trail is the access log; a log line per accepted request would cost as much
+    // CPU as validating its token. Refusals stay visible at `info`.
+    if status < 400 {
+        tracing::debug!(audit_id = %id, status, run = ?run_id, duration_ms, "sync request");
+    } else {
+        tracing::info!(audit_id = %id, status, code = code.unwrap_or(""), run = ?run_id,
+            duration_ms, "sync request");
+    }
     response
 }
 
@@ -163,8 +173,8 @@ async fn sync(
         .credentials
         .token_for(&acting, &gw.runs.policy().graph_scope)
         .await;
-    let acting_as = gw.credentials.acting_summary(&acting);
-    record.acting_as = Some(Box::new(acting_as.clone()));
+    let acting_as = Arc::new(gw.credentials.acting_summary(&acting));
+    record.acting_as = Some(acting_as.clone());
     let token = token.map_err(plain)?;
 
     // 6. Schedule.

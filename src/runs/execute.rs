@@ -85,8 +85,14 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             )
             .await;
         note_attempt(cell, attempt, &out);
-        tracing::info!(run = %cell.id(), attempt = number, status = ?out.status,
-            request_id = out.request_id.as_deref().unwrap_or(""), "Graph answered");
+        // Every answer is in the run's audit records; the log keeps the ones worth a look.
+        if matches!(out.class, AttemptClass::Succeeded) {
+            tracing::debug!(run = %cell.id(), attempt = number, status = ?out.status,
+                request_id = out.request_id.as_deref().unwrap_or(""), "Graph answered");
+        } else {
+            tracing::info!(run = %cell.id(), attempt = number, status = ?out.status,
+                request_id = out.request_id.as_deref().unwrap_or(""), "Graph answered");
+        }
         match out.class {
             AttemptClass::Succeeded => {
                 // Graph stamps the trigger when it receives the call, after we sent it: count
