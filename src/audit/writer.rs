@@ -161,9 +161,12 @@ pub(super) fn run(
             let saved = tail;
             buf.clear();
             ranges.clear();
-            let push = |line: Vec<u8>, buf: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>| {
+            let push = |tail: &mut Tail,
+                        body: &[u8],
+                        buf: &mut Vec<u8>,
+                        ranges: &mut Vec<Range<usize>>| {
                 let start = buf.len();
-                buf.extend_from_slice(&line);
+                tail.link_into(body, buf);
                 ranges.push(start..buf.len());
                 buf.push(b'\n');
             };
@@ -172,14 +175,14 @@ pub(super) fn run(
                     error: f.error.clone(),
                     failed_commits: f.commits,
                 });
-                push(tail.link(&body), &mut buf, &mut ranges);
+                push(&mut tail, &body, &mut buf, &mut ranges);
             }
             for n in &notes {
-                push(tail.link(&admin_body(n.clone())), &mut buf, &mut ranges);
+                push(&mut tail, &admin_body(n.clone()), &mut buf, &mut ranges);
             }
             let first_record_seq = tail.seq + 1;
             for p in &batch {
-                push(tail.link(&p.body), &mut buf, &mut ranges);
+                push(&mut tail, &p.body, &mut buf, &mut ranges);
             }
             let written = (ranges.len()) as u64;
             let mut checkpoint_written = false;
@@ -190,11 +193,8 @@ pub(super) fn run(
                         || last_checkpoint.elapsed() >= opts.checkpoint_every
                         || stopping.is_some());
                 if due {
-                    push(
-                        tail.link(&checkpoint_body(signer, &tail)),
-                        &mut buf,
-                        &mut ranges,
-                    );
+                    let body = checkpoint_body(signer, &tail);
+                    push(&mut tail, &body, &mut buf, &mut ranges);
                     checkpoint_written = true;
                 }
             }
