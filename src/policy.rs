@@ -83,9 +83,10 @@ mod tests {
     use super::*;
     use crate::caller::{AppCaller, UserCaller};
     use crate::secret::BearerToken;
+    use std::sync::Arc;
 
     fn user(scopes: &[&str]) -> Caller {
-        Caller::User(UserCaller {
+        Caller::User(Arc::new(UserCaller {
             tenant_id: "t".into(),
             object_id: "o".into(),
             upn: None,
@@ -93,7 +94,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             token: BearerToken::new("x"),
             expires_at: 0,
-        })
+        }))
     }
 
     const MAPPED_APP: &str = "33333333-3333-3333-3333-333333333333";

@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::net::IpAddr;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The version of the record format.
@@ -181,9 +182,9 @@ pub struct RequestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerSummary>,
     /// Whose delegated identity the request acts with (the user themself, or a service
-    /// identity), once authorized. Boxed to keep the record small while it is absent.
+    /// identity), once authorized. Shared with the run, which records it too.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub acting_as: Option<Box<CallerSummary>>,
+    pub acting_as: Option<Arc<CallerSummary>>,
     /// The TCP peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<IpAddr>,
@@ -265,7 +266,7 @@ pub struct RunRecord {
     pub not_before: Option<DateTime<Utc>>,
     /// Whose delegated identity the run uses.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub acting_as: Option<CallerSummary>,
+    pub acting_as: Option<Arc<CallerSummary>>,
     /// The request records the run covers (on `scheduled`, `started`, `finished`, `abandoned`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub covers: Vec<Uuid>,

@@ -43,6 +43,20 @@ pub struct UserCaller {
     pub expires_at: i64,
 }
 
+impl UserCaller {
+    /// What the audit trail records about the user.
+    pub fn summary(&self) -> CallerSummary {
+        CallerSummary {
+            kind: "user",
+            tenant_id: self.tenant_id.clone(),
+            object_id: Some(self.object_id.clone()),
+            upn: self.upn.clone(),
+            app_id: self.client_app_id.clone(),
+            identity: None,
+        }
+    }
+}
+
 /// An application calling with an app-only token.
 #[derive(Debug, Clone)]
 pub struct AppCaller {
@@ -61,8 +75,8 @@ pub struct AppCaller {
 /// Who is calling, with the evidence.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// A user (delegated token).
-    User(UserCaller),
+    /// A user (delegated token). Shared: the acting identity and a trailing run hold it too.
+    User(Arc<UserCaller>),
     /// An application (app-only token).
     App(AppCaller),
 }
@@ -71,14 +85,7 @@ impl Caller {
     /// What the audit trail records about the caller.
     pub fn summary(&self) -> CallerSummary {
         match self {
-            Caller::User(u) => CallerSummary {
-                kind: "user",
-                tenant_id: u.tenant_id.clone(),
-                object_id: Some(u.object_id.clone()),
-                upn: u.upn.clone(),
-                app_id: u.client_app_id.clone(),
-                identity: None,
-            },
+            Caller::User(u) => u.summary(),
             Caller::App(a) => CallerSummary {
                 kind: "app",
                 tenant_id: a.tenant_id.clone(),
@@ -313,7 +320,7 @@ impl Authenticator {
             }));
         }
         let object_id = c.oid.ok_or_else(|| reject("the token has no oid claim"))?;
-        Ok(Caller::User(UserCaller {
+        Ok(Caller::User(Arc::new(UserCaller {
             tenant_id: c.tid,
             object_id,
             upn: c.upn.or(c.preferred_username).or(c.unique_name),
@@ -326,7 +333,7 @@ impl Authenticator {
                 .collect(),
             token: BearerToken::new(token),
             expires_at: c.exp,
-        }))
+        })))
     }
 }
 

@@ -23,6 +23,7 @@ use crate::audit::CallerSummary;
 use crate::caller::UserCaller;
 use crate::problem::GatewayError;
 use crate::secret::Secret;
+use reqwest::header::HeaderValue;
 use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -36,23 +37,33 @@ pub const EXPIRY_BUFFER: Duration = Duration::from_secs(300);
 /// A Graph access token acting for a user. Opaque: never parsed, never logged.
 #[derive(Clone)]
 pub struct DelegatedToken {
-    secret: Secret,
+    /// `Bearer <token>`, built once per token rather than on every call, and marked sensitive
+    /// so that the HTTP stack never logs it nor puts it in an HTTP/2 header table.
+    authorization: HeaderValue,
     /// Until when the gateway may use it (already shortened by the buffer and the inbound `exp`).
     usable_until: Instant,
 }
 
 impl DelegatedToken {
-    /// A token the gateway may use for `lifetime` from now.
-    pub(crate) fn new(secret: Secret, lifetime: Duration) -> Self {
-        DelegatedToken {
-            secret,
+    /// A token the gateway may use for `lifetime` from now. Refused if it cannot be sent in an
+    /// HTTP header (Entra ID issues JWTs, which always can).
+    pub(crate) fn new(secret: Secret, lifetime: Duration) -> Result<Self, GatewayError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", secret.expose()))
+            .map_err(|_| {
+                GatewayError::ExchangeFailed(
+                    "Entra ID issued an access token that cannot be sent in an HTTP header".into(),
+                )
+            })?;
+        authorization.set_sensitive(true);
+        Ok(DelegatedToken {
+            authorization,
             usable_until: Instant::now() + lifetime,
-        }
+        })
     }
 
     /// The `Authorization` header value for Graph.
-    pub fn authorization(&self) -> String {
-        format!("Bearer {}", self.secret.expose())
+    pub fn authorization(&self) -> HeaderValue {
+        self.authorization.clone()
     }
 
     /// True if the token stays usable for at least `margin` from now.
@@ -71,7 +82,7 @@ impl DelegatedToken {
 #[derive(Debug, Clone)]
 pub enum ActingIdentity {
     /// The calling user, through the on-behalf-of exchange of their own token.
-    User(UserCaller),
+    User(Arc<UserCaller>),
     /// A configured service identity whose session the gateway holds.
     Service(ServiceIdentityRef),
 }
@@ -187,7 +198,7 @@ impl Credentials {
     /// What the audit trail records as the identity acted as.
     pub fn acting_summary(&self, actor: &ActingIdentity) -> CallerSummary {
         match actor {
-            ActingIdentity::User(u) => crate::caller::Caller::User(u.clone()).summary(),
+            ActingIdentity::User(u) => u.summary(),
             ActingIdentity::Service(s) => match self.identities.get(&s.name) {
                 Some(id) => id.summary(),
                 None => CallerSummary {
@@ -234,10 +245,10 @@ impl Credentials {
                     .expires_in
                     .saturating_sub(EXPIRY_BUFFER)
                     .min(Duration::from_secs(inbound_left as u64));
-                Ok::<_, GatewayError>(Arc::new(DelegatedToken {
-                    secret: issued.access_token,
-                    usable_until: Instant::now() + lifetime,
-                }))
+                Ok::<_, GatewayError>(Arc::new(DelegatedToken::new(
+                    issued.access_token,
+                    lifetime,
+                )?))
             })
             .await
             .map_err(|e: Arc<GatewayError>| (*e).clone())

@@ -195,7 +195,7 @@ impl ServiceIdentity {
         let Some(rotated) = answer.refresh_token else {
             // Entra always rotates; without a new token the old one stays the newest.
             tracing::warn!(identity = %self.name, "Entra ID returned no new refresh token; keeping the current one");
-            return Ok(self.hand_out(&mut s, answer.access_token, answer.expires_in));
+            return self.hand_out(&mut s, answer.access_token, answer.expires_in);
         };
         let next = StoredSession {
             refresh_token: rotated,
@@ -217,7 +217,7 @@ impl ServiceIdentity {
         s.stamp = self.store.stamp();
         s.stored = Some(next);
         self.set_health(SessionHealth::Ready);
-        Ok(self.hand_out(&mut s, answer.access_token, answer.expires_in))
+        self.hand_out(&mut s, answer.access_token, answer.expires_in)
     }
 
     fn hand_out(
@@ -225,13 +225,13 @@ impl ServiceIdentity {
         s: &mut Session,
         access_token: Secret,
         expires_in: Duration,
-    ) -> Arc<DelegatedToken> {
+    ) -> Result<Arc<DelegatedToken>, GatewayError> {
         let token = Arc::new(DelegatedToken::new(
             access_token,
             expires_in.saturating_sub(EXPIRY_BUFFER),
-        ));
+        )?);
         s.access = Some(token.clone());
-        token
+        Ok(token)
     }
 
     /// Loads the store, setting health and account; `None` when no session is usable.

@@ -111,7 +111,7 @@ pub struct Run {
     /// The requests it covers.
     pub covers: Covers,
     /// Whose delegated token it uses (the most recent request that joined).
-    pub acting_as: Option<CallerSummary>,
+    pub acting_as: Option<Arc<CallerSummary>>,
     /// Graph's answers.
     pub upstream: Option<RunUpstream>,
     /// Why it failed.
@@ -122,7 +122,7 @@ pub struct Run {
 #[derive(Clone)]
 pub struct Actor {
     /// For the audit trail and the run view.
-    pub summary: CallerSummary,
+    pub summary: Arc<CallerSummary>,
     /// Who acts: a user (whose inbound token can be exchanged again if the delegated one would
     /// expire) or a service identity (whose session can be refreshed).
     pub identity: ActingIdentity,
