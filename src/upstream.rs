@@ -105,6 +105,8 @@ impl Graph {
     /// A client for `base_url` whose calls give up after `timeout`.
     pub fn new(base_url: &url::Url, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            // A redirect from Graph is an unexpected answer, not a place to send the token to.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))

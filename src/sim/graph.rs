@@ -39,6 +39,9 @@ pub enum GraphResponse {
     Status(u16),
     /// A status with Graph's error body and `Retry-After: N` (e.g. a 503 asking for a pause).
     StatusRetryAfter(u16, u64),
+    /// 307 Temporary Redirect to this URL (Graph does not redirect the action; a client that
+    /// followed would send the token on).
+    Redirect(String),
     /// Never answers (sleeps a day): for client timeouts.
     Hang,
 }
@@ -614,6 +617,12 @@ async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
         GraphResponse::StatusRetryAfter(s, secs) => {
             record(true, s);
             ctx.intune_error(s, status_code_name(s), Some(secs))
+        }
+        GraphResponse::Redirect(location) => {
+            record(true, 307);
+            ctx.response(StatusCode::TEMPORARY_REDIRECT)
+                .insert_header(("Location", location))
+                .finish()
         }
         GraphResponse::Hang => {
             record(true, 0);

@@ -25,6 +25,27 @@ async fn a_graph_server_error_answers_502_naming_graphs_request_id() {
 }
 
 #[tokio::test]
+async fn a_graph_redirect_is_not_followed_and_fails_the_run() {
+    // Pointing back at the action itself: a client that followed would call it again.
+    let app = spawn_app_with(Setup::default()).await;
+    let location = format!(
+        "{}/beta/deviceManagement/windowsAutopilotSettings/sync",
+        app.sims.graph.base_url()
+    );
+    app.sims
+        .graph
+        .set_mode(GraphMode::Always(GraphResponse::Redirect(location)));
+    let resp = app.post_sync(&app.token()).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        problem_of(resp).await["type"],
+        problem_type("upstream-failed")
+    );
+    assert_eq!(app.sims.graph.sync_calls(), 1, "the redirect was followed");
+    assert_eq!(app.only_request_record()["upstream"]["status"], 307);
+}
+
+#[tokio::test]
 async fn a_hanging_graph_answers_504_after_the_timeout() {
     let app = spawn_app_with(graph(GraphResponse::Hang).set("graph.timeout_seconds", "1")).await;
     let resp = app.post_sync(&app.token()).await;
