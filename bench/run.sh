@@ -137,7 +137,8 @@ else
   cargo build --quiet --bin sync-gateway --example bench_env
   BIN_DIR=$ROOT/target/debug
 fi
-GATEWAY=$BIN_DIR/sync-gateway
+# BENCH_GATEWAY: measure another build of the gateway (e.g. one with frame pointers, for perf).
+GATEWAY=${BENCH_GATEWAY:-$BIN_DIR/sync-gateway}
 BENCH_ENV=$BIN_DIR/examples/bench_env
 
 # ---------------------------------------------------------------------------------------------
@@ -335,10 +336,17 @@ EOF
   } >"$GW_DIR/gateway.toml"
 }
 
+# BENCH_CALLGRIND=1: the gateway runs under valgrind's callgrind, and the proxy scenario reports
+# its user-space instructions per request (counts that do not drift with the machine's load).
 start_gateway() {
-  start_bg "$GW_DIR/gateway.log" taskset -c "$CONTENDER_CPU" "$GATEWAY" serve --config "$GW_DIR/gateway.toml"
+  local wrap=() polls=600
+  if [[ -n ${BENCH_CALLGRIND:-} ]]; then
+    wrap=(valgrind -q --tool=callgrind --callgrind-out-file="$GW_DIR/callgrind.out.%p")
+    polls=3000
+  fi
+  start_bg "$GW_DIR/gateway.log" taskset -c "$CONTENDER_CPU" "${wrap[@]}" "$GATEWAY" serve --config "$GW_DIR/gateway.toml"
   GW_PID=$LAST_PID
-  for _ in $(seq 600); do
+  for _ in $(seq "$polls"); do
     [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$GW_PORT/readyz") == 200 ]] && return 0
     kill -0 "$GW_PID" 2>/dev/null || die "the gateway stopped: $(tail -5 "$GW_DIR/gateway.log")"
     sleep 0.05
@@ -346,7 +354,8 @@ start_gateway() {
   die "the gateway was not ready within 30 s"
 }
 stop_gateway() { stop_pid "$GW_PID" TERM; }
-audit_events() { grep -c "\"event\":\"$1\"" "$GW_DIR/audit.jsonl" || true; }
+# Every file of the trail: the active one and those rotated out during the run.
+audit_events() { cat "$GW_DIR"/audit.jsonl* | grep -c "\"event\":\"$1\"" || true; }
 
 # ---------------------------------------------------------------------------------------------
 # The load generator.
@@ -386,19 +395,12 @@ verdict() { # verdict EXPR: "yes"/"no" from an awk condition; timings are not ju
 # Scenario: proxy. Every request goes upstream; the three contenders in turn, same wrk, same
 # tokens, same pinning, same duration, warm-up excluded.
 
+# haproxy_config FILE PORT checks|pass: "checks" verifies the token as described above; "pass"
+# only proxies (the cost of proxying alone on this core, a reference, not a target).
 haproxy_config() {
-  cat >"$1" <<EOF
-global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-frontend callers
-    bind 127.0.0.1:$2
+  local checks=""
+  if [[ ${3:-checks} == checks ]]; then
+    checks=$(cat <<EOF
     # The caller's RS256 token: signature with the simulator's public key, then exp and aud.
     http-request set-var(txn.bearer) http_auth_bearer
     http-request deny deny_status 401 unless { var(txn.bearer) -m found }
@@ -414,6 +416,22 @@ frontend callers
     http-request set-var(txn.oid) var(txn.bearer),jwt_payload_query('\$.oid')
     http-request track-sc0 var(txn.oid) table per_oid
     http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
+EOF
+)
+  fi
+  cat >"$1" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend callers
+    bind 127.0.0.1:$2
+$checks
     default_backend upstream
 backend per_oid
     stick-table type string len 64 size 200k expire 60s store http_req_rate(60s)
@@ -428,14 +446,15 @@ scenario_proxy() {
   local hap_port round cpu0 cpu label
   hap_port=$(free_port)
   for round in $(seq "$ROUNDS"); do
-    for c in direct haproxy gateway; do
+    # BENCH_PROXY_CONTENDERS: a subset while iterating (the ratios need direct and haproxy).
+    for c in ${BENCH_PROXY_CONTENDERS:-direct pass haproxy gateway}; do
       log "proxy: $c (round $round of $ROUNDS)"
       start_nginx "proxy-$c-$round"
       pid=""
       case $c in
         direct) url=$UPSTREAM$SYNC_PATH ;;
-        haproxy)
-          haproxy_config "$WORK/haproxy.cfg" "$hap_port"
+        pass | haproxy)
+          haproxy_config "$WORK/haproxy.cfg" "$hap_port" "$([[ $c == pass ]] && echo pass || echo checks)"
           haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected its configuration"
           start_bg "$WORK/haproxy-$round.out" taskset -c "$CONTENDER_CPU" haproxy -f "$WORK/haproxy.cfg"
           pid=$LAST_PID
@@ -456,11 +475,32 @@ scenario_proxy() {
       # drifts less with the machine's load than requests/s does. nginx's own is not separable
       # from the load generator's core, so direct has none.
       cpu0=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
+      # BENCH_PERF=1: a perf profile (cpu-clock, call graphs) of the contender's measured run.
+      local perf_pid=""
+      if [[ -n $pid && -n ${BENCH_PERF:-} ]]; then
+        perf record -q -e cpu-clock -F 1999 -g -p "$pid" -o "$WORK/perf-$c-$round.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
+      if [[ $c == gateway && -n ${BENCH_CALLGRIND:-} ]]; then callgrind_control -z "$pid" >/dev/null; fi
       meas=$(run_wrk "$url" "$tokens" "$DURATION" "$WORK/wrk-proxy-$c-$round.out")
+      if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
+      if [[ $c == gateway && -n ${BENCH_CALLGRIND:-} ]]; then
+        callgrind_control -d "$pid" >/dev/null
+        log "callgrind: $(awk -v n="$(j .requests "$meas")" '/^(summary|totals):/ { t = $2 } END { printf "%.1fk instructions per request (%d requests)", t / n / 1000, n }' "$(ls -t "$GW_DIR"/callgrind.out.* | head -1)")"
+      fi
       cpu=""
       if [[ -n $pid ]]; then cpu=$(per_request_us $(($(cpu_ticks "$pid") - cpu0)) "$(j .requests "$meas")"); fi
       # Runs still in flight when wrk stopped get a moment to finish before the stop.
-      if [[ -n $pid ]]; then sleep 1; stop_pid "$pid" TERM; fi
+      if [[ -n $pid ]]; then sleep 1; fi
+      # The gateway's group commit: audit records per write + fdatasync, over the whole run.
+      local per_commit="—"
+      if [[ $c == gateway ]]; then
+        per_commit=$(curl -sf --max-time 5 "http://127.0.0.1:$GW_PORT/metrics" | awk '
+          /^sync_gateway_audit_records_written_total / { r = $2 }
+          /^sync_gateway_audit_commits_total / { c = $2 }
+          END { if (c > 0) printf "%.1f", r / c; else print "—" }')
+      fi
+      if [[ -n $pid ]]; then stop_pid "$pid" TERM; fi
       stop_nginx
       posts=$(upstream_count POST "$SYNC_PATH")
       gets=$(upstream_count GET "$SETTINGS_PATH")
@@ -494,14 +534,17 @@ scenario_proxy() {
       R[proxy_${c}_load_$round]=$load
       case $c in
         direct) label="direct: wrk → nginx (204)" ;;
+        pass) label="haproxy, pass-through only (reference: proxying alone, no checks) → nginx" ;;
         haproxy) label="haproxy $HAPROXY_VERSION: jwt_verify RS256, exp, aud, per-oid stick table → nginx" ;;
         gateway) label="sync-gateway: validation, limits, cached exchange, fsync'd audit → nginx" ;;
       esac
-      PROXY_ROWS+=("| $label | $round | $(rps "$meas") | $(ms "$(j .p50_us "$meas")") | $(ms "$(j .p99_us "$meas")") | ${cpu:-—} | $posts | $ex | $errs | $load |")
+      PROXY_ROWS+=("| $label | $round | $(rps "$meas") | $(ms "$(j .p50_us "$meas")") | $(ms "$(j .p99_us "$meas")") | ${cpu:-—} | $per_commit | $posts | $ex | $errs | $load |")
     done
   done
 
-  # The ratios of each round (its three contenders ran back to back), then their median.
+  # The ratios of each round (its contenders ran back to back), then their median; none when
+  # BENCH_PROXY_CONTENDERS left out one that a ratio needs.
+  [[ -n ${R[proxy_gateway_rps_1]:-} && -n ${R[proxy_haproxy_rps_1]:-} && -n ${R[proxy_direct_rps_1]:-} ]] || return 0
   local thr_h=() thr_d=() p99_h=() loads=()
   for round in $(seq "$ROUNDS"); do
     thr_h+=("$(ratio "${R[proxy_gateway_rps_$round]}" "${R[proxy_haproxy_rps_$round]}")")
@@ -677,8 +720,8 @@ if [[ ${#PROXY_ROWS[@]} -gt 0 ]]; then
 
 ### proxy: every request goes upstream (cooldown 0, limits high, exchange cache warm)
 
-| contender | round | requests/s | p50 ms | p99 ms | CPU µs/request | upstream calls | exchanges | errors | load 1m |
-|---|---|---|---|---|---|---|---|---|---|
+| contender | round | requests/s | p50 ms | p99 ms | CPU µs/request | audit records per fsync | upstream calls | exchanges | errors | load 1m |
+|---|---|---|---|---|---|---|---|---|---|---|
 EOF
   printf '%s\n' "${PROXY_ROWS[@]}"
 fi
