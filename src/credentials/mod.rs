@@ -97,6 +97,18 @@ pub struct ServiceIdentityRef {
 }
 
 impl ActingIdentity {
+    /// True if both are the same identity: a user by tenant and object id, a service identity
+    /// by name (whatever token each came with).
+    pub fn same_as(&self, other: &ActingIdentity) -> bool {
+        match (self, other) {
+            (ActingIdentity::User(a), ActingIdentity::User(b)) => {
+                a.tenant_id == b.tenant_id && a.object_id == b.object_id
+            }
+            (ActingIdentity::Service(a), ActingIdentity::Service(b)) => a.name == b.name,
+            _ => false,
+        }
+    }
+
     /// The tenant whose Graph is called.
     pub fn tenant_id(&self) -> &str {
         match self {

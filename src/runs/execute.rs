@@ -39,13 +39,7 @@ pub(super) enum Outcome {
 
 /// Executes `cell` until it succeeds, fails, or must wait.
 pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
-    let Some(actor) = cell.actor() else {
-        inner
-            .finish(cell, RunState::Failed, Some(GatewayError::Internal))
-            .await;
-        return Outcome::Done;
-    };
-    let token = match token_for(inner, &actor).await {
+    let token = match acting_token(inner, cell).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(run = %cell.id(), kind = e.kind(), "no delegated token for the run");
@@ -144,7 +138,33 @@ fn busy(out: UpstreamOutcome) -> GatewayError {
     out.result.err().unwrap_or(GatewayError::Internal)
 }
 
-/// The run's token: the joined request's own, or a fresh exchange if it would expire first.
+/// The token the run acts with: the latest joiner's, or, if that identity cannot act now (its
+/// inbound token expired, consent was revoked, ...), the next most recent joiner's. Fails with
+/// the latest joiner's error when none can.
+async fn acting_token(
+    inner: &Inner,
+    cell: &Arc<RunCell>,
+) -> Result<Arc<DelegatedToken>, GatewayError> {
+    let mut latest_error = None;
+    for (i, actor) in cell.actors().iter().enumerate() {
+        match token_for(inner, actor).await {
+            Ok(token) => {
+                if i > 0 {
+                    tracing::info!(run = %cell.id(), skipped = i,
+                        "the latest joiner cannot act; the run acts as an earlier one");
+                    cell.act_as(actor);
+                }
+                return Ok(token);
+            }
+            Err(e) => {
+                latest_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(latest_error.unwrap_or(GatewayError::Internal))
+}
+
+/// The actor's token: the joined request's own, or a fresh exchange if it would expire first.
 async fn token_for(inner: &Inner, actor: &Actor) -> Result<Arc<DelegatedToken>, GatewayError> {
     if actor.token.usable_for(TOKEN_MARGIN) {
         return Ok(actor.token.clone());

@@ -24,6 +24,10 @@ use uuid::Uuid;
 /// Requests one run remembers by id at most (the count keeps going past it).
 pub const MAX_COVERED_IDS: usize = 100_000;
 
+/// Distinct identities a run keeps to act as, newest first: if the latest joiner cannot act
+/// when the run's turn comes (its token expired, its consent was revoked), an earlier one does.
+pub const MAX_ACTORS: usize = 4;
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,7 +114,8 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// The requests it covers.
     pub covers: Covers,
-    /// Whose delegated token it uses (the most recent request that joined).
+    /// Whose delegated token it uses: the most recent request that joined, or, once it runs,
+    /// the most recent one that could act.
     pub acting_as: Option<Arc<CallerSummary>>,
     /// Graph's answers.
     pub upstream: Option<RunUpstream>,
@@ -135,7 +140,8 @@ pub struct RunCell {
     run: Mutex<Run>,
     /// The audit ids of the requests it covers, for its audit records.
     covered: Mutex<Vec<Uuid>>,
-    actor: Mutex<Option<Actor>>,
+    /// Who may act, oldest first, one entry per identity, at most [`MAX_ACTORS`].
+    actors: Mutex<Vec<Actor>>,
     failure: Mutex<Option<GatewayError>>,
     merged_into: Mutex<Option<Arc<RunCell>>>,
     changed: watch::Sender<u64>,
@@ -170,7 +176,7 @@ impl RunCell {
                 error: None,
             }),
             covered: Mutex::new(vec![request]),
-            actor: Mutex::new(Some(actor)),
+            actors: Mutex::new(vec![actor]),
             failure: Mutex::new(None),
             merged_into: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -223,9 +229,14 @@ impl RunCell {
         lock(&self.failure).clone()
     }
 
-    /// The identity the run will act as.
-    pub fn actor(&self) -> Option<Actor> {
-        lock(&self.actor).clone()
+    /// Who the run may act as, the most recent joiner first.
+    pub fn actors(&self) -> Vec<Actor> {
+        lock(&self.actors).iter().rev().cloned().collect()
+    }
+
+    /// Records that the run acts as `actor` (an earlier joiner, when the latest could not).
+    pub(super) fn act_as(&self, actor: &Actor) {
+        self.update(|r| r.acting_as = Some(actor.summary.clone()));
     }
 
     /// Waits until the run (or the run it merged into) leaves `Running`, at most `limit`;
@@ -283,7 +294,13 @@ impl RunCell {
             r.covers.count += 1;
             r.acting_as = Some(actor.summary.clone());
         });
-        *lock(&self.actor) = Some(actor);
+        let mut actors = lock(&self.actors);
+        // A newer token of the same identity replaces its older one.
+        actors.retain(|a| !a.identity.same_as(&actor.identity));
+        if actors.len() == MAX_ACTORS {
+            actors.remove(0);
+        }
+        actors.push(actor);
     }
 
     fn absorb(&self, other: &RunCell) {
@@ -299,5 +316,65 @@ impl RunCell {
 
     fn set_failure(&self, e: GatewayError) {
         *lock(&self.failure) = Some(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caller::UserCaller;
+    use crate::secret::{BearerToken, Secret};
+
+    fn actor(object_id: &str) -> Actor {
+        let user = UserCaller {
+            tenant_id: "t".into(),
+            object_id: object_id.into(),
+            upn: None,
+            client_app_id: None,
+            scopes: Vec::new(),
+            token: BearerToken::new("x"),
+            expires_at: 0,
+        };
+        Actor {
+            summary: Arc::new(user.summary()),
+            identity: ActingIdentity::User(Arc::new(user)),
+            token: Arc::new(
+                DelegatedToken::new(Secret::new("g"), Duration::from_secs(60)).unwrap(),
+            ),
+        }
+    }
+
+    fn object_ids(cell: &RunCell) -> Vec<String> {
+        cell.actors()
+            .iter()
+            .map(|a| a.summary.object_id.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_run_keeps_the_latest_distinct_joiners_newest_first() {
+        let cell = RunCell::new(
+            "sync",
+            "t".into(),
+            RunState::Scheduled,
+            None,
+            Uuid::nil(),
+            actor("a"),
+        );
+        for id in ["b", "c", "d", "e"] {
+            cell.join(Uuid::nil(), actor(id));
+        }
+        assert_eq!(
+            object_ids(&cell),
+            ["e", "d", "c", "b"],
+            "at most MAX_ACTORS"
+        );
+        cell.join(Uuid::nil(), actor("c"));
+        assert_eq!(
+            object_ids(&cell),
+            ["c", "e", "d", "b"],
+            "a rejoiner moves up, once"
+        );
+        assert_eq!(cell.view().covers.count, 6);
     }
 }

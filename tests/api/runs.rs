@@ -405,6 +405,75 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
 }
 
 #[tokio::test]
+async fn a_trailing_run_acts_as_an_earlier_joiner_when_the_latest_ones_token_has_expired() {
+    let app = spawn_app_with(Setup::intune(4)).await;
+    let earlier = app.user();
+    let earlier_token = app.sims.entra.mint(&earlier);
+    assert_eq!(post(&app, &earlier_token).await["state"], "succeeded");
+    let scheduled = post(&app, &earlier_token).await;
+    assert_eq!(scheduled["state"], "scheduled");
+
+    // The latest joiner's token expires long before the run's turn; its exchange cannot be
+    // renewed then (Entra ID refuses an expired assertion).
+    let latest = TokenSpec {
+        lifetime: Duration::from_secs(2),
+        ..app.user()
+    };
+    let latest_token = app.sims.entra.mint(&latest);
+    let joined = post(&app, &latest_token).await;
+    assert_eq!(joined["id"], scheduled["id"]);
+    assert_eq!(joined["acting_as"]["object_id"], latest.object_id.as_str());
+
+    let run = wait_for_final(&app, &earlier_token, scheduled["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["acting_as"]["object_id"], earlier.object_id.as_str());
+    let calls = app.sims.graph.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].object_id.as_deref(),
+        Some(earlier.object_id.as_str())
+    );
+    let started = app
+        .audit_of_kind("run")
+        .into_iter()
+        .find(|r| r["event"] == "started" && r["run_id"] == scheduled["id"])
+        .expect("a started record");
+    assert_eq!(
+        started["acting_as"]["object_id"],
+        earlier.object_id.as_str(),
+        "the record before the call names who acted"
+    );
+}
+
+#[tokio::test]
+async fn a_trailing_run_whose_joiners_all_expired_fails_with_the_latest_ones_error() {
+    let app = spawn_app_with(Setup::intune(4)).await;
+    assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
+    let short_lived = || TokenSpec {
+        lifetime: Duration::from_secs(2),
+        ..app.user()
+    };
+    let scheduled = post(&app, &app.sims.entra.mint(&short_lived())).await;
+    assert_eq!(scheduled["state"], "scheduled");
+    let joined = post(&app, &app.sims.entra.mint(&short_lived())).await;
+    assert_eq!(joined["id"], scheduled["id"]);
+
+    let reader = app.token();
+    let run = wait_for_final(&app, &reader, scheduled["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["error"]["kind"], "invalid-token");
+    assert_eq!(
+        run["acting_as"], joined["acting_as"],
+        "still names the latest joiner"
+    );
+    assert_eq!(
+        app.sims.graph.sync_calls(),
+        1,
+        "Graph is not called without a token"
+    );
+}
+
+#[tokio::test]
 async fn a_caller_sees_only_runs_of_its_own_tenant() {
     let app = spawn_app_with(Setup::default()).await;
     let token = app.token();
