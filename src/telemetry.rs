@@ -12,9 +12,15 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber; `RUST_LOG` overrides the default level: `info`, and for the
+/// human-readable format also a line per request and per Graph answer (someone trying the
+/// gateway out wants to see them; in production the audit trail has them).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let default = match format {
+        LogFormat::Json => "info",
+        LogFormat::Text => "info,sync_gateway::pipeline=debug,sync_gateway::runs=debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -257,6 +257,11 @@ async fn dev_mode_prints_a_token_and_a_curl_line_that_triggers_one_sync() {
         !logs.contains(&dev.token),
         "dev mode logged the caller token"
     );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("sync request") && l.contains("202")),
+        "dev mode shows each request: {logs}"
+    );
 }
 
 #[tokio::test]
