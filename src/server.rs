@@ -23,6 +23,7 @@ use crate::upstream::Graph;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,9 @@ struct Health {
     keys: Arc<KeyStore>,
     audit: AuditLog,
     identities: Arc<ServiceIdentities>,
+    /// The identities some application acts as (`callers.apps.*.run_as`): only their sessions
+    /// affect readiness.
+    in_use: HashSet<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -214,6 +218,12 @@ impl Application {
             keys: keys.clone(),
             audit: audit.clone(),
             identities,
+            in_use: config
+                .callers
+                .apps
+                .values()
+                .map(|a| a.run_as.clone())
+                .collect(),
             metrics: metrics.clone(),
         });
         let mut server = HttpServer::new(move || {
@@ -317,8 +327,9 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when signing keys are loaded for every tenant and the audit trail is writable.
-/// A service identity without a usable session makes the answer `degraded` (still 200: user
-/// callers are served) and names the identity and its state.
+/// A service identity that an application acts as, without a usable session, makes the answer
+/// `degraded` (still 200: user callers are served); every identity is listed with its state and
+/// whether it is in use.
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
@@ -326,9 +337,14 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
         .identities
         .statuses()
         .into_iter()
-        .map(|(name, s)| (name, json!({"state": s.health.state()})))
+        .map(|(name, s)| {
+            let in_use = h.in_use.contains(&name);
+            (name, json!({"state": s.health.state(), "in_use": in_use}))
+        })
         .collect();
-    let degraded = identities.values().any(|s| s["state"] != "ready");
+    let degraded = identities
+        .values()
+        .any(|s| s["in_use"] == true && s["state"] != "ready");
     let body = json!({
         "status": match (keys && audit, degraded) {
             (false, _) => "not ready",

@@ -349,8 +349,28 @@ async fn before_login_callers_get_503_naming_the_login_command_and_readyz_is_deg
         body["checks"]["service_identities"]["bot"]["state"],
         "login-required"
     );
+    assert_eq!(body["checks"]["service_identities"]["bot"]["in_use"], true);
     let gauge = r#"sync_gateway_service_identity_login_required{identity="bot"}"#;
     assert_eq!(app.metric(gauge).await, 1.0);
+}
+
+#[tokio::test]
+async fn an_identity_no_application_acts_as_does_not_degrade_readyz() {
+    let mut setup = with_identity();
+    let prepare = setup.prepare.take().unwrap();
+    setup.prepare = Some(Box::new(move |p: &Prepare<'_>| {
+        prepare(p)
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with("callers."))
+            .collect()
+    }));
+    let app = spawn_app_with(setup).await;
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ready", "{body}");
+    let bot = &body["checks"]["service_identities"]["bot"];
+    assert_eq!(bot["state"], "login-required");
+    assert_eq!(bot["in_use"], false);
 }
 
 #[tokio::test]
