@@ -20,7 +20,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,7 +154,7 @@ async fn serve(dir: PathBuf, graph_resource: String, sets: Vec<String>) -> Resul
     );
     let entra = start_entra_for(opts, graph_resource).await?;
 
-    write_private(&dir.join("client_secret"), client_secret.as_bytes())?;
+    sync_gateway::dev::write_private(&dir.join("client_secret"), client_secret)?;
     std::fs::write(dir.join("public_key.pem"), entra.public_key_pem())?;
     for set in &sets {
         let started = Instant::now();
@@ -211,16 +210,6 @@ async fn stats(entra: web::Data<SimEntra>) -> HttpResponse {
         "jwks_requests": entra.jwks_requests(),
         "discovery_requests": entra.discovery_requests(),
     }))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 /// Mints `set.count` tokens, each for a new user, on every core (RSA signing is the slow part:

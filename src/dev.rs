@@ -38,8 +38,8 @@ pub const DEV_WEBHOOK_APP: &str = "0d5e6f70-8192-4a3b-9c4d-5e6f708192a3";
 /// The app role dev mode requires of app-only callers.
 pub const DEV_APP_ROLE: &str = "Sync.Trigger.All";
 
-/// Writes `contents` to `path` readable by the owner only (dev secrets).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes `contents` to `path` readable by the owner only (dev and benchmark secrets).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -47,7 +47,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(contents.as_bytes())
+    f.write_all(contents.as_ref())
 }
 
 /// Runs dev mode until interrupted.
@@ -82,7 +82,7 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     use base64::Engine;
     write_private(
         &files.store_key,
-        &base64::engine::general_purpose::STANDARD.encode(key),
+        base64::engine::general_purpose::STANDARD.encode(key),
     )?;
     let toml_text = dev_config_toml(&opts, &sims, &tenant, &client_id, &files);
     write_private(&files.config, &toml_text)?;
