@@ -27,7 +27,8 @@ pub const DEFAULT_SYNC_PATH: &str = "/beta/deviceManagement/windowsAutopilotSett
 /// The default path of the Autopilot settings, read for the sync status and the last trigger.
 pub const DEFAULT_STATUS_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings";
 
-/// The Graph delegated permission reading the settings needs (`GET /sync/status`).
+/// The narrower Graph delegated permission that reads the settings, for operators who name it in
+/// `graph.status_permission`; by default `GET /sync/status` reads with [`SYNC_PERMISSION`].
 pub const STATUS_PERMISSION: &str = "DeviceManagementServiceConfig.Read.All";
 
 /// The Graph delegated permission the sync action needs.
@@ -132,6 +133,10 @@ pub struct GraphConfig {
     /// set (so a proxy or simulator in `base_url` does not change the resource), else the origin
     /// of `base_url`.
     pub scope_resource: String,
+    /// `graph.status_permission`: the delegated permission `GET /sync/status` asks for. `None`
+    /// (the default) reuses the sync's own permission, whose token the gateway already holds and
+    /// which Graph accepts for the read, so a tenant that consented only to the sync can read.
+    pub status_permission: Option<String>,
 }
 
 impl GraphConfig {
@@ -144,6 +149,11 @@ impl GraphConfig {
     /// `https://graph.microsoft.com/DeviceManagementServiceConfig.ReadWrite.All`.
     pub fn scope(&self, permission: &str) -> String {
         format!("{}/{}", self.resource(), permission)
+    }
+
+    /// The scope `GET /sync/status` reads with: `graph.status_permission`, else the sync's.
+    pub fn status_scope(&self) -> String {
+        self.scope(self.status_permission.as_deref().unwrap_or(SYNC_PERMISSION))
     }
 }
 
@@ -528,6 +538,7 @@ impl AzureEnv {
 struct RawGraph {
     base_url: Option<String>,
     timeout_seconds: Option<u64>,
+    status_permission: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1337,6 +1348,16 @@ impl RawConfig {
             "graph.timeout_seconds",
             self.graph.timeout_seconds.unwrap_or(30),
         );
+        let status_permission = self.graph.status_permission.filter(|p| {
+            let ok = !p.is_empty() && p.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.');
+            if !ok {
+                c.err(
+                    "graph.status_permission",
+                    "must be one Graph permission name, e.g. DeviceManagementServiceConfig.Read.All",
+                );
+            }
+            ok
+        });
 
         let per_caller = self.limits.per_caller.unwrap_or(Rate {
             per_minute: 10,
@@ -1515,6 +1536,7 @@ impl RawConfig {
                 base_url: base_url.unwrap(),
                 timeout_seconds: graph_timeout,
                 scope_resource: scope_resource.unwrap(),
+                status_permission,
             },
             limits: LimitsConfig {
                 per_caller,

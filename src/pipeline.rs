@@ -90,12 +90,7 @@ pub async fn post_sync(
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let mut record = RequestRecord::new(
-        Uuid::now_v7(),
-        Utc::now(),
-        gw.runs.policy().action,
-        req.peer_addr().map(|a| a.ip()),
-    );
+    let mut record = new_record(&gw, &req, "/sync");
     let outcome = sync(&gw, &req, body, &mut record).await;
     let response = match &outcome {
         Ok(accepted) => {
@@ -105,20 +100,64 @@ pub async fn post_sync(
             crate::limits::insert_headers(&mut r, &accepted.limit);
             r.json(&accepted.run)
         }
-        Err((e, Some(run))) => problem::respond_for_run(e, Some(record.id), run),
-        Err((e, None)) => problem::respond(e, Some(record.id)),
+        Err((e, Some(run))) => problem::respond_for_run(e, record.id, run),
+        Err((e, None)) => problem::respond(e, record.id),
     };
-    record.status = response.status().as_u16();
     record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
+    record_and_answer(&gw, record, started, response).await
+}
+
+/// A request's record as it arrives: id (the `instance` of any problem answer), time, method,
+/// route and peer.
+fn new_record(gw: &Gateway, req: &HttpRequest, route: &'static str) -> RequestRecord {
+    let mut record = RequestRecord::new(
+        Uuid::now_v7(),
+        Utc::now(),
+        gw.runs.policy().action,
+        req.peer_addr().map(|a| a.ip()),
+    );
+    record.method = Some(method_name(req.method()));
+    record.route = Some(route);
+    record
+}
+
+/// The method as the audit trail names it: the standard ones by name, any extension method
+/// (a client-chosen token) as `other`.
+fn method_name(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The last step of every audited request: the record, completed from `response`, is made
+/// durable, and only then is `response` answered (invariant 2). When the record cannot be made
+/// durable the caller gets 503 instead.
+async fn record_and_answer(
+    gw: &Gateway,
+    mut record: RequestRecord,
+    started: Instant,
+    response: HttpResponse,
+) -> HttpResponse {
+    record.status = response.status().as_u16();
     record.duration_ms = started.elapsed().as_millis() as u64;
-    let (id, status, code, run_id, duration_ms) = (
+    let (id, status, code, run_id, duration_ms, route) = (
         record.id,
         record.status,
         record.code,
         record.run_id,
         record.duration_ms,
+        record.route.unwrap_or(""),
     );
-    // Invariant: the caller's record is durable before the caller gets an answer.
     if let Err(e) = gw.audit.append(&AuditEvent::Request(record)).await {
         let joined = run_id.is_some();
         tracing::error!(audit_id = %id, error = %e, joined_run = joined,
@@ -128,17 +167,45 @@ pub async fn post_sync(
         } else {
             "the request could not be recorded durably, so it was not carried out"
         };
-        return problem::respond(&GatewayError::AuditUnavailable(detail.into()), Some(id));
+        return problem::respond(&GatewayError::AuditUnavailable(detail.into()), id);
     }
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {
-        tracing::debug!(audit_id = %id, status, run = ?run_id, duration_ms, "sync request");
+        tracing::debug!(audit_id = %id, route, status, run = ?run_id, duration_ms, "sync request");
     } else {
-        tracing::info!(audit_id = %id, status, code = code.unwrap_or(""), run = ?run_id,
+        tracing::info!(audit_id = %id, route, status, code = code.unwrap_or(""), run = ?run_id,
             duration_ms, "sync request");
     }
     response
+}
+
+/// Answers a path the gateway does not serve: 404, audited.
+pub async fn not_found(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
+    refuse(&gw, &req, "unmatched", GatewayError::NotFound).await
+}
+
+/// Answers a method a route does not accept: 405 with `Allow`, audited.
+pub async fn method_not_allowed(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+    route: &'static str,
+    allow: &'static str,
+) -> HttpResponse {
+    refuse(&gw, &req, route, GatewayError::MethodNotAllowed { allow }).await
+}
+
+async fn refuse(
+    gw: &Gateway,
+    req: &HttpRequest,
+    route: &'static str,
+    e: GatewayError,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut record = new_record(gw, req, route);
+    record.code = Some(e.kind());
+    let response = problem::respond(&e, record.id);
+    record_and_answer(gw, record, started, response).await
 }
 
 type Refusal = (GatewayError, Option<Run>);
@@ -217,24 +284,35 @@ async fn sync(
 
 /// Step 1 for every entrance: the bearer token's caller.
 async fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Arc<Caller>, GatewayError> {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let first = values.next();
+    // Two credentials are ambiguous: a proxy and the gateway may each read a different one
+    // (request smuggling of identity), so neither is used.
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "the request carries more than one Authorization header; send exactly one".into(),
+        ));
+    }
+    let authorization = first
         .map(|v| v.to_str().map_err(|_| GatewayError::MissingCredentials))
         .transpose()?;
     let token = Authenticator::bearer(authorization)?;
     gw.authenticator.authenticate(token).await
 }
 
-/// `GET /sync/runs/{id}`: a run of the caller's own tenant.
+/// `GET /sync/runs/{id}`: a run of the caller's own tenant. Audited like every request.
 pub async fn get_run(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
+    let started = Instant::now();
+    let mut record = new_record(&gw, &req, "/sync/runs/{id}");
     let answer = async {
         let caller = authenticate(&gw, &req).await?;
+        record.caller = Some(caller.summary());
         let acting = gw.policy.authorize(&caller)?;
+        record.decision = "allowed";
         let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
         let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
         let run = cell.view();
@@ -245,12 +323,20 @@ pub async fn get_run(
         Ok::<_, GatewayError>(run)
     }
     .await;
-    match answer {
-        Ok(run) => HttpResponse::Ok()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(run),
-        Err(e) => problem::respond(&e, None),
-    }
+    let response = match answer {
+        Ok(run) => {
+            record.run_id = Some(run.id);
+            record.run_state = Some(run.state.as_str());
+            HttpResponse::Ok()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(run)
+        }
+        Err(e) => {
+            record.code = Some(e.kind());
+            problem::respond(&e, record.id)
+        }
+    };
+    record_and_answer(&gw, record, started, response).await
 }
 
 /// The body of `GET /sync/status`.
@@ -266,14 +352,19 @@ pub struct SyncStatus {
 
 /// `GET /sync/status`: Graph's view of the tenant's Autopilot sync plus the gateway's runs.
 pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
+    let started = Instant::now();
+    let mut record = new_record(&gw, &req, "/sync/status");
     let answer = async {
         let caller = authenticate(&gw, &req).await?;
+        record.caller = Some(caller.summary());
         let acting = gw.policy.authorize(&caller)?;
         // It calls Graph, so it counts against the caller's limits like a sync request.
         let (tenant_id, caller_key) = caller.limit_key();
         gw.limits.check(tenant_id, &caller_key)?;
-        // A user reads with the read scope; a service identity's session holds the sync
-        // scope only, which reads too.
+        record.decision = "allowed";
+        // A user reads with `graph.status_permission`'s scope (by default the sync's own, so
+        // the token the sync exchanged is reused from the cache); a service identity's
+        // session holds the sync scope only, which reads too.
         let scope = match acting {
             ActingIdentity::User(_) => &gw.status_scope,
             ActingIdentity::Service(_) => &gw.runs.policy().graph_scope,
@@ -291,12 +382,16 @@ pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpRespons
         })
     }
     .await;
-    match answer {
+    let response = match answer {
         Ok(s) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(s),
-        Err(e) => problem::respond(&e, None),
-    }
+        Err(e) => {
+            record.code = Some(e.kind());
+            problem::respond(&e, record.id)
+        }
+    };
+    record_and_answer(&gw, record, started, response).await
 }
 
 /// The optional `reason`: an empty body is fine; anything else must be the JSON object.

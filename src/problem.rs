@@ -382,9 +382,9 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong in this case.
     pub detail: String,
-    /// The audit record of this request, so an operator can find it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    /// The audit record of this request (`urn:uuid:<id>`), so an operator can find it. Every
+    /// problem answer has one: the type of [`respond`] requires it.
+    pub instance: String,
     /// Graph's status for upstream errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
@@ -393,26 +393,17 @@ pub struct Problem {
     pub run: Option<crate::runs::Run>,
 }
 
-/// The one mapping from an error to an HTTP answer. `audit_id` is the request's audit record,
-/// when it has one.
-pub fn respond(err: &GatewayError, audit_id: Option<Uuid>) -> HttpResponse {
+/// The one mapping from an error to an HTTP answer. `audit_id` is the request's audit record.
+pub fn respond(err: &GatewayError, audit_id: Uuid) -> HttpResponse {
     build(err, audit_id, None)
 }
 
 /// [`respond`] for a run that failed: the problem names the run and points at it.
-pub fn respond_for_run(
-    err: &GatewayError,
-    audit_id: Option<Uuid>,
-    run: &crate::runs::Run,
-) -> HttpResponse {
+pub fn respond_for_run(err: &GatewayError, audit_id: Uuid, run: &crate::runs::Run) -> HttpResponse {
     build(err, audit_id, Some(run))
 }
 
-fn build(
-    err: &GatewayError,
-    audit_id: Option<Uuid>,
-    run: Option<&crate::runs::Run>,
-) -> HttpResponse {
+fn build(err: &GatewayError, audit_id: Uuid, run: Option<&crate::runs::Run>) -> HttpResponse {
     let status = err.status();
     let upstream_status = match err {
         GatewayError::UpstreamBusy { status, .. }
@@ -424,7 +415,7 @@ fn build(
         title: err.title().into(),
         status: status.as_u16(),
         detail: err.detail(),
-        instance: audit_id.map(|id| format!("urn:uuid:{id}")),
+        instance: format!("urn:uuid:{audit_id}"),
         upstream_status,
         run: run.cloned(),
     };

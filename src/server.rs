@@ -7,7 +7,7 @@
 use crate::audit::{AdminEvent, AuditLog, AuditSink};
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
-use crate::config::{Config, STATUS_PERMISSION, SYNC_PERMISSION};
+use crate::config::{Config, SYNC_PERMISSION};
 use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
@@ -17,7 +17,6 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
-use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{RunPolicy, Scheduler};
 use crate::upstream::Graph;
 use actix_web::dev::Server;
@@ -193,7 +192,7 @@ impl Application {
             graph,
             audit: audit.clone(),
             wait_for_run,
-            status_scope: config.graph.scope(STATUS_PERMISSION),
+            status_scope: config.graph.status_scope(),
         };
 
         let listener =
@@ -233,21 +232,16 @@ impl Application {
                 .service(
                     web::resource("/sync")
                         .route(web::post().to(pipeline::post_sync))
-                        .default_service(web::to(|| async {
-                            problem::respond(
-                                &GatewayError::MethodNotAllowed { allow: "POST" },
-                                None,
-                            )
+                        .default_service(web::to(|req, gw| {
+                            pipeline::method_not_allowed(req, gw, "/sync", "POST")
                         })),
                 )
-                .route("/sync/status", web::get().to(pipeline::get_status))
-                .route("/sync/runs/{id}", web::get().to(pipeline::get_run))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics_text))
-                .default_service(web::to(|| async {
-                    problem::respond(&GatewayError::NotFound, None)
-                }))
+                .service(readable("/sync/status", pipeline::get_status))
+                .service(readable("/sync/runs/{id}", pipeline::get_run))
+                .service(readable("/healthz", healthz))
+                .service(readable("/readyz", readyz))
+                .service(readable("/metrics", metrics_text))
+                .default_service(web::to(pipeline::not_found))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)
         .listen(listener)
@@ -306,6 +300,22 @@ impl Application {
         self.audit.shutdown().await;
         result
     }
+}
+
+/// A read-only resource: `GET` and `HEAD` (the same handler; actix-web sends no body for
+/// `HEAD`), and 405 with `Allow: GET, HEAD` for every other method.
+fn readable<F, Args>(path: &'static str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(move |req, gw| {
+            pipeline::method_not_allowed(req, gw, path, "GET, HEAD")
+        }))
 }
 
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {

@@ -178,6 +178,13 @@ pub struct RequestRecord {
     pub time: DateTime<Utc>,
     /// The action requested.
     pub action: &'static str,
+    /// The HTTP method (`GET`, `POST`, ...; `other` for an extension method).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
+    /// The route the request matched, as a pattern (`/sync/runs/{id}`), or `unmatched`; never
+    /// the raw path, which a client chooses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'static str>,
     /// Who called (the initiating principal), once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerSummary>,
@@ -224,6 +231,8 @@ impl RequestRecord {
             id,
             time,
             action,
+            method: None,
+            route: None,
             caller: None,
             acting_as: None,
             client_ip,

@@ -205,6 +205,7 @@ struct EntraState {
     issued: Mutex<Vec<String>>,
     cloud_instance_name: String,
     device_interval: Duration,
+    consented: Vec<String>,
     credentials: Mutex<credentials::Credentials>,
     sessions: Mutex<sessions::Sessions>,
     token_log: Mutex<Vec<TokenRequestSeen>>,
@@ -244,6 +245,7 @@ impl SimEntra {
             issued: Mutex::new(vec![opts.client_secret.clone()]),
             cloud_instance_name: opts.cloud_instance_name.clone(),
             device_interval: opts.device_interval,
+            consented: opts.consented_permissions.clone(),
             credentials: Mutex::new(credentials::Credentials::default()),
             sessions: Mutex::new(sessions::Sessions::default()),
             token_log: Mutex::new(Vec::new()),
@@ -1161,7 +1163,11 @@ fn parse_scopes(state: &EntraState, scope: &str) -> Result<Scopes, AadError> {
             // Entra refuses `.default` mixed with named scopes of the same resource.
             return Err(invalid(scope));
         }
-        out.permissions = PERMISSIONS.to_vec();
+        out.permissions = PERMISSIONS
+            .iter()
+            .copied()
+            .filter(|p| state.consented.iter().any(|c| c == p))
+            .collect();
     }
     if out.permissions.is_empty() {
         return Err(invalid(scope));
@@ -1221,6 +1227,14 @@ async fn on_behalf_of(state: &EntraState, tenant: &str, form: &Form) -> Result<V
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AadError::missing("assertion"))?;
     let user = validate_assertion(state, tenant, assertion)?;
+    // 6b. Consent: every named permission must have been consented to for the app.
+    if scopes
+        .permissions
+        .iter()
+        .any(|p| !state.consented.iter().any(|c| c == p))
+    {
+        return Err(consent_required(state));
+    }
     // 7. Failure injection.
     injected_failure(state, user.oid.as_deref()).await?;
     // 8. Issue the Graph token.
@@ -1317,6 +1331,21 @@ fn validate_assertion(
     })
 }
 
+/// AADSTS65001: the app has no consent for what it asked.
+fn consent_required(state: &EntraState) -> AadError {
+    AadError::new(
+        400,
+        "invalid_grant",
+        65001,
+        format!(
+            "The user or administrator has not consented to use the application with ID \
+             '{}'. Send an interactive authorization request for this user and resource.",
+            state.client_id
+        ),
+    )
+    .with("suberror", json!("consent_required"))
+}
+
 /// Applies the failure configured for `oid` (else the global one), if any.
 async fn injected_failure(state: &EntraState, oid: Option<&str>) -> Result<(), AadError> {
     match state.failure_for(oid) {
@@ -1337,17 +1366,7 @@ async fn injected_failure(state: &EntraState, oid: Option<&str>) -> Result<(), A
         )
         .with("suberror", json!("basic_action"))
         .with("claims", json!(claims))),
-        Some(Failure::ConsentRequired) => Err(AadError::new(
-            400,
-            "invalid_grant",
-            65001,
-            format!(
-                "The user or administrator has not consented to use the application with ID \
-                 '{}'. Send an interactive authorization request for this user and resource.",
-                state.client_id
-            ),
-        )
-        .with("suberror", json!("consent_required"))),
+        Some(Failure::ConsentRequired) => Err(consent_required(state)),
         Some(Failure::Throttle { retry_after_secs }) => {
             let mut e = AadError::new(
                 429,

@@ -39,6 +39,10 @@ pub struct SimOptions {
     pub cloud_instance_name: String,
     /// The polling interval the device authorization endpoint announces.
     pub device_interval: Duration,
+    /// The Graph permissions the tenants consented to for the gateway; asking for another
+    /// fails as Entra does (AADSTS65001, `consent_required`). Default: every permission the
+    /// app registration lists.
+    pub consented_permissions: Vec<String>,
 }
 
 impl SimOptions {
@@ -59,6 +63,10 @@ impl SimOptions {
             graph_resource: None,
             cloud_instance_name: "microsoftonline.com".into(),
             device_interval: Duration::from_secs(5),
+            consented_permissions: vec![
+                entra::PERMISSION_READ_WRITE.into(),
+                entra::PERMISSION_READ.into(),
+            ],
         }
     }
 }
