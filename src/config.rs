@@ -118,8 +118,13 @@ pub struct CallersConfig {
     pub verified_cache_capacity: u64,
     /// `callers.keys_refresh_seconds`: background refresh period of signing keys.
     pub keys_refresh_seconds: u64,
-    /// `callers.unknown_kid_cooldown_seconds`: at most one refresh per this period for unknown `kid`s.
+    /// `callers.unknown_kid_cooldown_seconds`: at most one refresh per this period for a `kid`
+    /// that a freshly fetched key set already lacked.
     pub unknown_kid_cooldown_seconds: u64,
+    /// `callers.new_kid_refresh_seconds`: at most one refresh per this period for a `kid` not
+    /// yet checked against a fresh key set (default 30), so a storm of random `kid`s cannot keep
+    /// a key Entra has just published refused for the whole cooldown.
+    pub new_kid_refresh_seconds: u64,
 }
 
 /// `[graph]`
@@ -509,6 +514,7 @@ struct RawCallers {
     verified_cache_capacity: Option<u64>,
     keys_refresh_seconds: Option<u64>,
     unknown_kid_cooldown_seconds: Option<u64>,
+    new_kid_refresh_seconds: Option<u64>,
     required_app_role: Option<String>,
     apps: Option<BTreeMap<String, AppConfig>>,
 }
@@ -1344,6 +1350,20 @@ impl RawConfig {
             (None, Some(u)) => Some(u.origin().ascii_serialization()),
             (None, None) => None,
         };
+        let kid_cooldown = self.callers.unknown_kid_cooldown_seconds.unwrap_or(300);
+        let new_kid_refresh = c.positive(
+            "callers.new_kid_refresh_seconds",
+            // The default never exceeds a shorter configured cooldown.
+            self.callers
+                .new_kid_refresh_seconds
+                .unwrap_or_else(|| 30.min(kid_cooldown.max(1))),
+        );
+        if new_kid_refresh > kid_cooldown {
+            c.err(
+                "callers.new_kid_refresh_seconds",
+                format!("must not exceed callers.unknown_kid_cooldown_seconds ({kid_cooldown})"),
+            );
+        }
         let graph_timeout = c.positive(
             "graph.timeout_seconds",
             self.graph.timeout_seconds.unwrap_or(30),
@@ -1527,10 +1547,8 @@ impl RawConfig {
                 leeway_seconds: self.callers.leeway_seconds.unwrap_or(60),
                 verified_cache_capacity: verified_cap,
                 keys_refresh_seconds: keys_refresh,
-                unknown_kid_cooldown_seconds: self
-                    .callers
-                    .unknown_kid_cooldown_seconds
-                    .unwrap_or(300),
+                unknown_kid_cooldown_seconds: kid_cooldown,
+                new_kid_refresh_seconds: new_kid_refresh,
             },
             graph: GraphConfig {
                 base_url: base_url.unwrap(),

@@ -9,7 +9,23 @@ use uuid::Uuid;
 
 /// Why a caller's bearer token was refused. The text is safe to return: it never echoes the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRejection(pub String);
+pub struct TokenRejection {
+    /// A short stable cause (`expired`, `unknown_key`, `version_mismatch`, ...): the label of
+    /// the token-refusal metric, so its values are bounded.
+    pub cause: &'static str,
+    /// What the caller is told.
+    pub reason: String,
+}
+
+impl TokenRejection {
+    /// A refusal for `cause`, explained as `reason`.
+    pub fn new(cause: &'static str, reason: impl Into<String>) -> Self {
+        TokenRejection {
+            cause,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Everything that can end a request early. Each variant has a stable [`GatewayError::kind`].
 #[derive(Debug, Clone, thiserror::Error)]
@@ -18,7 +34,7 @@ pub enum GatewayError {
     #[error("no bearer token")]
     MissingCredentials,
     /// The token is malformed, expired, badly signed, for another audience, ...
-    #[error("invalid token: {}", .0 .0)]
+    #[error("invalid token: {}", .0.reason)]
     InvalidToken(TokenRejection),
     /// The token is valid but lacks the required delegated scope.
     #[error("missing scope {required}")]
@@ -261,7 +277,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             MissingCredentials => "send an Entra ID access token as 'Authorization: Bearer <token>'".into(),
-            InvalidToken(r) => r.0.clone(),
+            InvalidToken(r) => r.reason.clone(),
             InsufficientScope { required } => {
                 format!("the token does not carry the delegated scope '{required}'")
             }
@@ -334,7 +350,7 @@ impl GatewayError {
             MissingCredentials => Some("Bearer realm=\"sync-gateway\"".into()),
             InvalidToken(r) => Some(format!(
                 "Bearer realm=\"sync-gateway\", error=\"invalid_token\", error_description=\"{}\"",
-                quote_safe(&r.0)
+                quote_safe(&r.reason)
             )),
             InsufficientScope { required } => Some(format!(
                 "Bearer realm=\"sync-gateway\", error=\"insufficient_scope\", scope=\"{}\", error_description=\"the token lacks the required scope\"",
@@ -448,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_challenge_description_cannot_break_out_of_its_quotes() {
-        let e = GatewayError::InvalidToken(TokenRejection("bad \"x\"\r\n".into()));
+        let e = GatewayError::InvalidToken(TokenRejection::new("malformed", "bad \"x\"\r\n"));
         let c = e.challenge().unwrap();
         assert!(c.ends_with("error_description=\"bad x\""), "{c}");
     }

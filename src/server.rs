@@ -110,6 +110,7 @@ impl Application {
             &config.entra.authority_host,
             &config.callers.allowed_tenants,
             Duration::from_secs(config.callers.unknown_kid_cooldown_seconds),
+            Duration::from_secs(config.callers.new_kid_refresh_seconds),
             Duration::from_secs(config.callers.keys_refresh_seconds),
         ));
         let audit =
@@ -194,6 +195,12 @@ impl Application {
             wait_for_run,
             status_scope: config.graph.status_scope(),
         };
+
+        metrics.register(
+            "token_refusals",
+            "Caller tokens refused, by cause (expired, unknown_key, signature, version_mismatch, ...)",
+            gateway.authenticator.refusals(),
+        );
 
         let listener =
             TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {

@@ -3,8 +3,12 @@
 //!
 //! - Loaded at start (readiness waits for them), refreshed in the background, and the last
 //!   good keys keep serving while Entra ID is unreachable.
-//! - An unknown `kid` triggers at most one refresh per cooldown per issuer, single flight:
-//!   concurrent requests wait for the one refresh instead of each fetching.
+//! - An unknown `kid` triggers a refresh, single flight per issuer: concurrent requests wait for
+//!   the one refresh instead of each fetching. A `kid` not yet checked against a fresh key set
+//!   may refresh at most once per `new_kid_interval` (30 s); a `kid` a fresh key set already
+//!   lacked, at most once per cooldown (300 s). So a storm of random `kid`s costs one fetch per
+//!   interval, and a key Entra has just published is accepted within the interval, not the
+//!   cooldown.
 //! - The algorithm is pinned to RS256: Entra's keys carry no `alg`, and the token's own
 //!   header is never trusted to choose it.
 
@@ -57,8 +61,15 @@ pub struct KeyStore {
     http: reqwest::Client,
     issuers: Vec<Arc<Issuer>>,
     unknown_kid_cooldown: Duration,
+    new_kid_interval: Duration,
+    /// `kid`s (per issuer) that a fresh key set lacked, until the cooldown: bounded, so a storm
+    /// of random ones only pushes older entries out.
+    checked_unknown: moka::sync::Cache<(usize, String), ()>,
     refresh_period: Duration,
 }
+
+/// At most this many unknown `kid`s are remembered as checked.
+const MAX_CHECKED_UNKNOWN: u64 = 10_000;
 
 #[derive(Deserialize)]
 struct Discovery {
@@ -84,11 +95,14 @@ struct Jwk {
 
 impl KeyStore {
     /// A store for `tenants` under `authority_host`; nothing is fetched until [`KeyStore::load_all`].
+    /// A `kid` never checked may refresh once per `new_kid_interval`, a checked one once per
+    /// `unknown_kid_cooldown`.
     pub fn new(
         http: reqwest::Client,
         authority_host: &url::Url,
         tenants: &[String],
         unknown_kid_cooldown: Duration,
+        new_kid_interval: Duration,
         refresh_period: Duration,
     ) -> Self {
         let base = authority_host.as_str().trim_end_matches('/');
@@ -111,6 +125,11 @@ impl KeyStore {
             http,
             issuers,
             unknown_kid_cooldown,
+            new_kid_interval: new_kid_interval.min(unknown_kid_cooldown),
+            checked_unknown: moka::sync::Cache::builder()
+                .max_capacity(MAX_CHECKED_UNKNOWN)
+                .time_to_live(unknown_kid_cooldown.max(Duration::from_secs(1)))
+                .build(),
             refresh_period,
         }
     }
@@ -170,10 +189,11 @@ impl KeyStore {
         version: TokenVersion,
         kid: &str,
     ) -> Option<Arc<VerificationKey>> {
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.tenant_id == tenant_id && i.version == version)?;
+            .enumerate()
+            .find(|(_, i)| i.tenant_id == tenant_id && i.version == version)?;
         if let Some(k) = issuer.find(kid) {
             return Some(k);
         }
@@ -182,16 +202,27 @@ impl KeyStore {
         if let Some(k) = issuer.find(kid) {
             return Some(k);
         }
-        let cooling = last.is_some_and(|t| t.elapsed() < self.unknown_kid_cooldown);
-        if cooling {
+        let checked = (index, kid.to_string());
+        let wait = if self.checked_unknown.contains_key(&checked) {
+            self.unknown_kid_cooldown
+        } else {
+            self.new_kid_interval
+        };
+        if last.is_some_and(|t| t.elapsed() < wait) {
             return None;
         }
         *last = Some(Instant::now());
         tracing::info!(tenant = %tenant_id, version = ?version, "unknown signing key id; refreshing keys");
         if let Err(e) = self.load(issuer).await {
             tracing::warn!(tenant = %tenant_id, error = %e, "key refresh failed; keeping the last good keys");
+            return None;
         }
-        issuer.find(kid)
+        let found = issuer.find(kid);
+        if found.is_none() {
+            // A fresh key set lacks it: asking again soon would only repeat the fetch.
+            self.checked_unknown.insert(checked, ());
+        }
+        found
     }
 
     async fn load(&self, issuer: &Issuer) -> Result<(), String> {

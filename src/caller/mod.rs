@@ -15,6 +15,9 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use keys::KeyStore;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -142,6 +145,8 @@ struct Claims {
     azp: Option<String>,
     #[serde(default)]
     appid: Option<String>,
+    #[serde(default)]
+    ver: Option<String>,
 }
 
 /// The claims read before verification, only to pick the tenant's issuer and key.
@@ -173,10 +178,19 @@ pub struct Authenticator {
     allowed_tenants: HashSet<String>,
     leeway: u64,
     verified: moka::sync::Cache<[u8; 32], Verified>,
+    refusals: Family<RefusalLabels, Counter>,
 }
 
-fn reject(why: impl Into<String>) -> GatewayError {
-    GatewayError::InvalidToken(TokenRejection(why.into()))
+/// Why a token was refused (the `cause` label): one of a fixed set of short words.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `expired`, `unknown_key`, `signature`, `version_mismatch`, `keys_unavailable`, ...
+    pub cause: &'static str,
+}
+
+/// A refusal of the token: `cause` is the bounded metric label, `why` the caller's explanation.
+fn reject(cause: &'static str, why: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidToken(TokenRejection::new(cause, why))
 }
 
 fn now_unix() -> i64 {
@@ -201,6 +215,7 @@ impl Authenticator {
                 .max_capacity(cache_capacity)
                 .expire_after(VerifiedExpiry)
                 .build(),
+            refusals: Family::default(),
         }
     }
 
@@ -216,15 +231,40 @@ impl Authenticator {
             return Err(GatewayError::MissingCredentials);
         }
         if token.is_empty() {
-            return Err(reject("the bearer token is empty"));
+            return Err(reject("empty", "the bearer token is empty"));
         }
         Ok(token)
     }
 
-    /// Verifies `token` and says who is calling.
+    /// Refused tokens by cause, for `/metrics` (`sync_gateway_token_refusals_total{cause}`).
+    pub fn refusals(&self) -> Family<RefusalLabels, Counter> {
+        self.refusals.clone()
+    }
+
+    /// Verifies `token` and says who is calling; a refusal is counted by its cause.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Caller>, GatewayError> {
+        let result = self.authenticate_uncounted(token).await;
+        match &result {
+            Err(GatewayError::InvalidToken(r)) => {
+                self.refusals
+                    .get_or_create(&RefusalLabels { cause: r.cause })
+                    .inc();
+            }
+            Err(GatewayError::KeysUnavailable) => {
+                self.refusals
+                    .get_or_create(&RefusalLabels {
+                        cause: "keys_unavailable",
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn authenticate_uncounted(&self, token: &str) -> Result<Arc<Caller>, GatewayError> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(reject("the token is too large"));
+            return Err(reject("too_large", "the token is too large"));
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(v) = self.verified.get(&hash) {
@@ -253,35 +293,38 @@ impl Authenticator {
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(reject(
+                "malformed",
                 "the token is not a signed JWT (header.payload.signature)",
             ));
         };
         let kid = check_header(h)?;
-        let peek: Peek = decode_part(p).ok_or_else(|| reject("the token's payload is not JSON"))?;
+        let peek: Peek =
+            decode_part(p).ok_or_else(|| reject("malformed", "the token's payload is not JSON"))?;
         let tid = peek
             .tid
-            .ok_or_else(|| reject("the token has no tid claim"))?;
+            .ok_or_else(|| reject("missing_claim", "the token has no tid claim"))?;
         let iss = peek
             .iss
-            .ok_or_else(|| reject("the token has no iss claim"))?;
+            .ok_or_else(|| reject("missing_claim", "the token has no iss claim"))?;
         if !self.allowed_tenants.contains(&tid) {
-            return Err(reject("the token's tenant is not allowed"));
+            return Err(reject("tenant", "the token's tenant is not allowed"));
         }
         let issuers = self.keys.issuers_of(&tid);
         if issuers.is_empty() {
             return Err(GatewayError::KeysUnavailable);
         }
         let Some((version, issuer)) = issuers.into_iter().find(|(_, i)| i.issuer == iss) else {
-            return Err(reject("the token's issuer is not accepted"));
+            return Err(reject("issuer", "the token's issuer is not accepted"));
         };
         let key = self
             .keys
             .key(&tid, version, &kid)
             .await
-            .ok_or_else(|| reject("the token is signed with an unknown key"))?;
+            .ok_or_else(|| reject("unknown_key", "the token is signed with an unknown key"))?;
         if let Some(t) = &key.issuer_template {
             if t.replace("{tenantid}", &tid) != issuer.issuer {
                 return Err(reject(
+                    "issuer",
                     "the signing key is not valid for the token's issuer",
                 ));
             }
@@ -293,20 +336,39 @@ impl Authenticator {
         v.set_issuer(&[issuer.issuer.as_str()]);
         v.set_required_spec_claims(&["exp", "aud", "iss"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| {
-            reject(match e.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired",
-                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
-                ErrorKind::InvalidAudience => "the token's audience is not accepted",
-                ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-                ErrorKind::InvalidSignature => "the token's signature is invalid",
-                ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
-                ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                _ => "the token is malformed",
-            })
+            let (cause, why) = match e.kind() {
+                ErrorKind::ExpiredSignature => ("expired", "the token has expired"),
+                ErrorKind::ImmatureSignature => {
+                    ("not_yet_valid", "the token is not valid yet (nbf)")
+                }
+                ErrorKind::InvalidAudience => ("audience", "the token's audience is not accepted"),
+                ErrorKind::InvalidIssuer => ("issuer", "the token's issuer is not accepted"),
+                ErrorKind::InvalidSignature => ("signature", "the token's signature is invalid"),
+                ErrorKind::InvalidAlgorithm => {
+                    ("algorithm", "the token's algorithm is not accepted")
+                }
+                ErrorKind::MissingRequiredClaim(_) => {
+                    ("missing_claim", "the token lacks a required claim")
+                }
+                _ => ("malformed", "the token is malformed"),
+            };
+            reject(cause, why)
         })?;
         let c = data.claims;
         if c.tid != tid {
-            return Err(reject("the token's tenant is not allowed"));
+            return Err(reject("tenant", "the token's tenant is not allowed"));
+        }
+        // Each issuer issues one format: a v1 issuer's token says `ver` 1.0, a v2 issuer's
+        // 2.0 (Microsoft.Identity.Web's issuer validation picks the issuer by `ver`).
+        let expected_ver = match version {
+            keys::TokenVersion::V1 => "1.0",
+            keys::TokenVersion::V2 => "2.0",
+        };
+        if c.ver.as_deref() != Some(expected_ver) {
+            return Err(reject(
+                "version_mismatch",
+                "the token's version (ver) does not match its issuer",
+            ));
         }
         let app_id = c.azp.or(c.appid);
         let is_app = c.idtyp.as_deref() == Some("app") || (c.scp.is_none() && c.roles.is_some());
@@ -319,7 +381,9 @@ impl Authenticator {
                 expires_at: c.exp,
             }));
         }
-        let object_id = c.oid.ok_or_else(|| reject("the token has no oid claim"))?;
+        let object_id = c
+            .oid
+            .ok_or_else(|| reject("missing_claim", "the token has no oid claim"))?;
         Ok(Caller::User(Arc::new(UserCaller {
             tenant_id: c.tid,
             object_id,
@@ -347,22 +411,30 @@ fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
 /// Refuses every header that would let the token choose its own key or algorithm; returns `kid`.
 fn check_header(h: &str) -> Result<String, GatewayError> {
     let header: serde_json::Map<String, serde_json::Value> =
-        decode_part(h).ok_or_else(|| reject("the token's header is not JSON"))?;
+        decode_part(h).ok_or_else(|| reject("malformed", "the token's header is not JSON"))?;
     match header.get("alg").and_then(|a| a.as_str()) {
         Some("RS256") => {}
-        Some(_) => return Err(reject("the token's algorithm is not accepted (RS256 only)")),
-        None => return Err(reject("the token's header has no alg")),
+        Some(_) => {
+            return Err(reject(
+                "algorithm",
+                "the token's algorithm is not accepted (RS256 only)",
+            ))
+        }
+        None => return Err(reject("algorithm", "the token's header has no alg")),
     }
     for field in ["jku", "x5u", "jwk", "x5c"] {
         if header.contains_key(field) {
-            return Err(reject(format!(
-                "the token's header carries '{field}'; keys are never taken from the token"
-            )));
+            return Err(reject(
+                "key_in_header",
+                format!(
+                    "the token's header carries '{field}'; keys are never taken from the token"
+                ),
+            ));
         }
     }
     match header.get("kid").and_then(|k| k.as_str()) {
         Some(kid) if !kid.is_empty() && kid.len() <= 256 => Ok(kid.to_string()),
-        _ => Err(reject("the token's header has no kid")),
+        _ => Err(reject("malformed", "the token's header has no kid")),
     }
 }
 

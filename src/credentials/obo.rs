@@ -89,9 +89,12 @@ impl OboClient {
             };
         }
         if has(500133) {
-            return crate::problem::GatewayError::InvalidToken(crate::problem::TokenRejection(
-                "the token expired before it could be exchanged".into(),
-            ));
+            return crate::problem::GatewayError::InvalidToken(
+                crate::problem::TokenRejection::new(
+                    "expired",
+                    "the token expired before it could be exchanged",
+                ),
+            );
         }
         if e.error == "consent_required" || has(65001) {
             return GatewayError::ConsentRequired {
@@ -105,9 +108,12 @@ impl OboClient {
             return unavailable(DEFAULT_RETRY_AFTER, "Entra ID detected a request loop");
         }
         if e.error == "invalid_grant" || has(50013) {
-            return crate::problem::GatewayError::InvalidToken(crate::problem::TokenRejection(
-                "the identity provider refused the token for the exchange".into(),
-            ));
+            return crate::problem::GatewayError::InvalidToken(
+                crate::problem::TokenRejection::new(
+                    "refused_by_entra",
+                    "the identity provider refused the token for the exchange",
+                ),
+            );
         }
         GatewayError::ExchangeFailed(format!(
             "Entra ID refused the exchange ({}{})",

@@ -195,6 +195,31 @@ async fn a_token_whose_tid_disagrees_with_its_issuer_is_refused() {
 }
 
 #[tokio::test]
+async fn a_v2_issuers_token_that_says_ver_1_is_refused() {
+    let app = spawn_app().await;
+    let mut claims = app.claims();
+    claims["ver"] = json!("1.0");
+    let token = sign_with(&app, &claims);
+    assert_refused(&app, &token, 401, "invalid-token", "version (ver)").await;
+}
+
+#[tokio::test]
+async fn a_v1_issuers_token_that_says_ver_2_is_refused() {
+    let app = spawn_app().await;
+    let mut spec = app.user();
+    spec.version = sync_gateway::sim::entra::TokenVersion::V1;
+    let mut claims = app.sims.entra.claims_for(&spec);
+    claims["ver"] = json!("2.0");
+    let token = sign_with(&app, &claims);
+    assert_refused(&app, &token, 401, "invalid-token", "version (ver)").await;
+    assert_eq!(
+        app.metric("sync_gateway_token_refusals_total{cause=\"version_mismatch\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn an_unsigned_alg_none_token_is_refused() {
     let app = spawn_app().await;
     let token = unsigned(&json!({"alg": "none", "typ": "JWT"}), &app.claims());
@@ -265,6 +290,39 @@ async fn unknown_key_ids_refresh_at_most_once_per_cooldown() {
         let token = app.sims.entra.sign_with_unpublished_key(&app.claims());
         assert_eq!(app.post_sync(&token).await.status(), 401);
     }
+    assert_eq!(app.sims.entra.jwks_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn a_storm_of_random_key_ids_delays_a_newly_published_key_by_the_new_kid_interval_only() {
+    let app = spawn_app_with(Setup::default().set("callers.new_kid_refresh_seconds", "1")).await;
+    let before = app.sims.entra.jwks_requests();
+    for _ in 0..20 {
+        let token = app.sims.entra.sign_with_unpublished_key(&app.claims());
+        assert_eq!(app.post_sync(&token).await.status(), 401);
+    }
+    assert_eq!(app.sims.entra.jwks_requests(), before + 1);
+    assert_eq!(
+        app.metric("sync_gateway_token_refusals_total{cause=\"unknown_key\"}")
+            .await,
+        20.0
+    );
+    app.sims.entra.rotate_keys();
+    // Past the interval (not the 300 s cooldown) the new key's first token refreshes once.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    assert_eq!(app.sims.entra.jwks_requests(), before + 2);
+}
+
+#[tokio::test]
+async fn a_key_id_a_fresh_key_set_lacked_refreshes_no_more_than_once_per_cooldown() {
+    let app = spawn_app_with(Setup::default().set("callers.new_kid_refresh_seconds", "1")).await;
+    let before = app.sims.entra.jwks_requests();
+    let token = app.sims.entra.sign_with_unpublished_key(&app.claims());
+    assert_eq!(app.post_sync(&token).await.status(), 401);
+    assert_eq!(app.sims.entra.jwks_requests(), before + 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.post_sync(&token).await.status(), 401);
     assert_eq!(app.sims.entra.jwks_requests(), before + 1);
 }
 
