@@ -11,6 +11,7 @@ use super::event::AdminEvent;
 use super::sink::{AuditSink, Batch, Opened};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,10 @@ pub struct FileSink {
     device: bool,
     created: SystemTime,
     last_number: u64,
+    /// Device and inode of the open active file: the path must still name it before every
+    /// commit and rotation, or records would go to a file nobody can find (or rotation would
+    /// rename whatever replaced it).
+    identity: Option<(u64, u64)>,
 }
 
 impl FileSink {
@@ -60,6 +65,28 @@ impl FileSink {
             device: false,
             created: SystemTime::now(),
             last_number: 0,
+            identity: None,
+        }
+    }
+
+    /// Fails unless `audit.path` still names the file this sink has open. Costs one `stat`
+    /// per group commit.
+    fn check_path_is_ours(&self) -> io::Result<()> {
+        let Some(ours) = self.identity else {
+            return Ok(());
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == ours => Ok(()),
+            Ok(m) => Err(io::Error::other(format!(
+                "{} was replaced by {} while the gateway was writing it; refusing to write or rotate until the path names the gateway's audit file again (move it back, or restart the gateway)",
+                self.path.display(),
+                kind_of(&m)
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::other(format!(
+                "{} was removed while the gateway was writing it; refusing to write or rotate until the file is back (or the gateway restarts)",
+                self.path.display()
+            ))),
+            Err(e) => Err(e),
         }
     }
 
@@ -71,6 +98,20 @@ impl FileSink {
 
     fn open_active(&mut self) -> io::Result<()> {
         let existed = self.path.exists();
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            // A regular file, or a character device such as /dev/full in tests; never a
+            // directory (rotation would rename it) or a FIFO (an append could block forever).
+            if !m.is_file() && !m.file_type().is_char_device() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "audit.path {} is {}, not a regular file",
+                        self.path.display(),
+                        kind_of(&m)
+                    ),
+                ));
+            }
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -78,6 +119,7 @@ impl FileSink {
             .open(&self.path)?;
         let meta = file.metadata()?;
         self.device = !meta.is_file();
+        self.identity = (!self.device).then(|| (meta.dev(), meta.ino()));
         self.good_len = if self.device { 0 } else { meta.len() };
         self.created = if existed {
             meta.created()
@@ -94,6 +136,7 @@ impl FileSink {
     }
 
     fn rotate(&mut self) -> io::Result<PathBuf> {
+        self.check_path_is_ours()?;
         self.file()?.sync_all()?;
         let number = self.last_number + 1;
         let target = numbered(&self.path, number);
@@ -211,6 +254,7 @@ impl AuditSink for FileSink {
     }
 
     fn commit(&mut self, batch: &Batch<'_>) -> io::Result<()> {
+        self.check_path_is_ours()?;
         let file = self.file()?;
         file.write_all(batch.buf)?;
         match file.sync_data() {
@@ -229,6 +273,7 @@ impl AuditSink for FileSink {
         if self.file.is_none() {
             self.open_active()?;
         }
+        self.check_path_is_ours()?;
         let good = self.good_len;
         let file = self.file()?;
         // Cut whatever part of the failed commit landed: those records were never confirmed.
@@ -251,6 +296,22 @@ impl AuditSink for FileSink {
         }
         self.rotate()?;
         Ok(self.apply_retention()?.into_iter().collect())
+    }
+}
+
+/// What a path names, for an error message.
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "another file"
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_cli;
+mod audit_path;
 mod callers;
 mod cli;
 mod client_auth;
