@@ -462,6 +462,34 @@ fn build(err: &GatewayError, audit_id: Uuid, run: Option<&crate::runs::Run>) -> 
 mod tests {
     use super::*;
 
+    /// Every kind `GatewayError::kind` can return, read from its own source text, so a new
+    /// variant cannot be forgotten here.
+    fn kinds_in_source() -> Vec<String> {
+        let src = include_str!("problem.rs");
+        let start = src.find("pub fn kind(&self)").unwrap();
+        let end = start + src[start..].find("pub fn status(&self)").unwrap();
+        src[start..end]
+            .split("=> \"")
+            .skip(1)
+            .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_type_is_in_the_readmes_error_table() {
+        let readme = include_str!("../README.md");
+        let kinds = kinds_in_source();
+        assert!(kinds.len() >= 26, "{kinds:?}");
+        for kind in kinds {
+            let row = format!("| `{kind}`");
+            let in_shared_row = format!(" / `{kind}` |");
+            assert!(
+                readme.contains(&row) || readme.contains(&in_shared_row),
+                "README.md's error table has no row for `{kind}`"
+            );
+        }
+    }
+
     #[test]
     fn a_challenge_description_cannot_break_out_of_its_quotes() {
         let e = GatewayError::InvalidToken(TokenRejection::new("malformed", "bad \"x\"\r\n"));
