@@ -1,12 +1,14 @@
 //! sync-gateway: a gateway in front of Microsoft Graph's Windows Autopilot sync action.
 //!
 //! See `ARCHITECTURE.md` for the map. The request lifecycle reads top to bottom in
-//! [`pipeline`]; each step is one module with one job.
+//! [`pipeline`]; each step is one module with one job. The simulators (`sim`) and the `dev`
+//! command exist only with the default `sim` feature; a production build leaves them out.
 
 pub mod audit;
 pub mod caller;
 pub mod config;
 pub mod credentials;
+#[cfg(feature = "sim")]
 pub mod dev;
 pub mod limits;
 pub mod metrics;
@@ -16,6 +18,7 @@ pub mod problem;
 pub mod runs;
 pub mod secret;
 pub mod server;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod telemetry;
 pub mod upstream;

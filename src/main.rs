@@ -1,7 +1,6 @@
 //! The `sync-gateway` command line: `serve`, `dev`, `check-config`, `login`, `audit`.
 
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use sync_gateway::credentials::service_identity::{login, RealTime};
@@ -36,10 +35,11 @@ enum Command {
     },
     /// Start a simulated Entra ID, a simulated Graph and the gateway on loopback, and print a
     /// ready caller token with the curl line that triggers a sync.
+    #[cfg(feature = "sim")]
     Dev {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// The audit file.
         #[arg(long, default_value = "dev-audit.jsonl")]
         audit_path: PathBuf,
@@ -168,6 +168,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Audit(cmd) => audit_command(cmd),
+        #[cfg(feature = "sim")]
         Command::Dev {
             listen,
             audit_path,
