@@ -19,7 +19,7 @@
 //! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
-use crate::audit::{AuditEvent, AuditLog, RequestRecord, UpstreamSummary};
+use crate::audit::{AuditEvent, AuditLog, OutcomeWrite, RequestRecord, UpstreamSummary};
 use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
@@ -27,9 +27,9 @@ use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
-use crate::runs::{Actor, Run, RunState};
+use crate::runs::{Actor, Run, RunCell, RunState};
 use crate::upstream::{AutopilotSettings, Graph};
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,7 @@ struct SyncRequest {
 
 struct Accepted {
     run: Run,
+    cell: Arc<RunCell>,
     limit: RateLimitStatus,
 }
 
@@ -96,7 +97,74 @@ pub async fn post_sync(
         gw.runs.policy().action,
         req.peer_addr().map(|a| a.ip()),
     );
-    let outcome = sync(&gw, &req, body, &mut record).await;
+    let mut outcome = sync(&gw, &req, body, &mut record).await;
+    let status = match &outcome {
+        Ok(_) => StatusCode::ACCEPTED,
+        Err((e, _)) => e.status(),
+    };
+    record.status = status.as_u16();
+    record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    let (id, code, run_id, duration_ms) =
+        (record.id, record.code, record.run_id, record.duration_ms);
+    let status = record.status;
+    // The run this request joined, if Graph may have acted (or still may) for it: then the
+    // request's record is an outcome that must reach the trail, late if need be.
+    let acted = match &outcome {
+        Ok(a) => Some(a.run.clone()),
+        Err((_, Some(run))) => Some(run.clone()),
+        Err((_, None)) => None,
+    }
+    .filter(Run::may_have_acted);
+    // Invariant: the caller's record is durable before the caller gets an answer.
+    let event = AuditEvent::Request(record);
+    let refused = match &acted {
+        None => gw.audit.append(&event).await.err().map(|e| (e, None)),
+        Some(run) => match gw.audit.append_outcome(&event).await {
+            OutcomeWrite::Durable(_) => None,
+            OutcomeWrite::Queued { error, .. } => Some((error, Some((run, true)))),
+            OutcomeWrite::Lost(error) => Some((error, Some((run, false)))),
+        },
+    };
+    if let Some((e, joined)) = refused {
+        tracing::error!(audit_id = %id, error = %e, run = ?run_id, kept = joined.is_some_and(|(_, k)| k),
+            "the request's audit record could not be made durable");
+        return match joined {
+            // The run may have acted: the answer names it so the caller can check it.
+            Some((run, kept)) => {
+                let detail = if kept {
+                    "the request joined a run that may have acted, but its record could not be made durable yet (it is written, marked late, once the audit trail recovers); check the run before retrying"
+                } else {
+                    "the request joined a run that may have acted, but its record could not be made durable; check the run before retrying"
+                };
+                let mut run = run.clone();
+                if let Some(cell) = gw.runs.get(run.id) {
+                    run.outcome_record = cell.outcome_record();
+                }
+                problem::respond_for_run(
+                    &GatewayError::AuditUnavailable(detail.into()),
+                    Some(id),
+                    &run,
+                )
+            }
+            None => problem::respond(
+                &GatewayError::AuditUnavailable(
+                    "the request could not be recorded durably, so it was not carried out".into(),
+                ),
+                Some(id),
+            ),
+        };
+    }
+    // The run's own outcome record was written alongside this one: show where it stands now.
+    match &mut outcome {
+        Ok(a) => a.run.outcome_record = a.cell.outcome_record(),
+        Err((_, Some(run))) => {
+            if let Some(cell) = gw.runs.get(run.id) {
+                run.outcome_record = cell.outcome_record();
+            }
+        }
+        Err((_, None)) => {}
+    }
     let response = match &outcome {
         Ok(accepted) => {
             let mut r = HttpResponse::Accepted();
@@ -105,31 +173,9 @@ pub async fn post_sync(
             crate::limits::insert_headers(&mut r, &accepted.limit);
             r.json(&accepted.run)
         }
-        Err((e, Some(run))) => problem::respond_for_run(e, Some(record.id), run),
-        Err((e, None)) => problem::respond(e, Some(record.id)),
+        Err((e, Some(run))) => problem::respond_for_run(e, Some(id), run),
+        Err((e, None)) => problem::respond(e, Some(id)),
     };
-    record.status = response.status().as_u16();
-    record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    let (id, status, code, run_id, duration_ms) = (
-        record.id,
-        record.status,
-        record.code,
-        record.run_id,
-        record.duration_ms,
-    );
-    // Invariant: the caller's record is durable before the caller gets an answer.
-    if let Err(e) = gw.audit.append(&AuditEvent::Request(record)).await {
-        let joined = run_id.is_some();
-        tracing::error!(audit_id = %id, error = %e, joined_run = joined,
-            "the request's audit record could not be made durable");
-        let detail = if joined {
-            "the request joined a run but could not be recorded durably; check the run before retrying"
-        } else {
-            "the request could not be recorded durably, so it was not carried out"
-        };
-        return problem::respond(&GatewayError::AuditUnavailable(detail.into()), Some(id));
-    }
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {
@@ -212,7 +258,7 @@ async fn sync(
         let failure = cell.failure().unwrap_or(GatewayError::Internal);
         return Err((failure, Some(run)));
     }
-    Ok(Accepted { run, limit })
+    Ok(Accepted { run, cell, limit })
 }
 
 /// Step 1 for every entrance: the bearer token's caller.
