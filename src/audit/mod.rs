@@ -525,10 +525,14 @@ mod tests {
         assert!(!log.is_healthy());
     }
 
-    /// A sink in memory that fails every commit while `failing` is set.
+    /// A sink in memory that fails every commit while `failing` is set; with `lose_answer`
+    /// set, the next commit lands but reports a failure (a transaction whose answer was lost),
+    /// and, like PostgreSQL, recovery says where the chain really stands.
     struct Flaky {
         failing: Arc<AtomicBool>,
+        lose_answer: Arc<AtomicBool>,
         lines: Arc<std::sync::Mutex<Vec<Value>>>,
+        tail: Tail,
     }
 
     impl AuditSink for Flaky {
@@ -547,35 +551,51 @@ mod tests {
                 return Err(io::Error::from_raw_os_error(28));
             }
             let mut lines = self.lines.lock().unwrap();
-            for l in batch.lines() {
+            for (i, l) in batch.lines().enumerate() {
                 lines.push(serde_json::from_slice(l).unwrap());
+                self.tail = Tail {
+                    seq: batch.first_seq + i as u64,
+                    hash: chain::hash(l),
+                };
+            }
+            if self.lose_answer.swap(false, Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(110));
             }
             Ok(())
         }
         fn recover(&mut self) -> io::Result<Option<Tail>> {
-            Ok(None)
+            Ok(Some(self.tail))
         }
     }
 
+    type Lines = Arc<std::sync::Mutex<Vec<Value>>>;
+
     /// A trail on a [`Flaky`] sink keeping at most `late_capacity` outcome records, failing.
-    fn flaky(
+    fn flaky(late_capacity: usize) -> (AuditLog, Arc<AtomicBool>, Lines) {
+        let (log, failing, _, lines) = flaky_with(late_capacity, false);
+        (log, failing, lines)
+    }
+
+    /// [`flaky`]; with `lose_answer`, not failing but losing the answer of the first commit.
+    fn flaky_with(
         late_capacity: usize,
-    ) -> (AuditLog, Arc<AtomicBool>, Arc<std::sync::Mutex<Vec<Value>>>) {
-        let failing = Arc::new(AtomicBool::new(true));
+        lose_answer: bool,
+    ) -> (AuditLog, Arc<AtomicBool>, Arc<AtomicBool>, Lines) {
+        let failing = Arc::new(AtomicBool::new(!lose_answer));
+        let lose_answer = Arc::new(AtomicBool::new(lose_answer));
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Flaky {
             failing: failing.clone(),
+            lose_answer: lose_answer.clone(),
             lines: lines.clone(),
+            tail: Tail::EMPTY,
         };
         let opts = AuditOptions {
             late_capacity,
             ..AuditOptions::new(Duration::from_millis(100))
         };
-        (
-            AuditLog::start(Box::new(sink), opts).unwrap(),
-            failing,
-            lines,
-        )
+        let log = AuditLog::start(Box::new(sink), opts).unwrap();
+        (log, failing, lose_answer, lines)
     }
 
     fn record_with(id: Uuid) -> AuditEvent {
@@ -643,6 +663,28 @@ mod tests {
             lines[3].get("late").is_none(),
             "a record in time is not marked"
         );
+    }
+
+    #[tokio::test]
+    async fn an_outcome_record_whose_failed_commit_landed_after_all_is_not_written_twice() {
+        let (log, _, _, lines) = flaky_with(16, true);
+        let id = Uuid::now_v7();
+        let landed = queued(log.append_outcome(&record_with(id)).await);
+        let at = landed.wait().await.unwrap();
+        assert_eq!(
+            at,
+            Landed {
+                seq: 1,
+                late: false
+            }
+        );
+        // A later record follows the recovery's commit, which would have repeated it.
+        log.append_value(serde_json::json!({"v": 1, "kind": "x"}))
+            .await
+            .unwrap();
+        let lines = lines.lock().unwrap();
+        let copies = lines.iter().filter(|l| l["id"] == id.to_string()).count();
+        assert_eq!(copies, 1, "{lines:?}");
     }
 
     #[tokio::test]

@@ -55,6 +55,10 @@ pub struct Landed {
 struct Late {
     body: Vec<u8>,
     landed: Option<oneshot::Sender<Result<Landed, AuditError>>>,
+    /// Where it was in the last commit, which failed but may have landed all the same (a
+    /// transaction whose answer was lost): if the sink's recovery says it did, it is not
+    /// written twice.
+    doubt: Option<Landed>,
 }
 
 /// What the writer is told.
@@ -162,6 +166,7 @@ pub(super) fn run(
                 gave_up.push(Late {
                     body: std::mem::take(&mut p.body),
                     landed: Some(landed),
+                    doubt: None,
                 });
             }
             false
@@ -183,13 +188,16 @@ pub(super) fn run(
         if work || failing.is_some() {
             if let Some(f) = &mut failing {
                 match sink.recover() {
-                    Ok(Some(t)) => tail = t,
+                    Ok(Some(t)) => {
+                        settle_in_doubt(&mut late, t.seq, &shared);
+                        tail = t;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         if work {
                             f.commits += 1;
                         }
-                        fail(&mut batch, &mut late, opts.late_capacity, &shared, &e);
+                        fail(&mut batch, &mut late, None, opts.late_capacity, &shared, &e);
                         if stopping.is_some() {
                             break;
                         }
@@ -324,7 +332,21 @@ pub(super) fn run(
                             commits: 0,
                         })
                         .commits += 1;
-                    fail(&mut batch, &mut late, opts.late_capacity, &shared, &e);
+                    for (i, l) in late.iter_mut().enumerate() {
+                        l.doubt = Some(Landed {
+                            seq: first_late_seq + i as u64,
+                            late: true,
+                        });
+                    }
+                    let in_commit = Some(first_record_seq);
+                    fail(
+                        &mut batch,
+                        &mut late,
+                        in_commit,
+                        opts.late_capacity,
+                        &shared,
+                        &e,
+                    );
                 }
             }
         }
@@ -350,25 +372,46 @@ pub(super) fn run(
 }
 
 /// Refuses every record of a failed commit; outcome records are kept to be written late.
+/// `first_seq` is the first record's `seq` in the commit that failed, if it was attempted.
 fn fail(
     batch: &mut Vec<Pending>,
     late: &mut VecDeque<Late>,
+    first_seq: Option<u64>,
     capacity: usize,
     shared: &Shared,
     e: &std::io::Error,
 ) {
     shared.healthy.store(false, Ordering::Relaxed);
     shared.metrics.healthy.set(0);
-    for p in batch.drain(..) {
+    for (i, p) in batch.drain(..).enumerate() {
         let _ = p.done.send(Err(AuditError::Io(format!("{:?}", e.kind()))));
         if let Some(landed) = p.landed {
             let l = Late {
                 body: p.body,
                 landed: Some(landed),
+                doubt: first_seq.map(|s| Landed {
+                    seq: s + i as u64,
+                    late: false,
+                }),
             };
             keep_late(late, l, capacity, shared);
         }
     }
+}
+
+/// After a failed commit, the sink's recovery found the chain at `seq`: the kept records that
+/// were in that commit at or before it landed after all, so they are done, not written again.
+fn settle_in_doubt(late: &mut VecDeque<Late>, seq: u64, shared: &Shared) {
+    late.retain_mut(|l| match l.doubt.take() {
+        Some(d) if d.seq <= seq => {
+            if let Some(landed) = l.landed.take() {
+                let _ = landed.send(Ok(d));
+            }
+            false
+        }
+        _ => true,
+    });
+    shared.metrics.late_pending.set(late.len() as i64);
 }
 
 /// Queues an outcome record to be written late, unless `capacity` are already waiting: then
