@@ -111,14 +111,14 @@ pub async fn post_sync(
     // The run this request joined, if Graph may have acted (or still may) for it: then the
     // request's record is an outcome that must reach the trail, late if need be.
     let acted = match &outcome {
-        Ok(a) => Some(a.run.clone()),
-        Err((_, Some(run))) => Some(run.clone()),
+        Ok(a) => Some(&a.run),
+        Err((_, Some(run))) => Some(run),
         Err((_, None)) => None,
     }
-    .filter(Run::may_have_acted);
+    .filter(|run| run.may_have_acted());
     // Invariant: the caller's record is durable before the caller gets an answer.
     let event = AuditEvent::Request(record);
-    let refused = match &acted {
+    let refused = match acted {
         None => gw.audit.append(&event).await.err().map(|e| (e, None)),
         Some(run) => match gw.audit.append_outcome(&event).await {
             OutcomeWrite::Durable(_) => None,

@@ -264,9 +264,15 @@ impl AuditLog {
     /// once the trail recovers. Never use it for a record that must be durable *before*
     /// something happens (a pre-call `run` record): those fail closed with [`Self::append`].
     pub async fn append_outcome(&self, event: &AuditEvent) -> OutcomeWrite {
-        let body = match serde_json::to_value(event) {
-            Ok(mut value) => self.prepare(&mut value),
-            Err(e) => Err(AuditError::Invalid(e.to_string())),
+        let body = if self.hasher.is_some() {
+            // Hashing works on the value form.
+            match serde_json::to_value(event) {
+                Ok(mut value) => self.prepare(&mut value),
+                Err(e) => Err(AuditError::Invalid(e.to_string())),
+            }
+        } else {
+            // Every accepted request goes this way: straight to bytes, as in `append`.
+            serde_json::to_vec(event).map_err(|e| AuditError::Invalid(e.to_string()))
         };
         let body = match body {
             Ok(b) => b,
