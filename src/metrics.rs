@@ -98,6 +98,10 @@ pub struct AuditMetrics {
     pub copy_failures: Counter,
     /// 1 while the trail accepts records, 0 while it refuses them.
     pub healthy: Gauge,
+    /// Outcome records waiting for the trail to recover, to be written marked `late`.
+    pub late_pending: Gauge,
+    /// Outcome records dropped because the late queue was full.
+    pub late_dropped: Counter,
     /// Seconds one group commit took.
     pub commit_seconds: Histogram,
 }
@@ -114,6 +118,8 @@ impl Default for AuditMetrics {
             rotations: Counter::default(),
             copy_failures: Counter::default(),
             healthy: Gauge::default(),
+            late_pending: Gauge::default(),
+            late_dropped: Counter::default(),
             // 50 µs .. ~3 s
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 3.0, 11)),
         }
@@ -166,6 +172,16 @@ impl AuditMetrics {
             "audit_healthy",
             "1 while the audit trail accepts records, 0 while requests are refused",
             self.healthy.clone(),
+        );
+        r.register(
+            "audit_late_pending",
+            "Outcome records (a run's finish, a joined request) waiting for the audit trail to recover",
+            self.late_pending.clone(),
+        );
+        r.register(
+            "audit_late_dropped",
+            "Outcome records dropped because too many were waiting for the audit trail to recover",
+            self.late_dropped.clone(),
         );
         r.register_with_unit(
             "audit_commit",

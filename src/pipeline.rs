@@ -19,7 +19,7 @@
 //! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
-use crate::audit::{AuditEvent, AuditLog, RequestRecord, UpstreamSummary};
+use crate::audit::{AuditEvent, AuditLog, OutcomeWrite, RequestRecord, UpstreamSummary};
 use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
@@ -27,9 +27,9 @@ use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
-use crate::runs::{Actor, Run, RunState};
+use crate::runs::{Actor, Run, RunCell, RunState};
 use crate::upstream::{AutopilotSettings, Graph};
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,7 @@ struct SyncRequest {
 
 struct Accepted {
     run: Run,
+    cell: Arc<RunCell>,
     limit: RateLimitStatus,
 }
 
@@ -91,8 +92,35 @@ pub async fn post_sync(
 ) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync");
-    let outcome = sync(&gw, &req, body, &mut record).await;
-    let response = match &outcome {
+    let mut outcome = sync(&gw, &req, body, &mut record).await;
+    let status = match &outcome {
+        Ok(_) => StatusCode::ACCEPTED,
+        Err((e, _)) => e.status(),
+    };
+    record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
+    // The run this request joined, if Graph may have acted (or still may) for it: then the
+    // request's record is an outcome that must reach the trail, late if need be.
+    let acted = match &outcome {
+        Ok(a) => Some(&a.run),
+        Err((_, Some(run))) => Some(run),
+        Err((_, None)) => None,
+    }
+    .filter(|run| run.may_have_acted());
+    let id = record.id;
+    if let Err(refusal) = record_durably(&gw, record, started, status, acted).await {
+        return refusal;
+    }
+    // The run's own outcome record was written alongside this one: show where it stands now.
+    match &mut outcome {
+        Ok(a) => a.run.outcome_record = a.cell.outcome_record(),
+        Err((_, Some(run))) => {
+            if let Some(cell) = gw.runs.get(run.id) {
+                run.outcome_record = cell.outcome_record();
+            }
+        }
+        Err((_, None)) => {}
+    }
+    match &outcome {
         Ok(accepted) => {
             let mut r = HttpResponse::Accepted();
             r.insert_header((header::CACHE_CONTROL, "no-store"));
@@ -100,11 +128,9 @@ pub async fn post_sync(
             crate::limits::insert_headers(&mut r, &accepted.limit);
             r.json(&accepted.run)
         }
-        Err((e, Some(run))) => problem::respond_for_run(e, record.id, run),
-        Err((e, None)) => problem::respond(e, record.id),
-    };
-    record.code = outcome.as_ref().err().map(|(e, _)| e.kind());
-    record_and_answer(&gw, record, started, response).await
+        Err((e, Some(run))) => problem::respond_for_run(e, id, run),
+        Err((e, None)) => problem::respond(e, id),
+    }
 }
 
 /// A request's record as it arrives: id (the `instance` of any problem answer), time, method,
@@ -139,35 +165,81 @@ fn method_name(m: &actix_web::http::Method) -> &'static str {
     }
 }
 
-/// The last step of every audited request: the record, completed from `response`, is made
-/// durable, and only then is `response` answered (invariant 2). When the record cannot be made
-/// durable the caller gets 503 instead.
+/// The last step of the reads (`GET /sync/runs/{id}`, `GET /sync/status`) and of 404/405: the
+/// record, completed from `response`, is written before `response` is answered. Unlike a sync
+/// request, nothing was done, so when the record cannot be made durable the answer still goes
+/// out (during an audit outage a caller most needs to check its run); the record is then lost,
+/// which the log line and the audit failure counters say.
 async fn record_and_answer(
     gw: &Gateway,
-    mut record: RequestRecord,
+    record: RequestRecord,
     started: Instant,
     response: HttpResponse,
 ) -> HttpResponse {
-    record.status = response.status().as_u16();
+    let id = record.id;
+    if record_durably(gw, record, started, response.status(), None)
+        .await
+        .is_err()
+    {
+        tracing::warn!(audit_id = %id, "a read was answered although its audit record was lost");
+    }
+    response
+}
+
+/// Invariant 2: makes the request's record (answered with `status`) durable, or says with what
+/// 503 the caller must be answered instead. `acted` is the run the request joined when Graph
+/// may have acted for it: then the record is an outcome, kept and written late if the trail
+/// cannot take it now, and the 503 names the run so the caller can check it.
+async fn record_durably(
+    gw: &Gateway,
+    mut record: RequestRecord,
+    started: Instant,
+    status: StatusCode,
+    acted: Option<&Run>,
+) -> Result<(), HttpResponse> {
+    record.status = status.as_u16();
     record.duration_ms = started.elapsed().as_millis() as u64;
-    let (id, status, code, run_id, duration_ms, route) = (
+    let (id, code, run_id, duration_ms, route) = (
         record.id,
-        record.status,
         record.code,
         record.run_id,
         record.duration_ms,
         record.route.unwrap_or(""),
     );
-    if let Err(e) = gw.audit.append(&AuditEvent::Request(record)).await {
-        let joined = run_id.is_some();
-        tracing::error!(audit_id = %id, error = %e, joined_run = joined,
+    let status = record.status;
+    let event = AuditEvent::Request(record);
+    let refused = match acted {
+        None => gw.audit.append(&event).await.err().map(|e| (e, None)),
+        Some(run) => match gw.audit.append_outcome(&event).await {
+            OutcomeWrite::Durable(_) => None,
+            OutcomeWrite::Queued { error, .. } => Some((error, Some((run, true)))),
+            OutcomeWrite::Lost(error) => Some((error, Some((run, false)))),
+        },
+    };
+    if let Some((e, joined)) = refused {
+        tracing::error!(audit_id = %id, error = %e, run = ?run_id, kept = joined.is_some_and(|(_, k)| k),
             "the request's audit record could not be made durable");
-        let detail = if joined {
-            "the request joined a run but could not be recorded durably; check the run before retrying"
-        } else {
-            "the request could not be recorded durably, so it was not carried out"
-        };
-        return problem::respond(&GatewayError::AuditUnavailable(detail.into()), id);
+        return Err(match joined {
+            // The run may have acted: the answer names it so the caller can check it.
+            Some((run, kept)) => {
+                let detail = if kept {
+                    "the request joined a run that may have acted, but its record could not be made durable yet (it is written, marked late, once the audit trail recovers); check the run before retrying"
+                } else {
+                    "the request joined a run that may have acted, but its record could not be made durable; check the run before retrying"
+                };
+                let mut run = run.clone();
+                if let Some(cell) = gw.runs.get(run.id) {
+                    run.outcome_record = cell.outcome_record();
+                }
+                problem::respond_for_run(&GatewayError::AuditUnavailable(detail.into()), id, &run)
+            }
+            None => problem::respond(
+                &GatewayError::AuditUnavailable(
+                    "the request could not be recorded durably, so it was not carried out".into(),
+                ),
+                id,
+            ),
+        });
     }
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
@@ -177,7 +249,7 @@ async fn record_and_answer(
         tracing::info!(audit_id = %id, route, status, code = code.unwrap_or(""), run = ?run_id,
             duration_ms, "sync request");
     }
-    response
+    Ok(())
 }
 
 /// Answers a path the gateway does not serve: 404, audited.
@@ -279,7 +351,7 @@ async fn sync(
         let failure = cell.failure().unwrap_or(GatewayError::Internal);
         return Err((failure, Some(run)));
     }
-    Ok(Accepted { run, limit })
+    Ok(Accepted { run, cell, limit })
 }
 
 /// Step 1 for every entrance: the bearer token's caller.

@@ -118,8 +118,9 @@ pub enum AdminEvent {
         failed_commits: u64,
     },
     /// Records became durable only after their callers had given up waiting (a commit that
-    /// outlived `audit.write_timeout_ms`): those requests were answered 503 and nothing was
-    /// sent upstream for them, whatever the records say.
+    /// outlived `audit.write_timeout_ms`): those requests were answered 503, and for pre-call
+    /// records nothing was sent upstream, whatever the records say (an outcome record among
+    /// them still tells what had already happened).
     LateCommit {
         /// The `seq`s of those records.
         seqs: Vec<u64>,

@@ -8,6 +8,10 @@
 //! running longer than that bound (a hung disk), appends are refused at once instead of each
 //! waiting out the bound.
 //!
+//! Outcome records — what already happened upstream, which must not be lost — go through
+//! [`AuditLog::append_outcome`]: one that cannot be made durable in time is kept (bounded, in
+//! order, [`LATE_CAPACITY`]) and written, marked `"late": true`, once the trail recovers.
+//!
 //! The chain, checkpoints, rotation, recovery and sinks know nothing of record kinds: they
 //! take a JSON object and add `seq` and `prev` in the writer, where the order is decided.
 
@@ -42,6 +46,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use writer::{Msg, Pending, Shared, WriterOptions};
+
+pub use writer::Landed;
 
 /// The record format version written into every record.
 pub fn event_format_version() -> u32 {
@@ -88,6 +94,41 @@ impl AuditError {
 /// How many records may wait for the writer; beyond that callers get 503 at once.
 const QUEUE_CAPACITY: usize = 16_384;
 
+/// Outcome records kept at most while the trail cannot take them; beyond that each is dropped,
+/// logged at `error` and counted in `audit_late_dropped_total`. Enough for minutes of a
+/// failed disk at the rate runs finish (at most two live runs per tenant).
+pub const LATE_CAPACITY: usize = 1024;
+
+/// What became of an outcome record ([`AuditLog::append_outcome`]).
+#[derive(Debug)]
+pub enum OutcomeWrite {
+    /// Durable in time, at this `seq`.
+    Durable(u64),
+    /// Not durable in time (`error` says why): the writer keeps it and writes it, marked
+    /// `"late": true`, once the trail recovers; `landed` says when.
+    Queued {
+        /// Why it was not durable in time.
+        error: AuditError,
+        /// Resolves once it is written, or with an error if it was dropped.
+        landed: LateReceipt,
+    },
+    /// Not durable and not kept either (the queues were full, the writer stopped, or the
+    /// record is not valid): it will not be in the trail.
+    Lost(AuditError),
+}
+
+/// Resolves when a kept outcome record is finally written.
+#[derive(Debug)]
+pub struct LateReceipt(oneshot::Receiver<Result<Landed, AuditError>>);
+
+impl LateReceipt {
+    /// Waits until the record is written (`Ok`), or dropped: the late queue was full or the
+    /// writer stopped first (`Err`).
+    pub async fn wait(self) -> Result<Landed, AuditError> {
+        self.0.await.unwrap_or(Err(AuditError::Stopped))
+    }
+}
+
 /// How the trail is written, besides the sink.
 pub struct AuditOptions {
     /// `audit.write_timeout_ms`: the bound on every append.
@@ -104,6 +145,8 @@ pub struct AuditOptions {
     pub stdout_copy: bool,
     /// Where the counters go.
     pub metrics: AuditMetrics,
+    /// Outcome records kept at most while the sink fails ([`LATE_CAPACITY`]).
+    pub late_capacity: usize,
 }
 
 impl AuditOptions {
@@ -117,6 +160,7 @@ impl AuditOptions {
             hasher: None,
             stdout_copy: false,
             metrics: AuditMetrics::default(),
+            late_capacity: LATE_CAPACITY,
         }
     }
 }
@@ -164,6 +208,7 @@ impl AuditLog {
             checkpoint_every_records: opts.checkpoint_every_records.max(1),
             checkpoint_every: opts.checkpoint_every,
             stdout_copy: opts.stdout_copy,
+            late_capacity: opts.late_capacity,
         };
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let s = shared.clone();
@@ -212,6 +257,64 @@ impl AuditLog {
         self.note_refusal(result).map(|_| ())
     }
 
+    /// Appends an outcome record: one that describes what already happened upstream (a run's
+    /// `finished` after Graph was called, the `request` record of a request whose run may have
+    /// acted), so it must not be lost. Waits at most the write timeout, like [`Self::append`];
+    /// if the record is not durable by then it is kept and written, marked `"late": true`,
+    /// once the trail recovers. Never use it for a record that must be durable *before*
+    /// something happens (a pre-call `run` record): those fail closed with [`Self::append`].
+    pub async fn append_outcome(&self, event: &AuditEvent) -> OutcomeWrite {
+        let body = if self.hasher.is_some() {
+            // Hashing works on the value form.
+            match serde_json::to_value(event) {
+                Ok(mut value) => self.prepare(&mut value),
+                Err(e) => Err(AuditError::Invalid(e.to_string())),
+            }
+        } else {
+            // Every accepted request goes this way: straight to bytes, as in `append`.
+            serde_json::to_vec(event).map_err(|e| AuditError::Invalid(e.to_string()))
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => return OutcomeWrite::Lost(self.refused_outcome(e)),
+        };
+        // Checked before offering: the record itself must still be offered, to be kept.
+        let stalled = self.stalled();
+        let (done, confirmed) = oneshot::channel();
+        let (landed_tx, landed) = oneshot::channel();
+        let pending = Pending {
+            body,
+            done,
+            landed: Some(landed_tx),
+        };
+        if let Err(e) = writer::offer(&self.tx, pending) {
+            return OutcomeWrite::Lost(self.refused_outcome(e));
+        }
+        let result = if stalled {
+            // Dropping `confirmed` tells the writer nobody waits: it keeps the record as late.
+            Err(AuditError::Stalled)
+        } else {
+            match tokio::time::timeout(self.timeout, confirmed).await {
+                Err(_) => Err(AuditError::Timeout),
+                Ok(Err(_)) => Err(AuditError::Stopped),
+                Ok(Ok(r)) => r,
+            }
+        };
+        match result {
+            Ok(seq) => OutcomeWrite::Durable(seq),
+            Err(e) => OutcomeWrite::Queued {
+                error: self.refused_outcome(e),
+                landed: LateReceipt(landed),
+            },
+        }
+    }
+
+    /// Counts an outcome record that was not durable in time.
+    fn refused_outcome(&self, e: AuditError) -> AuditError {
+        self.shared.metrics.refused(e.kind());
+        e
+    }
+
     /// Records an admin event (start, stop, key rotation, identity login, ...) and waits until
     /// it is durable.
     pub async fn admin(&self, event: AdminEvent) -> Result<(), AuditError> {
@@ -258,7 +361,14 @@ impl AuditLog {
             return Err(AuditError::Stalled);
         }
         let (done, confirmed) = oneshot::channel();
-        writer::offer(&self.tx, Pending { body, done })?;
+        writer::offer(
+            &self.tx,
+            Pending {
+                body,
+                done,
+                landed: None,
+            },
+        )?;
         match tokio::time::timeout(self.timeout, confirmed).await {
             Err(_) => Err(AuditError::Timeout),
             Ok(Err(_)) => Err(AuditError::Stopped),
@@ -367,6 +477,7 @@ pub async fn open_configured(
             .map(|k| ValueHasher::new(k.expose().as_bytes())),
         stdout_copy: c.stdout_copy(),
         metrics,
+        late_capacity: LATE_CAPACITY,
     };
     // Opening may block for a while (connect, migrate, read the tail): not on the runtime.
     match tokio::task::spawn_blocking(move || AuditLog::start(sink, opts)).await {
@@ -418,6 +529,168 @@ mod tests {
             Err(AuditError::Io(_))
         ));
         assert!(!log.is_healthy());
+    }
+
+    /// A sink in memory that fails every commit while `failing` is set; with `lose_answer`
+    /// set, the next commit lands but reports a failure (a transaction whose answer was lost),
+    /// and, like PostgreSQL, recovery says where the chain really stands.
+    struct Flaky {
+        failing: Arc<AtomicBool>,
+        lose_answer: Arc<AtomicBool>,
+        lines: Arc<std::sync::Mutex<Vec<Value>>>,
+        tail: Tail,
+    }
+
+    impl AuditSink for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn open(&mut self) -> io::Result<Opened> {
+            Ok(Opened {
+                tail: Tail::EMPTY,
+                last_line: None,
+                notes: Vec::new(),
+            })
+        }
+        fn commit(&mut self, batch: &Batch<'_>) -> io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let mut lines = self.lines.lock().unwrap();
+            for (i, l) in batch.lines().enumerate() {
+                lines.push(serde_json::from_slice(l).unwrap());
+                self.tail = Tail {
+                    seq: batch.first_seq + i as u64,
+                    hash: chain::hash(l),
+                };
+            }
+            if self.lose_answer.swap(false, Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(110));
+            }
+            Ok(())
+        }
+        fn recover(&mut self) -> io::Result<Option<Tail>> {
+            Ok(Some(self.tail))
+        }
+    }
+
+    type Lines = Arc<std::sync::Mutex<Vec<Value>>>;
+
+    /// A trail on a [`Flaky`] sink keeping at most `late_capacity` outcome records, failing.
+    fn flaky(late_capacity: usize) -> (AuditLog, Arc<AtomicBool>, Lines) {
+        let (log, failing, _, lines) = flaky_with(late_capacity, false);
+        (log, failing, lines)
+    }
+
+    /// [`flaky`]; with `lose_answer`, not failing but losing the answer of the first commit.
+    fn flaky_with(
+        late_capacity: usize,
+        lose_answer: bool,
+    ) -> (AuditLog, Arc<AtomicBool>, Arc<AtomicBool>, Lines) {
+        let failing = Arc::new(AtomicBool::new(!lose_answer));
+        let lose_answer = Arc::new(AtomicBool::new(lose_answer));
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Flaky {
+            failing: failing.clone(),
+            lose_answer: lose_answer.clone(),
+            lines: lines.clone(),
+            tail: Tail::EMPTY,
+        };
+        let opts = AuditOptions {
+            late_capacity,
+            ..AuditOptions::new(Duration::from_millis(100))
+        };
+        let log = AuditLog::start(Box::new(sink), opts).unwrap();
+        (log, failing, lose_answer, lines)
+    }
+
+    fn record_with(id: Uuid) -> AuditEvent {
+        AuditEvent::Request(RequestRecord::new(id, Utc::now(), "sync", None))
+    }
+
+    fn queued(w: OutcomeWrite) -> LateReceipt {
+        match w {
+            OutcomeWrite::Queued { landed, .. } => landed,
+            other => panic!("not queued: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn outcome_records_beyond_the_late_capacity_are_dropped_and_counted() {
+        let (log, failing, lines) = flaky(2);
+        let first = queued(log.append_outcome(&record_with(Uuid::now_v7())).await);
+        let second = queued(log.append_outcome(&record_with(Uuid::now_v7())).await);
+        let third = queued(log.append_outcome(&record_with(Uuid::now_v7())).await);
+        assert!(matches!(third.wait().await, Err(AuditError::QueueFull)));
+        assert_eq!(log.shared.metrics.late_dropped.get(), 1);
+        assert_eq!(log.shared.metrics.late_pending.get(), 2);
+
+        failing.store(false, Ordering::SeqCst);
+        assert!(first.wait().await.unwrap().late);
+        assert!(second.wait().await.unwrap().late);
+        let late = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["late"] == true)
+            .count();
+        assert_eq!(late, 2, "the two kept, the third never");
+    }
+
+    #[tokio::test]
+    async fn kept_outcome_records_are_written_first_in_order_marked_late_with_their_own_time() {
+        let (log, failing, lines) = flaky(16);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let before = Utc::now();
+        let a_landed = queued(log.append_outcome(&record_with(a)).await);
+        let b_landed = queued(log.append_outcome(&record_with(b)).await);
+
+        failing.store(false, Ordering::SeqCst);
+        let later = log
+            .append_value(serde_json::json!({"v": 1, "kind": "x"}))
+            .await;
+        let (a_seq, b_seq) = (
+            a_landed.wait().await.unwrap(),
+            b_landed.wait().await.unwrap(),
+        );
+        assert!(a_seq.seq < b_seq.seq && b_seq.seq < later.unwrap());
+
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines[0]["event"], "write_failed", "{lines:?}");
+        for (line, id) in lines[1..3].iter().zip([a, b]) {
+            assert_eq!(line["id"], id.to_string());
+            assert_eq!(line["late"], true);
+            let time: chrono::DateTime<Utc> = line["time"].as_str().unwrap().parse().unwrap();
+            let recorded: chrono::DateTime<Utc> =
+                line["recorded_at"].as_str().unwrap().parse().unwrap();
+            assert!(time < before + chrono::TimeDelta::seconds(1) && recorded >= time);
+        }
+        assert!(
+            lines[3].get("late").is_none(),
+            "a record in time is not marked"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outcome_record_whose_failed_commit_landed_after_all_is_not_written_twice() {
+        let (log, _, _, lines) = flaky_with(16, true);
+        let id = Uuid::now_v7();
+        let landed = queued(log.append_outcome(&record_with(id)).await);
+        let at = landed.wait().await.unwrap();
+        assert_eq!(
+            at,
+            Landed {
+                seq: 1,
+                late: false
+            }
+        );
+        // A later record follows the recovery's commit, which would have repeated it.
+        log.append_value(serde_json::json!({"v": 1, "kind": "x"}))
+            .await
+            .unwrap();
+        let lines = lines.lock().unwrap();
+        let copies = lines.iter().filter(|l| l["id"] == id.to_string()).count();
+        assert_eq!(copies, 1, "{lines:?}");
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! altered, missing, out of order or inserted), files missing from the rotation sequence,
 //! checkpoints whose signature does not verify, a torn last line (a crash mid-write: accepted,
 //! since nothing in it was ever acknowledged), and every run that started without a matching
-//! finish (its outcome is unknown). The trail is intact when no problem was found.
+//! finish (its outcome is unknown), and, apart from those, every run whose finish was written
+//! late (marked `"late": true`, after the trail recovered from a failure): its outcome is
+//! known, but was recorded late. The trail is intact when no problem was found.
 
 use super::chain::{hash, hex, CheckpointVerifier, GENESIS};
 use super::file::rotation_number;
@@ -55,6 +57,9 @@ pub struct Report {
     pub torn_tail: Option<Finding>,
     /// Runs that started without a matching finish.
     pub open_runs: Vec<Finding>,
+    /// Runs whose finish (`finished`, `abandoned`, `merged`) was written late, after the trail
+    /// recovered: at that record.
+    pub late_outcomes: Vec<Finding>,
     /// Checkpoints seen, and how many of them verified with a given key.
     pub checkpoints: u64,
     /// Checkpoints whose signature verified.
@@ -66,7 +71,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when no problem was found (a torn tail and open runs are not problems).
+    /// True when no problem was found (a torn tail, open runs and late outcomes are not
+    /// problems).
     pub fn intact(&self) -> bool {
         self.problems.is_empty()
     }
@@ -97,6 +103,9 @@ impl Report {
         }
         for r in &self.open_runs {
             let _ = writeln!(s, "outcome unknown: {r}");
+        }
+        for r in &self.late_outcomes {
+            let _ = writeln!(s, "outcome recorded late: {r}");
         }
         for p in &self.problems {
             let _ = writeln!(s, "BROKEN: {p}");
@@ -138,6 +147,8 @@ struct Head<'a> {
     trail_starts_at_seq: Option<u64>,
     #[serde(default)]
     seqs: Option<Vec<u64>>,
+    #[serde(default)]
+    late: bool,
 }
 
 #[derive(Clone)]
@@ -335,8 +346,16 @@ impl Verifier {
                     self.runs.insert(r.to_string(), (at.clone(), head.seq));
                 }
                 // A merged run's requests continue in another run, which finishes for them.
-                (Some("finished" | "abandoned" | "merged"), Some(r)) => {
-                    self.runs.remove(r.as_ref());
+                (Some(event @ ("finished" | "abandoned" | "merged")), Some(r)) => {
+                    let started = self.runs.remove(r.as_ref());
+                    if let (true, Some((from, _))) = (head.late, started) {
+                        let msg = format!(
+                            "run {r} (started at {}:{}): its {event} record was written late, after the trail recovered",
+                            self.report.sources[from.source], from.line
+                        );
+                        let f = self.finding(&at, msg);
+                        self.report.late_outcomes.push(f);
+                    }
                 }
                 _ => {}
             },
@@ -525,4 +544,56 @@ fn feed_file(v: &mut Verifier, src: usize, path: &Path, last_source: bool) -> io
 /// The hex SHA-256 a line's successor names as its `prev` (for tools and tests).
 pub fn line_hash_hex(line: &[u8]) -> String {
     hex(&hash(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Tail;
+    use serde_json::json;
+
+    /// Verifies `records`, chained in order.
+    fn verify(records: &[serde_json::Value]) -> Report {
+        let mut tail = Tail::EMPTY;
+        let mut v = Verifier::new(VerifyOptions::default());
+        let src = v.source("trail");
+        for (i, r) in records.iter().enumerate() {
+            let line = tail.link(&serde_json::to_vec(r).unwrap());
+            v.line(src, i as u64 + 1, &line, true, true);
+        }
+        v.finish()
+    }
+
+    fn run(id: &str, event: &str) -> serde_json::Value {
+        json!({"v": 1, "kind": "run", "run_id": id, "event": event})
+    }
+
+    #[test]
+    fn a_run_finished_only_by_a_late_record_is_reported_as_outcome_recorded_late() {
+        let mut finished = run("r1", "finished");
+        finished["late"] = json!(true);
+        let report = verify(&[run("r1", "started"), finished]);
+        assert!(report.intact());
+        assert!(report.open_runs.is_empty());
+        assert_eq!(report.late_outcomes.len(), 1);
+        assert_eq!(report.late_outcomes[0].line, 2);
+        let text = report.render();
+        assert!(
+            text.contains("outcome recorded late: trail:2: run r1"),
+            "{text}"
+        );
+        assert!(!text.contains("outcome unknown"), "{text}");
+    }
+
+    #[test]
+    fn a_run_without_a_finish_stays_outcome_unknown_not_late() {
+        let report = verify(&[run("r1", "started"), run("r2", "started"), {
+            let mut f = run("r2", "finished");
+            f["late"] = json!(true);
+            f
+        }]);
+        assert_eq!(report.open_runs.len(), 1);
+        assert!(report.render().contains("outcome unknown: trail:1: run r1"));
+        assert_eq!(report.late_outcomes.len(), 1);
+    }
 }

@@ -5,6 +5,11 @@
 //! The chain only moves forward once a commit succeeded: after a failure the sink cuts the
 //! unconfirmed part and the next batch reuses the same `seq`s, so the trail never holds a
 //! record that was refused to its caller, nor a gap.
+//!
+//! Outcome records (what already happened upstream: a run's `finished`, the `request` record of
+//! a request whose run may have acted) are the one exception: one that could not be made
+//! durable is kept, in order and bounded, and written first by the next commit that works,
+//! marked `"late": true` with its `recorded_at`.
 
 use super::chain::{hex, CheckpointSigner, Tail};
 use super::event::{AdminEvent, AdminRecord, AuditEvent};
@@ -12,6 +17,7 @@ use super::sink::{AuditSink, Batch, Opened};
 use super::AuditError;
 use crate::metrics::AuditMetrics;
 use chrono::{SecondsFormat, Utc};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +36,29 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 pub(super) struct Pending {
     pub body: Vec<u8>,
     pub done: oneshot::Sender<Result<u64, AuditError>>,
+    /// Set for an outcome record: it is kept when it cannot be made durable in time, and this
+    /// says when it finally is (or that it was dropped).
+    pub landed: Option<oneshot::Sender<Result<Landed, AuditError>>>,
+}
+
+/// Where an outcome record ended up once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    /// Its `seq`.
+    pub seq: u64,
+    /// True when it was written from the late queue, marked `"late": true`.
+    pub late: bool,
+}
+
+/// An outcome record that could not be made durable yet: written first, marked late, by the
+/// next commit that works.
+struct Late {
+    body: Vec<u8>,
+    landed: Option<oneshot::Sender<Result<Landed, AuditError>>>,
+    /// Where it was in the last commit, which failed but may have landed all the same (a
+    /// transaction whose answer was lost): if the sink's recovery says it did, it is not
+    /// written twice.
+    doubt: Option<Landed>,
 }
 
 /// What the writer is told.
@@ -61,6 +90,8 @@ pub(super) struct WriterOptions {
     pub checkpoint_every_records: u64,
     pub checkpoint_every: Duration,
     pub stdout_copy: bool,
+    /// Outcome records kept while the sink fails, at most.
+    pub late_capacity: usize,
 }
 
 struct Failing {
@@ -93,6 +124,7 @@ pub(super) fn run(
     let mut last_checkpoint = Instant::now();
     let mut failing: Option<Failing> = None;
     let mut batch: Vec<Pending> = Vec::new();
+    let mut late: VecDeque<Late> = VecDeque::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut ranges: Vec<Range<usize>> = Vec::new();
     let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
@@ -122,30 +154,50 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        // A caller that gave up has been answered 503: its record must not appear later.
+        // A caller that gave up has been answered 503: its record must not appear later,
+        // unless it is an outcome record, which is written late instead.
         let before = batch.len();
-        batch.retain(|p| !p.done.is_closed());
+        let mut gave_up = Vec::new();
+        batch.retain_mut(|p| {
+            if !p.done.is_closed() {
+                return true;
+            }
+            if let Some(landed) = p.landed.take() {
+                gave_up.push(Late {
+                    body: std::mem::take(&mut p.body),
+                    landed: Some(landed),
+                    doubt: None,
+                });
+            }
+            false
+        });
         shared
             .metrics
             .abandoned
-            .inc_by((before - batch.len()) as u64);
+            .inc_by((before - batch.len() - gave_up.len()) as u64);
+        for l in gave_up {
+            keep_late(&mut late, l, opts.late_capacity, &shared);
+        }
 
         let checkpoint_due = opts.signer.is_some()
             && since_checkpoint + (batch.len() as u64) > 0
             && (since_checkpoint + batch.len() as u64 >= opts.checkpoint_every_records
                 || last_checkpoint.elapsed() >= opts.checkpoint_every
                 || stopping.is_some());
-        let work = !batch.is_empty() || !notes.is_empty() || checkpoint_due;
+        let work = !batch.is_empty() || !notes.is_empty() || !late.is_empty() || checkpoint_due;
         if work || failing.is_some() {
             if let Some(f) = &mut failing {
                 match sink.recover() {
-                    Ok(Some(t)) => tail = t,
+                    Ok(Some(t)) => {
+                        settle_in_doubt(&mut late, t.seq, &shared);
+                        tail = t;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         if work {
                             f.commits += 1;
                         }
-                        fail(&mut batch, &shared, &e);
+                        fail(&mut batch, &mut late, None, opts.late_capacity, &shared, &e);
                         if stopping.is_some() {
                             break;
                         }
@@ -176,6 +228,11 @@ pub(super) fn run(
                     failed_commits: f.commits,
                 });
                 push(&mut tail, &body, &mut buf, &mut ranges);
+            }
+            // Late outcome records first, in order: they happened before anything below.
+            let first_late_seq = tail.seq + 1;
+            for l in &late {
+                push(&mut tail, &late_body(&l.body), &mut buf, &mut ranges);
             }
             for n in &notes {
                 push(&mut tail, &admin_body(n.clone()), &mut buf, &mut ranges);
@@ -238,16 +295,26 @@ pub(super) fn run(
                     } else {
                         since_checkpoint += written;
                     }
-                    let mut late = Vec::new();
+                    for (i, l) in late.drain(..).enumerate() {
+                        let seq = first_late_seq + i as u64;
+                        if let Some(landed) = l.landed {
+                            let _ = landed.send(Ok(Landed { seq, late: true }));
+                        }
+                    }
+                    shared.metrics.late_pending.set(0);
+                    let mut refused = Vec::new();
                     for (i, p) in batch.drain(..).enumerate() {
                         let seq = first_record_seq + i as u64;
                         if p.done.send(Ok(seq)).is_err() {
-                            late.push(seq);
+                            refused.push(seq);
+                        }
+                        if let Some(landed) = p.landed {
+                            let _ = landed.send(Ok(Landed { seq, late: false }));
                         }
                     }
-                    if !late.is_empty() {
+                    if !refused.is_empty() {
                         // Their callers were answered 503: say so in the trail itself.
-                        notes.push(AdminEvent::LateCommit { seqs: late });
+                        notes.push(AdminEvent::LateCommit { seqs: refused });
                     }
                     if let Some((copy, _)) = &copy {
                         if copy.try_send(buf.clone()).is_err() {
@@ -265,13 +332,34 @@ pub(super) fn run(
                             commits: 0,
                         })
                         .commits += 1;
-                    fail(&mut batch, &shared, &e);
+                    for (i, l) in late.iter_mut().enumerate() {
+                        l.doubt = Some(Landed {
+                            seq: first_late_seq + i as u64,
+                            late: true,
+                        });
+                    }
+                    let in_commit = Some(first_record_seq);
+                    fail(
+                        &mut batch,
+                        &mut late,
+                        in_commit,
+                        opts.late_capacity,
+                        &shared,
+                        &e,
+                    );
                 }
             }
         }
         if stopping.is_some() {
             break;
         }
+    }
+    if !late.is_empty() {
+        // Their senders drop here, so whoever waits for them learns they were not written.
+        tracing::error!(
+            records = late.len(),
+            "stopping with outcome records the audit trail never took"
+        );
     }
     if let Some((tx, drained)) = copy {
         // Let the copy catch up before the process exits, but never wait on a stuck reader.
@@ -283,11 +371,83 @@ pub(super) fn run(
     }
 }
 
-fn fail(batch: &mut Vec<Pending>, shared: &Shared, e: &std::io::Error) {
+/// Refuses every record of a failed commit; outcome records are kept to be written late.
+/// `first_seq` is the first record's `seq` in the commit that failed, if it was attempted.
+fn fail(
+    batch: &mut Vec<Pending>,
+    late: &mut VecDeque<Late>,
+    first_seq: Option<u64>,
+    capacity: usize,
+    shared: &Shared,
+    e: &std::io::Error,
+) {
     shared.healthy.store(false, Ordering::Relaxed);
     shared.metrics.healthy.set(0);
-    for p in batch.drain(..) {
+    for (i, p) in batch.drain(..).enumerate() {
         let _ = p.done.send(Err(AuditError::Io(format!("{:?}", e.kind()))));
+        if let Some(landed) = p.landed {
+            let l = Late {
+                body: p.body,
+                landed: Some(landed),
+                doubt: first_seq.map(|s| Landed {
+                    seq: s + i as u64,
+                    late: false,
+                }),
+            };
+            keep_late(late, l, capacity, shared);
+        }
+    }
+}
+
+/// After a failed commit, the sink's recovery found the chain at `seq`: the kept records that
+/// were in that commit at or before it landed after all, so they are done, not written again.
+fn settle_in_doubt(late: &mut VecDeque<Late>, seq: u64, shared: &Shared) {
+    late.retain_mut(|l| match l.doubt.take() {
+        Some(d) if d.seq <= seq => {
+            if let Some(landed) = l.landed.take() {
+                let _ = landed.send(Ok(d));
+            }
+            false
+        }
+        _ => true,
+    });
+    shared.metrics.late_pending.set(late.len() as i64);
+}
+
+/// Queues an outcome record to be written late, unless `capacity` are already waiting: then
+/// it is dropped (the newest, so the ones kept stay in order) and whoever waits is told.
+fn keep_late(late: &mut VecDeque<Late>, l: Late, capacity: usize, shared: &Shared) {
+    if late.len() >= capacity {
+        shared.metrics.late_dropped.inc();
+        tracing::error!(
+            capacity,
+            "an outcome record was dropped: too many are waiting for the audit trail to recover"
+        );
+        if let Some(landed) = l.landed {
+            let _ = landed.send(Err(AuditError::QueueFull));
+        }
+        return;
+    }
+    late.push_back(l);
+    shared.metrics.late_pending.set(late.len() as i64);
+}
+
+/// The record as written late: the same object with `"late": true` and when it was written.
+/// The record's own `time` stays: it says when it happened.
+fn late_body(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("late".into(), serde_json::Value::Bool(true));
+            m.insert(
+                "recorded_at".into(),
+                Utc::now()
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+                    .into(),
+            );
+            serde_json::to_vec(&m).unwrap_or_else(|_| body.to_vec())
+        }
+        // Records are checked to be objects before they are queued.
+        _ => body.to_vec(),
     }
 }
 

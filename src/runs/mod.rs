@@ -65,6 +65,22 @@ impl RunState {
     }
 }
 
+/// Whether a final run's outcome record (`finished`, `abandoned`) is in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeRecord {
+    /// Not durable yet: the trail could not take it in time; it is kept and written, marked
+    /// `late`, once the trail recovers.
+    Pending,
+    /// Durable.
+    Recorded,
+    /// Durable, written after the trail recovered (marked `"late": true` in the trail).
+    RecordedLate,
+    /// Not in the trail: it could not be written, nor kept (the late queue was full, the
+    /// gateway stopped, or the run never called Graph and its record fails closed); logged.
+    NotRecorded,
+}
+
 /// The requests a run covers. Their audit ids are in the run's audit records, not here: a
 /// storm of joiners must not make every answer (and every copy of the view) grow.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -121,6 +137,16 @@ pub struct Run {
     pub upstream: Option<RunUpstream>,
     /// Why it failed.
     pub error: Option<RunError>,
+    /// Once it is final: whether its outcome is durable in the audit trail yet.
+    pub outcome_record: Option<OutcomeRecord>,
+}
+
+impl Run {
+    /// True when Graph may have acted for this run, or still may: it is not final, or it made
+    /// an attempt. What is recorded about such a run is an outcome that must not be lost.
+    pub fn may_have_acted(&self) -> bool {
+        !self.state.is_final() || self.upstream.is_some()
+    }
 }
 
 /// Who a run acts as, with what: the identity and its delegated token, in memory only.
@@ -174,6 +200,7 @@ impl RunCell {
                 acting_as: Some(actor.summary.clone()),
                 upstream: None,
                 error: None,
+                outcome_record: None,
             }),
             covered: Mutex::new(vec![request]),
             actors: Mutex::new(vec![actor]),
@@ -222,6 +249,15 @@ impl RunCell {
                 None => return cell,
             }
         }
+    }
+
+    /// Whether its outcome is durable in the audit trail yet (`None` until it is final).
+    pub fn outcome_record(&self) -> Option<OutcomeRecord> {
+        lock(&self.run).outcome_record
+    }
+
+    pub(super) fn set_outcome_record(&self, o: OutcomeRecord) {
+        self.update(|r| r.outcome_record = Some(o));
     }
 
     /// Why the run failed, as the error its caller gets.

@@ -7,8 +7,8 @@
 //! `not_before` = the end of the cooldown. The cooldown is learned from Graph too: read once per
 //! tenant at first use (so a restart does not fire early), and again whenever Graph answers 429.
 
-use super::{execute, Actor, Run, RunCell, RunState};
-use crate::audit::{AttemptSummary, AuditEvent, AuditLog, RunRecord};
+use super::{execute, Actor, OutcomeRecord, Run, RunCell, RunState};
+use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
 use crate::credentials::{Credentials, DelegatedToken};
 use crate::problem::GatewayError;
 use crate::upstream::Graph;
@@ -404,9 +404,10 @@ impl Inner {
             cell.update(|r| r.state = RunState::Scheduled);
             drop(slot);
             self.retire(cell);
-            if let Err(e) = self.record_merge(cell, target.id()).await {
-                tracing::error!(run = %cell.id(), error = %e, "could not record a merged run");
-            }
+            // Carries Graph's answers: an outcome record, kept if the trail cannot take it now.
+            let record = self.run_record(cell, "merged", None, Some(target.id()));
+            let write = self.audit.append_outcome(&record).await;
+            keep_outcome(cell, write, "merged", false);
             return false;
         }
         cell.update(|r| {
@@ -415,9 +416,10 @@ impl Inner {
         });
         slot.scheduled = Some(cell.clone());
         drop(slot);
-        if let Err(e) = self.record(cell, "rescheduled", None).await {
-            tracing::error!(run = %cell.id(), error = %e, "could not record a rescheduled run");
-        }
+        // Graph's 409/429 already happened: an outcome record, kept if the trail cannot take it.
+        let record = self.run_record(cell, "rescheduled", None, None);
+        let write = self.audit.append_outcome(&record).await;
+        keep_outcome(cell, write, "rescheduled", false);
         true
     }
 
@@ -447,6 +449,8 @@ impl Inner {
                 kind: f.kind(),
                 detail: f.to_string(),
             });
+            // Not durable yet: callers reading the run see that until the record is written.
+            r.outcome_record = Some(OutcomeRecord::Pending);
         });
         self.retire(cell);
         let event = if state == RunState::Abandoned {
@@ -454,8 +458,21 @@ impl Inner {
         } else {
             "finished"
         };
-        if let Err(e) = self.record(cell, event, None).await {
-            tracing::error!(run = %cell.id(), error = %e, "could not record a finished run");
+        let record = self.run_record(cell, event, None, None);
+        if cell.attempts_made() > 0 {
+            // Graph was called: what it answered must reach the trail, late if need be.
+            let write = self.audit.append_outcome(&record).await;
+            keep_outcome(cell, write, event, true);
+        } else {
+            // Nothing happened upstream: the record fails closed like any other.
+            match self.audit.append(&record).await {
+                Ok(()) => cell.set_outcome_record(OutcomeRecord::Recorded),
+                Err(e) => {
+                    tracing::error!(run = %cell.id(), error = %e, event,
+                        "could not record a run that never called Graph");
+                    cell.set_outcome_record(OutcomeRecord::NotRecorded);
+                }
+            }
         }
     }
 
@@ -492,31 +509,26 @@ impl Inner {
         }
     }
 
-    /// Writes a `run` record for `event` and waits until it is durable.
+    /// Writes a `run` record for `event` and waits until it is durable (fail closed: for the
+    /// records that must be durable before what they announce).
     pub(super) async fn record(
         &self,
         cell: &RunCell,
         event: &'static str,
         attempt: Option<AttemptSummary>,
     ) -> Result<(), crate::audit::AuditError> {
-        self.record_event(cell, event, attempt, None).await
+        let record = self.run_record(cell, event, attempt, None);
+        self.audit.append(&record).await
     }
 
-    async fn record_merge(
-        &self,
-        cell: &RunCell,
-        into: Uuid,
-    ) -> Result<(), crate::audit::AuditError> {
-        self.record_event(cell, "merged", None, Some(into)).await
-    }
-
-    async fn record_event(
+    /// The `run` record of `event` for the run as it is now.
+    fn run_record(
         &self,
         cell: &RunCell,
         event: &'static str,
         attempt: Option<AttemptSummary>,
         merged_into: Option<Uuid>,
-    ) -> Result<(), crate::audit::AuditError> {
+    ) -> AuditEvent {
         let r = cell.view();
         let with_covers = matches!(
             event,
@@ -550,6 +562,50 @@ impl Inner {
             error: r.error.map(|e| e.kind),
             merged_into,
         };
-        self.audit.append(&AuditEvent::Run(record)).await
+        AuditEvent::Run(record)
+    }
+}
+
+/// Follows an outcome record of `cell` that was not durable in time: logs it, and, when
+/// `show` (a final run's record), keeps the run's `outcome_record` current until it lands.
+fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: &'static str, show: bool) {
+    let run = cell.id();
+    match write {
+        OutcomeWrite::Durable(_) => {
+            if show {
+                cell.set_outcome_record(OutcomeRecord::Recorded);
+            }
+        }
+        OutcomeWrite::Lost(e) => {
+            tracing::error!(%run, error = %e, event, "a run's outcome record was lost");
+            if show {
+                cell.set_outcome_record(OutcomeRecord::NotRecorded);
+            }
+        }
+        OutcomeWrite::Queued { error, landed } => {
+            tracing::error!(%run, error = %error, event,
+                "a run's outcome record is not durable yet; it is kept and written late once the audit trail recovers");
+            // Its own task: the trail may stay down for long, and shutdown must not wait on it.
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                let now = match landed.wait().await {
+                    Ok(l) => {
+                        tracing::info!(%run, event, seq = l.seq, "a run's outcome record was written late");
+                        if l.late {
+                            OutcomeRecord::RecordedLate
+                        } else {
+                            OutcomeRecord::Recorded
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%run, error = %e, event, "a run's outcome record was lost");
+                        OutcomeRecord::NotRecorded
+                    }
+                };
+                if show {
+                    cell.set_outcome_record(now);
+                }
+            });
+        }
     }
 }

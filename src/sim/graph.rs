@@ -94,6 +94,8 @@ struct GraphState {
     sync_calls: AtomicUsize,
     accepted: AtomicUsize,
     settings_reads: AtomicUsize,
+    /// True while sync calls are held before they are answered ([`SimGraph::hold_answers`]).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 struct GraphInner {
@@ -196,6 +198,7 @@ impl SimGraph {
             sync_calls: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             settings_reads: AtomicUsize::new(0),
+            held: tokio::sync::watch::channel(false).0,
         });
         let data = web::Data::from(Arc::clone(&state));
         let stopped = super::StopFlag::default();
@@ -252,6 +255,18 @@ impl SimGraph {
             .entry(tenant.to_string())
             .or_insert_with(TenantState::new)
             .start_sync(at.trunc_subsecs(3), duration, now_ms());
+    }
+
+    /// Holds every sync call, once counted in [`SimGraph::sync_calls`], until
+    /// [`SimGraph::release_answers`]: a test can act while Graph is answering (e.g. break the
+    /// audit trail after the call was sent, before its answer) without racing it.
+    pub fn hold_answers(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Lets held and later sync calls be answered.
+    pub fn release_answers(&self) {
+        self.state.held.send_replace(false);
     }
 
     /// Every POST to the sync path, authenticated or not.
@@ -564,6 +579,7 @@ fn refusal_response(state: &GraphState, ctx: &Ctx, r: &Refusal) -> HttpResponse 
 
 async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
     state.sync_calls.fetch_add(1, Ordering::SeqCst);
+    let _ = state.held.subscribe().wait_for(|held| !*held).await;
     let at = Utc::now();
     let ctx = Ctx::new(&req);
     let (caller, auth) = authenticate(&state, &req, &[PERMISSION_READ_WRITE]);

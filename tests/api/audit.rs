@@ -334,6 +334,148 @@ async fn the_metrics_endpoint_counts_durable_records_in_openmetrics_text() {
     assert_eq!(app.metric("sync_gateway_audit_healthy").await, 1.0);
 }
 
+/// A sync whose run's Graph call is answered (204) only after the trail was made unwritable
+/// (EACCES): the call is held in the simulated Graph until the sink fails, so nothing races.
+/// Returns the caller's answer; the trail is still failing.
+async fn sync_with_the_trail_failing_while_graph_answers(
+    app: &crate::helpers::TestApp,
+    fault: &Fault,
+) -> reqwest::Response {
+    app.sims.graph.hold_answers();
+    let (http, url, token) = (
+        app.http.clone(),
+        format!("{}/sync", app.address),
+        app.token(),
+    );
+    let call = tokio::spawn(async move { http.post(url).bearer_auth(token).send().await.unwrap() });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.sims.graph.sync_calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Graph was never called"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    fault.set(Mode::Fail(13));
+    app.sims.graph.release_answers();
+    call.await.unwrap()
+}
+
+/// `GET /sync/runs/{id}`, polled until its `outcome_record` is `want` (at most 10 s).
+async fn wait_for_outcome_record(app: &crate::helpers::TestApp, id: &str, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let run: Value = app
+            .http
+            .get(format!("{}/sync/runs/{id}", app.address))
+            .bearer_auth(app.token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if run["outcome_record"] == want {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outcome_record never became {want}: {run}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_caller_whose_record_fails_after_graph_acted_gets_503_naming_the_run_and_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::default();
+    let app = spawn_app_with(faulty_setup(&dir, &fault)).await;
+
+    let resp = sync_with_the_trail_failing_while_graph_answers(&app, &fault).await;
+    assert_eq!(resp.status(), 503);
+    let location = header(&resp, "location");
+    let p = problem_of(resp).await;
+    assert_eq!(p["type"], problem_type("audit-unavailable"));
+    let run_id = p["run"]["id"].as_str().expect("the problem names the run");
+    assert_eq!(location, format!("/sync/runs/{run_id}"));
+    assert_eq!(p["run"]["state"], "succeeded");
+    assert!(p["instance"].as_str().unwrap().starts_with("urn:uuid:"));
+    assert_eq!(app.sims.graph.accepted_syncs(), 1);
+
+    fault.set(Mode::Pass);
+    app.wait_until_ready().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_outcome_is_not_yet_durable_says_pending_until_it_is_written_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::default();
+    let app = spawn_app_with(faulty_setup(&dir, &fault)).await;
+    let resp = sync_with_the_trail_failing_while_graph_answers(&app, &fault).await;
+    let p = problem_of(resp).await;
+    let run_id = p["run"]["id"].as_str().unwrap().to_string();
+
+    let run = wait_for_outcome_record(&app, &run_id, "pending").await;
+    assert_eq!(run["state"], "succeeded");
+
+    fault.set(Mode::Pass);
+    wait_for_outcome_record(&app, &run_id, "recorded_late").await;
+}
+
+#[tokio::test]
+async fn outcome_records_the_trail_could_not_take_are_written_late_once_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::default();
+    let app = spawn_app_with(faulty_setup(&dir, &fault)).await;
+    let resp = sync_with_the_trail_failing_while_graph_answers(&app, &fault).await;
+    let p = problem_of(resp).await;
+    let run_id = p["run"]["id"].as_str().unwrap().to_string();
+    let request_id = p["instance"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("urn:uuid:")
+        .to_string();
+
+    fault.set(Mode::Pass);
+    wait_for_outcome_record(&app, &run_id, "recorded_late").await;
+    let records = app.audit_records();
+    let seq_of = |pred: &dyn Fn(&Value) -> bool| {
+        let found: Vec<&Value> = records.iter().filter(|r| pred(r)).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0].clone()
+    };
+    let started = seq_of(&|r| r["run_id"] == run_id.as_str() && r["event"] == "started");
+    let finished = seq_of(&|r| r["run_id"] == run_id.as_str() && r["event"] == "finished");
+    let request = seq_of(&|r| r["kind"] == "request" && r["id"] == request_id.as_str());
+    let failed = seq_of(&|r| r["event"] == "write_failed");
+
+    assert!(
+        started.get("late").is_none(),
+        "written before the call, in time"
+    );
+    assert_eq!(finished["state"], "succeeded");
+    assert_eq!(finished["attempts"][0]["status"], 204);
+    for late in [&finished, &request] {
+        assert_eq!(late["late"], true, "{late}");
+        assert!(late["recorded_at"].is_string(), "{late}");
+    }
+    // Written first by the commit that worked again, right after it says writes failed.
+    let mut late_seqs = [finished["seq"].as_u64(), request["seq"].as_u64()];
+    late_seqs.sort();
+    let after = failed["seq"].as_u64().unwrap();
+    assert_eq!(late_seqs, [Some(after + 1), Some(after + 2)]);
+
+    let report = verify_files(&app.audit_files(), &VerifyOptions::default()).unwrap();
+    assert!(report.intact(), "{}", report.render());
+    assert!(report.open_runs.is_empty(), "{}", report.render());
+    let text = report.render();
+    assert!(
+        text.contains("outcome recorded late:") && text.contains(&run_id),
+        "{text}"
+    );
+}
+
 /// The `run` records written before a run's first Graph call.
 fn started_runs(app: &crate::helpers::TestApp) -> Vec<serde_json::Value> {
     app.audit_of_kind("run")
