@@ -10,6 +10,7 @@ pub mod config;
 pub mod credentials;
 #[cfg(feature = "sim")]
 pub mod dev;
+pub mod domain;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

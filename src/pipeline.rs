@@ -23,6 +23,7 @@ use crate::audit::{AuditEvent, AuditLog, OutcomeWrite, RequestRecord, UpstreamSu
 use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
+use crate::domain::Decision;
 use crate::limits::{Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
@@ -303,7 +304,7 @@ async fn sync(
     // 4. Limits, per initiating caller and per tenant.
     let (tenant_id, caller_key) = caller.limit_key();
     let limit = gw.limits.check(tenant_id, &caller_key).map_err(plain)?;
-    record.decision = "allowed";
+    record.decision = Decision::Allowed;
 
     // 5. Credentials: proves now that whoever acts can (step-up, consent, a live service
     //    session), and gives a trailing run the token to act with. Recorded after the attempt:
@@ -336,7 +337,7 @@ async fn sync(
     };
     let run = cell.view();
     record.run_id = Some(run.id);
-    record.run_state = Some(run.state.as_str());
+    record.run_state = Some(run.state);
     record.upstream = run.upstream.as_ref().map(|u| UpstreamSummary {
         status: u.status,
         request_id: u.request_id.clone(),
@@ -384,7 +385,7 @@ pub async fn get_run(
         let caller = authenticate(&gw, &req).await?;
         record.caller = Some(caller.summary());
         let acting = gw.policy.authorize(&caller)?;
-        record.decision = "allowed";
+        record.decision = Decision::Allowed;
         let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
         let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
         let run = cell.view();
@@ -398,7 +399,7 @@ pub async fn get_run(
     let response = match answer {
         Ok(run) => {
             record.run_id = Some(run.id);
-            record.run_state = Some(run.state.as_str());
+            record.run_state = Some(run.state);
             HttpResponse::Ok()
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .json(run)
@@ -433,7 +434,7 @@ pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpRespons
         // It calls Graph, so it counts against the caller's limits like a sync request.
         let (tenant_id, caller_key) = caller.limit_key();
         gw.limits.check(tenant_id, &caller_key)?;
-        record.decision = "allowed";
+        record.decision = Decision::Allowed;
         // A user reads with `graph.status_permission`'s scope (by default the sync's own, so
         // the token the sync exchanged is reused from the cache); a service identity's
         // session holds the sync scope only, which reads too.

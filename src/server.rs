@@ -11,7 +11,7 @@ use crate::config::{Config, SYNC_PERMISSION};
 use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
-use crate::credentials::service_identity::ServiceIdentities;
+use crate::credentials::service_identity::{ServiceIdentities, SessionHealth};
 use crate::credentials::Credentials;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -328,7 +328,7 @@ where
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
     // Session health is read when scraped, so the gauge is never stale.
     for (identity, status) in h.identities.statuses() {
-        let login_required = i64::from(status.health.state() != "ready");
+        let login_required = i64::from(status.health != SessionHealth::Ready);
         h.metrics
             .identity_login_required
             .get_or_create(&crate::metrics::IdentityLabels { identity })
@@ -350,18 +350,17 @@ async fn healthz() -> HttpResponse {
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
+    let mut degraded = false;
     let identities: serde_json::Map<String, serde_json::Value> = h
         .identities
         .statuses()
         .into_iter()
         .map(|(name, s)| {
             let in_use = h.in_use.contains(&name);
+            degraded |= in_use && s.health != SessionHealth::Ready;
             (name, json!({"state": s.health.state(), "in_use": in_use}))
         })
         .collect();
-    let degraded = identities
-        .values()
-        .any(|s| s["in_use"] == true && s["state"] != "ready");
     let body = json!({
         "status": match (keys && audit, degraded) {
             (false, _) => "not ready",

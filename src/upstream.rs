@@ -71,13 +71,30 @@ pub struct AutopilotSettings {
     pub last_manual_sync_trigger: Option<DateTime<Utc>>,
     /// `unknown`, `inProgress`, `completed` or `failed`.
     #[serde(rename = "syncStatus")]
-    pub sync_status: String,
+    pub sync_status: GraphSyncStatus,
+}
+
+/// Graph's `windowsAutopilotSyncStatus`. A value Graph adds later (its `unknownFutureValue`
+/// convention) reads as `unknown`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum GraphSyncStatus {
+    /// A sync is running: a new one answers 409.
+    InProgress,
+    /// The last sync completed.
+    Completed,
+    /// The last sync failed.
+    Failed,
+    /// Graph does not say (also any value this gateway does not know).
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
 impl AutopilotSettings {
     /// True while Graph reports a sync in progress.
     pub fn in_progress(&self) -> bool {
-        self.sync_status == "inProgress"
+        self.sync_status == GraphSyncStatus::InProgress
     }
 }
 
@@ -88,7 +105,7 @@ struct RawSettings {
     #[serde(rename = "lastManualSyncTriggerDateTime", default)]
     last_manual: Option<DateTime<Utc>>,
     #[serde(rename = "syncStatus", default)]
-    sync_status: Option<String>,
+    sync_status: Option<GraphSyncStatus>,
 }
 
 /// The fresh correlation id for one upstream call.
@@ -329,7 +346,7 @@ fn parse_settings(body: &[u8]) -> Option<AutopilotSettings> {
     Some(AutopilotSettings {
         last_sync: never_as_none(raw.last_sync),
         last_manual_sync_trigger: never_as_none(raw.last_manual),
-        sync_status: raw.sync_status.unwrap_or_else(|| "unknown".into()),
+        sync_status: raw.sync_status.unwrap_or_default(),
     })
 }
 
@@ -393,7 +410,20 @@ mod tests {
         );
         assert!(s.in_progress());
         let wrapped = br#"{"value":{"id":"x","syncStatus":"completed"}}"#;
-        assert_eq!(parse_settings(wrapped).unwrap().sync_status, "completed");
+        assert_eq!(
+            parse_settings(wrapped).unwrap().sync_status,
+            GraphSyncStatus::Completed
+        );
+        let future = br#"{"syncStatus":"unknownFutureValue","lastSyncDateTime":null}"#;
+        assert_eq!(
+            parse_settings(future).unwrap().sync_status,
+            GraphSyncStatus::Unknown
+        );
+        let null = br#"{"syncStatus":null}"#;
+        assert_eq!(
+            parse_settings(null).unwrap().sync_status,
+            GraphSyncStatus::Unknown
+        );
         assert!(parse_settings(b"[]").is_none());
     }
 }

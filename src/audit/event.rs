@@ -4,6 +4,7 @@
 //! the gateway itself. The writer adds `seq` and `prev` to every record (see `chain.rs`);
 //! records here never carry them.
 
+use crate::domain::{Decision, RunEvent, RunState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -197,7 +198,7 @@ pub struct RequestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<IpAddr>,
     /// `allowed` when the gateway's own checks passed (authentication, policy, limits), else `denied`.
-    pub decision: &'static str,
+    pub decision: Decision,
     /// The stable error kind when the answer was an error (the denial reason when denied).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
@@ -208,7 +209,7 @@ pub struct RequestRecord {
     pub run_id: Option<Uuid>,
     /// That run's state when the caller was answered.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_state: Option<&'static str>,
+    pub run_state: Option<RunState>,
     /// Graph's answer, when Graph was called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSummary>,
@@ -237,7 +238,7 @@ impl RequestRecord {
             caller: None,
             acting_as: None,
             client_ip,
-            decision: "denied",
+            decision: Decision::Denied,
             code: None,
             status: 0,
             run_id: None,
@@ -268,9 +269,9 @@ pub struct RunRecord {
     /// `scheduled`, `started` (first attempt about to be sent), `attempt` (a retry about to be
     /// sent), `rescheduled` (Graph said "not now"), `merged` (its requests joined another run),
     /// `finished`, `abandoned`.
-    pub event: &'static str,
+    pub event: RunEvent,
     /// The run's state after the event.
-    pub state: &'static str,
+    pub state: RunState,
     /// The earliest start, for scheduled runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,

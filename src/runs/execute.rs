@@ -16,6 +16,7 @@ use super::schedule::{after, Inner};
 use super::{Actor, RunCell, RunState, RunUpstream};
 use crate::audit::AttemptSummary;
 use crate::credentials::DelegatedToken;
+use crate::domain::RunEvent;
 use crate::problem::GatewayError;
 use crate::upstream::{new_client_request_id, AttemptClass, UpstreamOutcome};
 use chrono::{DateTime, Utc};
@@ -60,7 +61,11 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             request_id: None,
             sent_at: Utc::now(),
         };
-        let event = if number == 1 { "started" } else { "attempt" };
+        let event = if number == 1 {
+            RunEvent::Started
+        } else {
+            RunEvent::Attempt
+        };
         if let Err(e) = inner.record(cell, event, Some(attempt.clone())).await {
             tracing::error!(run = %cell.id(), error = %e, "pre-call record not durable; Graph not called");
             let err = GatewayError::AuditUnavailable(

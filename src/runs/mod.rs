@@ -13,6 +13,7 @@ pub mod schedule;
 
 use crate::audit::{AttemptSummary, CallerSummary};
 use crate::credentials::{ActingIdentity, DelegatedToken};
+pub use crate::domain::RunState;
 use crate::problem::GatewayError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -27,43 +28,6 @@ pub const MAX_COVERED_IDS: usize = 100_000;
 /// Distinct identities a run keeps to act as, newest first: if the latest joiner cannot act
 /// when the run's turn comes (its token expired, its consent was revoked), an earlier one does.
 pub const MAX_ACTORS: usize = 4;
-
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Waiting for `not_before` (and for the running run of the tenant to finish).
-    Scheduled,
-    /// Calling Graph (possibly between retries).
-    Running,
-    /// Graph accepted the sync.
-    Succeeded,
-    /// Graph refused or failed beyond the retry budget; `error` says why.
-    Failed,
-    /// The gateway stopped before the run could start.
-    Abandoned,
-}
-
-impl RunState {
-    /// The state's name, as serialized.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Scheduled => "scheduled",
-            RunState::Running => "running",
-            RunState::Succeeded => "succeeded",
-            RunState::Failed => "failed",
-            RunState::Abandoned => "abandoned",
-        }
-    }
-
-    /// True once nothing more will happen to the run.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RunState::Succeeded | RunState::Failed | RunState::Abandoned
-        )
-    }
-}
 
 /// Whether a final run's outcome record (`finished`, `abandoned`) is in the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -10,6 +10,7 @@
 use super::{execute, Actor, OutcomeRecord, Run, RunCell, RunState};
 use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
 use crate::credentials::{Credentials, DelegatedToken};
+use crate::domain::RunEvent;
 use crate::problem::GatewayError;
 use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
@@ -203,7 +204,7 @@ impl Scheduler {
             actor,
         );
         inner
-            .record(&cell, "scheduled", None)
+            .record(&cell, RunEvent::Scheduled, None)
             .await
             .map_err(|_| not_recorded())?;
         slot.scheduled = Some(cell.clone());
@@ -405,9 +406,9 @@ impl Inner {
             drop(slot);
             self.retire(cell);
             // Carries Graph's answers: an outcome record, kept if the trail cannot take it now.
-            let record = self.run_record(cell, "merged", None, Some(target.id()));
+            let record = self.run_record(cell, RunEvent::Merged, None, Some(target.id()));
             let write = self.audit.append_outcome(&record).await;
-            keep_outcome(cell, write, "merged", false);
+            keep_outcome(cell, write, RunEvent::Merged, false);
             return false;
         }
         cell.update(|r| {
@@ -417,9 +418,9 @@ impl Inner {
         slot.scheduled = Some(cell.clone());
         drop(slot);
         // Graph's 409/429 already happened: an outcome record, kept if the trail cannot take it.
-        let record = self.run_record(cell, "rescheduled", None, None);
+        let record = self.run_record(cell, RunEvent::Rescheduled, None, None);
         let write = self.audit.append_outcome(&record).await;
-        keep_outcome(cell, write, "rescheduled", false);
+        keep_outcome(cell, write, RunEvent::Rescheduled, false);
         true
     }
 
@@ -454,9 +455,9 @@ impl Inner {
         });
         self.retire(cell);
         let event = if state == RunState::Abandoned {
-            "abandoned"
+            RunEvent::Abandoned
         } else {
-            "finished"
+            RunEvent::Finished
         };
         let record = self.run_record(cell, event, None, None);
         if cell.attempts_made() > 0 {
@@ -468,7 +469,7 @@ impl Inner {
             match self.audit.append(&record).await {
                 Ok(()) => cell.set_outcome_record(OutcomeRecord::Recorded),
                 Err(e) => {
-                    tracing::error!(run = %cell.id(), error = %e, event,
+                    tracing::error!(run = %cell.id(), error = %e, event = event.as_str(),
                         "could not record a run that never called Graph");
                     cell.set_outcome_record(OutcomeRecord::NotRecorded);
                 }
@@ -514,7 +515,7 @@ impl Inner {
     pub(super) async fn record(
         &self,
         cell: &RunCell,
-        event: &'static str,
+        event: RunEvent,
         attempt: Option<AttemptSummary>,
     ) -> Result<(), crate::audit::AuditError> {
         let record = self.run_record(cell, event, attempt, None);
@@ -525,16 +526,12 @@ impl Inner {
     fn run_record(
         &self,
         cell: &RunCell,
-        event: &'static str,
+        event: RunEvent,
         attempt: Option<AttemptSummary>,
         merged_into: Option<Uuid>,
     ) -> AuditEvent {
         let r = cell.view();
-        let with_covers = matches!(
-            event,
-            "scheduled" | "started" | "finished" | "abandoned" | "merged"
-        );
-        let with_attempts = matches!(event, "rescheduled" | "finished" | "abandoned" | "merged");
+        let (with_covers, with_attempts) = (event.lists_covers(), event.lists_attempts());
         let record = RunRecord {
             v: crate::audit::event_format_version(),
             id: Uuid::now_v7(),
@@ -543,7 +540,7 @@ impl Inner {
             action: r.action,
             tenant_id: r.tenant_id,
             event,
-            state: r.state.as_str(),
+            state: r.state,
             not_before: r
                 .not_before
                 .filter(|_| r.state == RunState::Scheduled && merged_into.is_none()),
@@ -568,7 +565,7 @@ impl Inner {
 
 /// Follows an outcome record of `cell` that was not durable in time: logs it, and, when
 /// `show` (a final run's record), keeps the run's `outcome_record` current until it lands.
-fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: &'static str, show: bool) {
+fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: RunEvent, show: bool) {
     let run = cell.id();
     match write {
         OutcomeWrite::Durable(_) => {
@@ -577,20 +574,20 @@ fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: &'static str, s
             }
         }
         OutcomeWrite::Lost(e) => {
-            tracing::error!(%run, error = %e, event, "a run's outcome record was lost");
+            tracing::error!(%run, error = %e, event = event.as_str(), "a run's outcome record was lost");
             if show {
                 cell.set_outcome_record(OutcomeRecord::NotRecorded);
             }
         }
         OutcomeWrite::Queued { error, landed } => {
-            tracing::error!(%run, error = %error, event,
+            tracing::error!(%run, error = %error, event = event.as_str(),
                 "a run's outcome record is not durable yet; it is kept and written late once the audit trail recovers");
             // Its own task: the trail may stay down for long, and shutdown must not wait on it.
             let cell = cell.clone();
             tokio::spawn(async move {
                 let now = match landed.wait().await {
                     Ok(l) => {
-                        tracing::info!(%run, event, seq = l.seq, "a run's outcome record was written late");
+                        tracing::info!(%run, event = event.as_str(), seq = l.seq, "a run's outcome record was written late");
                         if l.late {
                             OutcomeRecord::RecordedLate
                         } else {
@@ -598,7 +595,7 @@ fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: &'static str, s
                         }
                     }
                     Err(e) => {
-                        tracing::error!(%run, error = %e, event, "a run's outcome record was lost");
+                        tracing::error!(%run, error = %e, event = event.as_str(), "a run's outcome record was lost");
                         OutcomeRecord::NotRecorded
                     }
                 };

@@ -1,0 +1,106 @@
+//! Plain domain values shared by the steps and the audit trail: states and decisions as types,
+//! so the compiler checks every match. This module imports nothing of the gateway.
+
+use serde::Serialize;
+
+/// The gateway's own verdict on a request: its checks (authentication, policy, limits) passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Authentication, policy and limits passed (the request may still fail later).
+    Allowed,
+    /// One of the gateway's checks refused the request.
+    Denied,
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for `not_before` (and for the running run of the tenant to finish).
+    Scheduled,
+    /// Calling Graph (possibly between retries).
+    Running,
+    /// Graph accepted the sync.
+    Succeeded,
+    /// Graph refused or failed beyond the retry budget; `error` says why.
+    Failed,
+    /// The gateway stopped before the run could start.
+    Abandoned,
+}
+
+impl RunState {
+    /// The state's name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Scheduled => "scheduled",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Abandoned => "abandoned",
+        }
+    }
+
+    /// True once nothing more will happen to the run.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Abandoned
+        )
+    }
+}
+
+/// A change in a run's life: the `event` of a `run` audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEvent {
+    /// Created to start when the cooldown ends.
+    Scheduled,
+    /// The first attempt is about to be sent (durable before the call).
+    Started,
+    /// A retry is about to be sent (durable before the call).
+    Attempt,
+    /// Graph said "not now" (409/429): waits again.
+    Rescheduled,
+    /// Its requests moved into the tenant's scheduled run.
+    Merged,
+    /// Succeeded or failed.
+    Finished,
+    /// The gateway stopped before it could start.
+    Abandoned,
+}
+
+impl RunEvent {
+    /// The event's name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunEvent::Scheduled => "scheduled",
+            RunEvent::Started => "started",
+            RunEvent::Attempt => "attempt",
+            RunEvent::Rescheduled => "rescheduled",
+            RunEvent::Merged => "merged",
+            RunEvent::Finished => "finished",
+            RunEvent::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether the record lists the requests the run covers.
+    pub fn lists_covers(self) -> bool {
+        matches!(
+            self,
+            RunEvent::Scheduled
+                | RunEvent::Started
+                | RunEvent::Finished
+                | RunEvent::Abandoned
+                | RunEvent::Merged
+        )
+    }
+
+    /// Whether the record lists every attempt so far with Graph's answers.
+    pub fn lists_attempts(self) -> bool {
+        matches!(
+            self,
+            RunEvent::Rescheduled | RunEvent::Finished | RunEvent::Abandoned | RunEvent::Merged
+        )
+    }
+}
