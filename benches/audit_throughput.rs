@@ -31,7 +31,7 @@ fn record() -> AuditEvent {
         app_id: Some(Uuid::new_v4().to_string()),
         identity: None,
     });
-    r.decision = "allowed";
+    r.decision = sync_gateway::domain::Decision::Allowed;
     r.status = 202;
     r.run_id = Some(Uuid::now_v7());
     r.upstream = Some(UpstreamSummary {
