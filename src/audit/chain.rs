@@ -69,8 +69,19 @@ impl Tail {
         out.extend_from_slice(b",\"prev\":\"");
         out.extend_from_slice(hex(&self.hash).as_bytes());
         out.push(b'"');
-        // `body` is `{...}`: splice its members after ours.
-        let rest = &body[1..];
+        // `body` is `{...}`: splice its members after ours. Every caller passes a serialized
+        // object (`AuditLog` refuses anything else before it gets here); should one ever not,
+        // the chain still gets a valid line, never a panic or a broken record.
+        let rest: &[u8] = match body {
+            [b'{', .., b'}'] => &body[1..],
+            _ => {
+                tracing::error!(
+                    bytes = body.len(),
+                    "an audit record body is not a JSON object; linked as an empty one"
+                );
+                b"}"
+            }
+        };
         if rest.first() != Some(&b'}') {
             out.push(b',');
         }
@@ -279,5 +290,16 @@ mod tests {
         assert!(v.verify(7, "ab", "2026-01-01T00:00:00Z", &sig));
         assert!(!v.verify(8, "ab", "2026-01-01T00:00:00Z", &sig));
         assert!(!v.verify(7, "ac", "2026-01-01T00:00:00Z", &sig));
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_linked_as_an_empty_one_without_panicking() {
+        let mut t = Tail::EMPTY;
+        for body in [&b""[..], b"null", b"{"] {
+            let line = t.link(body);
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+        }
+        assert_eq!(t.seq, 3);
     }
 }

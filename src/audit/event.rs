@@ -87,13 +87,14 @@ pub enum AdminEvent {
         /// The id of the key used from now on.
         key_id: String,
     },
-    /// The gateway's own service identity signed in to its identity provider.
+    /// A service identity (`[identities.NAME]`) was signed in by `sync-gateway login`; recorded
+    /// by the gateway when it takes the stored session up.
     IdentityLogin {
-        /// Which identity (client id, managed identity name).
+        /// The identity's NAME.
         identity: String,
         /// The tenant signed in to.
         tenant_id: String,
-        /// How (`client_secret`, `certificate`, `managed_identity`, ...).
+        /// How the session was obtained (`device_code`).
         method: String,
         /// `succeeded` or `failed`.
         outcome: String,

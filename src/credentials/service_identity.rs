@@ -314,9 +314,9 @@ impl ServiceIdentity {
         }
     }
 
-    /// The hook for the "session can no longer refresh" metric and alert: one log line with
-    /// `event = "service_identity_login_required"` per transition, and the state in
-    /// [`ServiceIdentity::status`].
+    /// Marks the session unusable: one log line with `event = "service_identity_login_required"`
+    /// per transition (for alerts on logs), and the state in [`ServiceIdentity::status`], which
+    /// `/readyz` and the `service_identity_login_required` gauge read.
     fn mark_login_required(&self, reason: String) {
         let was = self.status().health;
         if !matches!(was, SessionHealth::LoginRequired { .. }) {
@@ -615,7 +615,8 @@ pub async fn login(
             refreshed_at: None,
         })
         .map_err(LoginError::Store)?;
-    // The hook for an audit `admin` record of the login.
+    // `login` is its own process and cannot append to the gateway's chain: the gateway records
+    // the `identity_login` admin record when it takes this session up.
     tracing::info!(event = "service_identity_login", identity, tenant,
         account_upn = account.upn.as_deref().unwrap_or(""), account_object_id = account.object_id.as_deref().unwrap_or(""),
         store = %cfg.store_path.display(), "service identity signed in");
