@@ -5,6 +5,7 @@
 //! command exist only with the default `sim` feature; a production build leaves them out.
 
 pub mod audit;
+pub mod background;
 pub mod caller;
 pub mod config;
 pub mod credentials;

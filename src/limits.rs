@@ -4,6 +4,7 @@
 //! governor's keyed limiter never forgets a key by itself, so a timer drops idle keys and the
 //! number of tracked callers is capped.
 
+use crate::background::Background;
 use crate::config::{LimitsConfig, Rate};
 use crate::problem::GatewayError;
 use actix_web::HttpResponseBuilder;
@@ -146,15 +147,12 @@ impl Limits {
         self.per_caller.len()
     }
 
-    /// Runs [`Limits::evict`] on a timer until the process ends.
-    pub fn spawn_eviction(self: &Arc<Self>) {
+    /// Runs [`Limits::evict`] on a timer until the gateway stops.
+    pub fn spawn_eviction(self: &Arc<Self>, background: &Background) {
         let me = Arc::downgrade(self);
         let period = self.eviction;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+        background.spawn(|stop| async move {
+            while stop.sleep(period).await {
                 match me.upgrade() {
                     Some(l) => l.evict(),
                     None => return,

@@ -5,13 +5,14 @@
 //! them once at start with [`Metrics::register`]; nothing here is global, so tests running
 //! several gateways in one process never share counters.
 
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry, Unit};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// The `Content-Type` of the `/metrics` answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -55,13 +56,13 @@ impl Metrics {
     /// Registers `metric` as `sync_gateway_<name>`; call once per metric, at start.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         // A poisoned lock only means another registration panicked; the registry is intact.
-        let mut r = self.registry.write().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.registry.write();
         r.register(name, help, metric);
     }
 
     /// The exposition text.
     pub fn encode(&self) -> String {
-        let r = self.registry.read().unwrap_or_else(|e| e.into_inner());
+        let r = self.registry.read();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
             out.clear();

@@ -5,6 +5,7 @@
 //! eviction); [`Application::run_until_stopped`] serves until SIGTERM/SIGINT.
 
 use crate::audit::{AdminEvent, AuditLog, AuditSink};
+use crate::background::Background;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, SYNC_PERMISSION};
@@ -68,6 +69,7 @@ pub struct Application {
     drain: Duration,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    background: Background,
 }
 
 /// What a caller (a test, an embedding) may put in place of what the configuration says.
@@ -215,9 +217,10 @@ impl Application {
             })?
             .port();
 
-        keys.spawn_refresh();
-        limits.spawn_eviction();
-        identities.spawn_keepalive(graph_scope);
+        let background = Background::new();
+        keys.spawn_refresh(&background);
+        limits.spawn_eviction(&background);
+        identities.spawn_keepalive(graph_scope, &background);
 
         let gateway = web::Data::new(gateway);
         let health = web::Data::new(Health {
@@ -267,6 +270,7 @@ impl Application {
             drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
             audit,
             metrics,
+            background,
         })
     }
 
@@ -295,11 +299,13 @@ impl Application {
         self.metrics.clone()
     }
 
-    /// Serves until the process is told to stop (SIGTERM, SIGINT or the handle), then gives
-    /// runs `server.shutdown_timeout_seconds` to finish and records the scheduled runs that
-    /// cannot start by then as abandoned; last, records the stop and a final checkpoint.
+    /// Serves until the process is told to stop (SIGTERM, SIGINT or the handle), then stops the
+    /// background loops (waiting for work under way), gives runs
+    /// `server.shutdown_timeout_seconds` to finish and records the scheduled runs that cannot
+    /// start by then as abandoned; last, records the stop and a final checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        self.background.shutdown(self.drain).await;
         self.runs.shutdown(self.drain).await;
         if let Err(e) = self.audit.admin(AdminEvent::Stop).await {
             tracing::error!(error = %e, "the stop of the gateway could not be recorded");

@@ -8,9 +8,9 @@
 use crate::credentials::DelegatedToken;
 use crate::problem::GatewayError;
 use chrono::{DateTime, Datelike, Utc};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -143,12 +143,7 @@ impl Graph {
     /// [`Graph::url`], parsed once per path; `Err` with the text when it does not parse, which
     /// the request then reports as it always did.
     fn endpoint(&self, path: &str) -> Result<reqwest::Url, String> {
-        let cached = self
-            .endpoints
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .cloned();
+        let cached = self.endpoints.read().get(path).cloned();
         if let Some(u) = cached {
             return Ok(u);
         }
@@ -156,7 +151,6 @@ impl Graph {
         let parsed = reqwest::Url::parse(&text).map_err(|_| text)?;
         self.endpoints
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(path.to_string(), parsed.clone());
         Ok(parsed)
     }

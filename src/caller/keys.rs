@@ -12,10 +12,12 @@
 //! - The algorithm is pinned to RS256: Entra's keys carry no `alg`, and the token's own
 //!   header is never trusted to choose it.
 
+use crate::background::Background;
 use jsonwebtoken::DecodingKey;
+use parking_lot::RwLock;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// At most this many keys are kept per issuer (Entra publishes a handful).
@@ -153,9 +155,9 @@ impl KeyStore {
     }
 
     /// Loads until every issuer has keys (retrying with backoff), then refreshes on a timer.
-    pub fn spawn_refresh(self: &Arc<Self>) {
+    pub fn spawn_refresh(self: &Arc<Self>, background: &Background) {
         let me = Arc::downgrade(self);
-        tokio::spawn(async move {
+        background.spawn(|stop| async move {
             let mut backoff = Duration::from_millis(250);
             loop {
                 let Some(store) = me.upgrade() else { return };
@@ -168,7 +170,9 @@ impl KeyStore {
                     backoff
                 };
                 drop(store);
-                tokio::time::sleep(wait).await;
+                if !stop.sleep(wait).await {
+                    return;
+                }
             }
         });
     }
@@ -259,7 +263,7 @@ impl KeyStore {
             ));
         }
         let issuer_name = d.issuer.replace("{tenantid}", &issuer.tenant_id);
-        *issuer.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(IssuerKeys {
+        *issuer.current.write() = Some(Arc::new(IssuerKeys {
             issuer: issuer_name,
             keys,
         }));
@@ -285,10 +289,7 @@ impl KeyStore {
 
 impl Issuer {
     fn snapshot(&self) -> Option<Arc<IssuerKeys>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     fn find(&self, kid: &str) -> Option<Arc<VerificationKey>> {

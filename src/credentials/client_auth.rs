@@ -14,11 +14,11 @@ use crate::secret::Secret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use x509_parser::pem::Pem;
 use x509_parser::public_key::PublicKey;
@@ -436,7 +436,7 @@ impl CertificateCredential {
     }
 
     fn current_thumbprint(&self) -> String {
-        let g = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.current.lock();
         g.files.x5t_s256.clone()
     }
 
@@ -447,7 +447,7 @@ impl CertificateCredential {
             FileStamp::of(&self.cert_path),
             FileStamp::of(&self.key_path),
         );
-        let mut g = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.current.lock();
         if stamps != g.stamps && g.refused.as_ref() != Some(&stamps) {
             match CertificateFiles::load(&self.cert_path, &self.key_path) {
                 Ok(f) => {
@@ -523,7 +523,7 @@ impl FederatedCredential {
     /// The token to present: the file's contents, read again when the copy is older than
     /// `reread` or Entra said it expired. A file that cannot be read keeps the last copy.
     fn token(&self) -> Result<Secret, GatewayError> {
-        let mut g = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.current.lock();
         let forced = self.force_reread.swap(false, Ordering::SeqCst);
         let stale = g.as_ref().is_none_or(|(_, at)| at.elapsed() >= self.reread);
         if forced || stale {

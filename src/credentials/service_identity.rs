@@ -15,14 +15,16 @@ use super::endpoint::{EntraClient, ErrorBody, Refusal};
 use super::store::{Account, SessionStore, StoreError, StoredSession};
 use super::{DelegatedToken, FileStamp, EXPIRY_BUFFER};
 use crate::audit::CallerSummary;
+use crate::background::Background;
 use crate::config::{Config, IdentityConfig};
 use crate::problem::GatewayError;
 use crate::secret::Secret;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `grant_type` of the device-code poll (RFC 8628).
@@ -144,10 +146,7 @@ impl ServiceIdentity {
 
     /// Health and account, without waiting for a refresh in flight.
     pub fn status(&self) -> IdentityStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.read().clone()
     }
 
     /// What the audit trail records as the identity acted as.
@@ -328,12 +327,12 @@ impl ServiceIdentity {
     }
 
     fn set_health(&self, health: SessionHealth) {
-        let mut g = self.status.write().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.status.write();
         g.health = health;
     }
 
     fn set_status(&self, health: SessionHealth, account: Option<Account>) {
-        let mut g = self.status.write().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.status.write();
         g.health = health;
         g.account = account;
     }
@@ -384,18 +383,20 @@ impl ServiceIdentities {
 
     /// Refreshes every session once per [`KEEPALIVE_PERIOD`] (the first after one period), so
     /// rarely used sessions do not expire and revoked ones show in `/readyz` early.
-    pub fn spawn_keepalive(self: &Arc<Self>, scope: String) {
+    /// A refresh under way when the gateway stops is finished (its rotated token stored), never
+    /// cut off.
+    pub fn spawn_keepalive(self: &Arc<Self>, scope: String, background: &Background) {
         if self.0.is_empty() {
             return;
         }
         let ids = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + KEEPALIVE_PERIOD;
-            let mut tick = tokio::time::interval_at(start, KEEPALIVE_PERIOD);
-            loop {
-                tick.tick().await;
+        background.spawn(|stop| async move {
+            while stop.sleep(KEEPALIVE_PERIOD).await {
                 let Some(ids) = ids.upgrade() else { return };
                 for id in ids.0.values() {
+                    if stop.is_stopping() {
+                        return;
+                    }
                     if let Err(e) = id.token(&scope).await {
                         tracing::warn!(identity = %id.name, error = %e, "keep-alive refresh failed");
                     }

@@ -7,8 +7,8 @@
 //! and its per-insert upkeep was 3.6% of the gateway's CPU time at steady state in the proxy
 //! benchmark, against 1.7% for this archive (`bench/README.md`).
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ impl<V: Clone> Archive<V> {
     }
 
     fn insert_at(&self, id: Uuid, run: V, now: Instant) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.lock();
         if g.runs.insert(id, run).is_none() {
             g.order.push_back((now, id));
         }
@@ -57,7 +57,7 @@ impl<V: Clone> Archive<V> {
     }
 
     fn get_at(&self, id: &Uuid, now: Instant) -> Option<V> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.lock();
         self.expire(&mut g, now);
         g.runs.get(id).cloned()
     }
@@ -76,7 +76,7 @@ impl<V: Clone> Archive<V> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().unwrap().runs.len()
+        self.inner.lock().runs.len()
     }
 }
 

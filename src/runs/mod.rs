@@ -16,8 +16,9 @@ use crate::credentials::{ActingIdentity, DelegatedToken};
 pub use crate::domain::RunState;
 use crate::problem::GatewayError;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::Serialize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -137,10 +138,6 @@ pub struct RunCell {
     changed: watch::Sender<u64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl RunCell {
     /// A new run of `action` for `tenant_id`, covering `request`, acting as `actor`.
     pub fn new(
@@ -176,28 +173,29 @@ impl RunCell {
 
     /// The run's id.
     pub fn id(&self) -> Uuid {
-        lock(&self.run).id
+        self.run.lock().id
     }
 
     /// A copy of the run as it is now.
     pub fn view(&self) -> Run {
-        lock(&self.run).clone()
+        self.run.lock().clone()
     }
 
     /// The run's state now.
     pub fn state(&self) -> RunState {
-        lock(&self.run).state
+        self.run.lock().state
     }
 
     /// The run's tenant. Cheaper than [`RunCell::view`], which copies the whole run: the
     /// executor needs only this on every attempt.
     pub fn tenant_id(&self) -> String {
-        lock(&self.run).tenant_id.clone()
+        self.run.lock().tenant_id.clone()
     }
 
     /// How many upstream attempts the run has made so far.
     pub fn attempts_made(&self) -> usize {
-        lock(&self.run)
+        self.run
+            .lock()
             .upstream
             .as_ref()
             .map_or(0, |u| u.attempts.len())
@@ -207,7 +205,7 @@ impl RunCell {
     pub fn resolve(self: &Arc<Self>) -> Arc<RunCell> {
         let mut cell = self.clone();
         loop {
-            let next = lock(&cell.merged_into).clone();
+            let next = cell.merged_into.lock().clone();
             match next {
                 Some(n) => cell = n,
                 None => return cell,
@@ -217,7 +215,7 @@ impl RunCell {
 
     /// Whether its outcome is durable in the audit trail yet (`None` until it is final).
     pub fn outcome_record(&self) -> Option<OutcomeRecord> {
-        lock(&self.run).outcome_record
+        self.run.lock().outcome_record
     }
 
     pub(super) fn set_outcome_record(&self, o: OutcomeRecord) {
@@ -226,12 +224,12 @@ impl RunCell {
 
     /// Why the run failed, as the error its caller gets.
     pub fn failure(&self) -> Option<GatewayError> {
-        lock(&self.failure).clone()
+        self.failure.lock().clone()
     }
 
     /// Who the run may act as, the most recent joiner first.
     pub fn actors(&self) -> Vec<Actor> {
-        lock(&self.actors).iter().rev().cloned().collect()
+        self.actors.lock().iter().rev().cloned().collect()
     }
 
     /// Records that the run acts as `actor` (an earlier joiner, when the latest could not).
@@ -250,7 +248,7 @@ impl RunCell {
             }
             let mut rx = cell.changed.subscribe();
             // Re-check after subscribing so a change in between is not missed.
-            if cell.state() != RunState::Running || lock(&cell.merged_into).is_some() {
+            if cell.state() != RunState::Running || cell.merged_into.lock().is_some() {
                 continue;
             }
             if tokio::time::timeout_at(deadline, rx.changed())
@@ -274,18 +272,18 @@ impl RunCell {
     }
 
     fn update(&self, f: impl FnOnce(&mut Run)) {
-        f(&mut lock(&self.run));
+        f(&mut self.run.lock());
         self.changed.send_modify(|v| *v += 1);
     }
 
     /// The audit ids of the requests it covers (at most [`MAX_COVERED_IDS`]).
     pub fn covered(&self) -> Vec<Uuid> {
-        lock(&self.covered).clone()
+        self.covered.lock().clone()
     }
 
     fn join(&self, request: Uuid, actor: Actor) {
         {
-            let mut ids = lock(&self.covered);
+            let mut ids = self.covered.lock();
             if ids.len() < MAX_COVERED_IDS {
                 ids.push(request);
             }
@@ -294,7 +292,7 @@ impl RunCell {
             r.covers.count += 1;
             r.acting_as = Some(actor.summary.clone());
         });
-        let mut actors = lock(&self.actors);
+        let mut actors = self.actors.lock();
         // A newer token of the same identity replaces its older one.
         actors.retain(|a| !a.identity.same_as(&actor.identity));
         if actors.len() == MAX_ACTORS {
@@ -307,7 +305,7 @@ impl RunCell {
         let moved = other.covered();
         let count = other.view().covers.count;
         {
-            let mut ids = lock(&self.covered);
+            let mut ids = self.covered.lock();
             let room = MAX_COVERED_IDS.saturating_sub(ids.len());
             ids.extend(moved.into_iter().take(room));
         }
@@ -315,7 +313,7 @@ impl RunCell {
     }
 
     fn set_failure(&self, e: GatewayError) {
-        *lock(&self.failure) = Some(e);
+        *self.failure.lock() = Some(e);
     }
 }
 

@@ -14,10 +14,11 @@ use crate::domain::RunEvent;
 use crate::problem::GatewayError;
 use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -219,7 +220,6 @@ impl Scheduler {
         let found = inner
             .active
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
             .or_else(|| inner.finished.get(&id));
@@ -324,33 +324,23 @@ impl Inner {
         // Bounded: tenants come only from validated tokens of allowed tenants.
         self.slots
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(tenant.to_string())
             .or_default()
             .clone()
     }
 
     fn track(&self, cell: &Arc<RunCell>) {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cell.id(), cell.clone());
+        self.active.lock().insert(cell.id(), cell.clone());
     }
 
     fn active_is_empty(&self) -> bool {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.active.lock().is_empty()
     }
 
     /// Moves a run that will change no more from the live set to the bounded archive.
     pub(super) fn retire(&self, cell: &Arc<RunCell>) {
         let id = cell.id();
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.active.lock().remove(&id);
         self.finished.insert(id, cell.clone());
     }
 
@@ -401,7 +391,7 @@ impl Inner {
         if let Some(target) = slot.scheduled.clone() {
             target.absorb(cell);
             target.update(|r| r.not_before = Some(r.not_before.map_or(next, |n| n.max(next))));
-            *cell.merged_into.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+            *cell.merged_into.lock() = Some(target.clone());
             cell.update(|r| r.state = RunState::Scheduled);
             drop(slot);
             self.retire(cell);
@@ -485,13 +475,7 @@ impl Inner {
     }
 
     async fn abandon_scheduled(&self, which: impl Fn(DateTime<Utc>) -> bool) {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots: Vec<_> = self.slots.lock().values().cloned().collect();
         for slot_lock in slots {
             let taken = {
                 let mut slot = slot_lock.lock().await;
