@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.shutdown_timeout_seconds`: how long in-flight requests may finish on SIGTERM.
     pub shutdown_timeout_seconds: u64,
+    /// `server.request_timeout_seconds`: a request's body must have arrived this long after its
+    /// headers, or the answer is 408 (the headers themselves are bounded by actix: 5 s).
+    pub request_timeout_seconds: u64,
 }
 
 /// `[entra]`
@@ -469,6 +472,7 @@ struct RawServer {
     listen: Option<String>,
     workers: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
+    request_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -657,6 +661,18 @@ impl Config {
             }
         }
         let env = prefixed;
+        // Which keys the environment set, so an error can say where a value came from.
+        let from_env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, _)| {
+                (
+                    k[ENV_PREFIX.len()..]
+                        .to_ascii_lowercase()
+                        .replace("__", "."),
+                    k.clone(),
+                )
+            })
+            .collect();
         // figment's own `Env` provider reads the process environment; going through the
         // iterator instead lets tests pass their own environment.
         let mut figment = Figment::new().merge(Toml::string(toml_text));
@@ -675,7 +691,7 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| one(&figment_key(&e), e.to_string()))?;
-        raw.validate(early, azure)
+        raw.validate(early, azure, from_env)
     }
 }
 
@@ -689,9 +705,21 @@ fn figment_key(e: &figment::Error) -> String {
 
 struct Check {
     errors: Vec<ConfigError>,
+    /// Dotted key → the environment variable that set it.
+    from_env: BTreeMap<String, String>,
 }
 
 impl Check {
+    /// Where `key`'s value came from, for an error message: the environment variable, the
+    /// file, or the default.
+    fn origin(&self, key: &str, set: bool) -> String {
+        match self.from_env.get(key) {
+            Some(var) => format!("from the environment, {var}"),
+            None if set => "from the file".into(),
+            None => "the default".into(),
+        }
+    }
+
     fn err(&mut self, key: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             key: key.into(),
@@ -1175,8 +1203,16 @@ pub fn parse_service_url(v: &str) -> Result<Url, String> {
 }
 
 impl RawConfig {
-    fn validate(self, early: Vec<ConfigError>, azure: AzureEnv) -> Result<Config, ConfigErrors> {
-        let mut c = Check { errors: early };
+    fn validate(
+        self,
+        early: Vec<ConfigError>,
+        azure: AzureEnv,
+        from_env: BTreeMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut c = Check {
+            errors: early,
+            from_env,
+        };
 
         let listen = c
             .required("server.listen", self.server.listen)
@@ -1189,6 +1225,14 @@ impl RawConfig {
             });
         if self.server.workers == Some(0) {
             c.err("server.workers", "must be greater than 0");
+        }
+        let request_timeout = self.server.request_timeout_seconds.unwrap_or(10);
+        if request_timeout == 0 {
+            let origin = c.origin("server.request_timeout_seconds", true);
+            c.err(
+                "server.request_timeout_seconds",
+                format!("must be greater than 0 (0, {origin})"),
+            );
         }
 
         let RawEntra {
@@ -1486,6 +1530,7 @@ impl RawConfig {
                 listen: listen.unwrap(),
                 workers: self.server.workers,
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
+                request_timeout_seconds: request_timeout,
             },
             entra: EntraConfig {
                 cloud,
@@ -1618,6 +1663,24 @@ path = "/tmp/audit.jsonl"
             }
         );
         assert_eq!(c.callers.audiences, vec!["api://other".to_string()]);
+    }
+
+    #[test]
+    fn a_zero_request_timeout_is_refused_saying_where_it_came_from() {
+        let mut env = secret_env();
+        env.push((
+            "SYNC_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS".into(),
+            "0".into(),
+        ));
+        let errs = errors(&full_toml(), env);
+        assert!(
+            has_error(
+                &errs,
+                "server.request_timeout_seconds",
+                "greater than 0 (0, from the environment, SYNC_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS)"
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive within `server.request_timeout_seconds` of its headers.
+    #[error("request body not received within {seconds} s")]
+    RequestTimeout {
+        /// The configured deadline.
+        seconds: u64,
+    },
     /// A rate limit refused the request.
     #[error("rate limited by {}", .0.policy)]
     RateLimited(crate::limits::RateLimitStatus),
@@ -170,6 +176,7 @@ impl GatewayError {
             InsufficientRole { .. } => "insufficient-role",
             BadRequest(_) => "bad-request",
             PayloadTooLarge { .. } => "payload-too-large",
+            RequestTimeout { .. } => "request-timeout",
             RateLimited(_) => "rate-limited",
             LimiterFull { .. } => "limiter-full",
             KeysUnavailable => "keys-unavailable",
@@ -206,6 +213,7 @@ impl GatewayError {
             | UpstreamForbidden { .. } => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             LimiterFull { .. }
             | KeysUnavailable
@@ -235,6 +243,7 @@ impl GatewayError {
             InsufficientRole { .. } => "Insufficient app role",
             BadRequest(_) => "Bad request",
             PayloadTooLarge { .. } => "Payload too large",
+            RequestTimeout { .. } => "Request body not received in time",
             RateLimited(_) => "Rate limit exceeded",
             LimiterFull { .. } => "Too many distinct callers",
             KeysUnavailable => "Signing keys not yet available",
@@ -269,6 +278,9 @@ impl GatewayError {
             InsufficientRole { required } => format!("the app-only token does not carry the app role '{required}'"),
             BadRequest(d) => d.clone(),
             PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
+            RequestTimeout { seconds } => format!(
+                "the request body did not arrive within {seconds} s; the connection is closed"
+            ),
             RateLimited(s) => format!(
                 "the {} limit is exhausted; retry after {} s",
                 s.policy, s.reset_secs

@@ -188,6 +188,7 @@ impl Application {
             ),
             policy: CallerPolicy::from_config(&config),
             limits: limits.clone(),
+            request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
             credentials,
             runs: runs.clone(),
             graph,
