@@ -321,6 +321,9 @@ pub struct LimitsConfig {
     pub max_tracked_callers: usize,
     /// `limits.eviction_seconds`: how often idle limiter keys are dropped.
     pub eviction_seconds: u64,
+    /// `limits.max_in_flight_per_caller`: `POST /sync` requests one caller (`tid` + `oid`) may
+    /// have in progress at once, body read included.
+    pub max_in_flight_per_caller: usize,
 }
 
 /// `[audit]`
@@ -541,6 +544,7 @@ struct RawLimits {
     per_tenant: Option<Rate>,
     max_tracked_callers: Option<usize>,
     eviction_seconds: Option<u64>,
+    max_in_flight_per_caller: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1234,6 +1238,14 @@ impl RawConfig {
                 format!("must be greater than 0 (0, {origin})"),
             );
         }
+        let max_in_flight = self.limits.max_in_flight_per_caller.unwrap_or(32);
+        if max_in_flight == 0 {
+            let origin = c.origin("limits.max_in_flight_per_caller", true);
+            c.err(
+                "limits.max_in_flight_per_caller",
+                format!("must be greater than 0 (0, {origin})"),
+            );
+        }
 
         let RawEntra {
             authority_host,
@@ -1566,6 +1578,7 @@ impl RawConfig {
                 per_tenant,
                 max_tracked_callers: max_tracked,
                 eviction_seconds: eviction,
+                max_in_flight_per_caller: max_in_flight,
             },
             audit: audit.unwrap(),
             actions: ActionsConfig { sync: sync_action },

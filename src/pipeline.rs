@@ -1,7 +1,8 @@
 //! The request lifecycles, top to bottom. `POST /sync`:
 //!
 //! 0. declared size (here)                   a `Content-Length` over 4 KiB → 413 before anything
-//! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]
+//! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]; then the caller's
+//!    in-flight slot ([`crate::limits::InFlight`]), held until the request is processed
 //! 2. authorize     ([`crate::policy`])      scope / app role → who acts: [`ActingIdentity`]
 //! 3. read the body (here)                   optional `{"reason": "..."}`, by
 //!    `server.request_timeout_seconds` after the headers or 408
@@ -28,7 +29,7 @@ use crate::audit::{AuditEvent, AuditLog, RequestRecord, UpstreamSummary};
 use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
-use crate::limits::{Limits, RateLimitStatus};
+use crate::limits::{InFlight, Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub policy: CallerPolicy,
     /// Step 4.
     pub limits: Arc<Limits>,
+    /// Step 1's in-flight cap per caller.
+    pub in_flight: InFlight,
     /// How long after its headers a request's body may take to arrive (step 3).
     pub request_timeout: Duration,
     /// Step 5.
@@ -225,9 +228,15 @@ async fn sync(
         }));
     }
 
-    // 1. Authenticate.
+    // 1. Authenticate, then take one of the caller's in-flight slots, held while the body is
+    //    read and the request processed: a caller holding slow bodies open stops at its cap.
     let caller = authenticate(gw, req).await.map_err(plain)?;
     record.caller = Some(caller.summary());
+    let (tenant_id, caller_key) = caller.limit_key();
+    let _slot = gw
+        .in_flight
+        .acquire(tenant_id, &caller_key)
+        .map_err(plain)?;
 
     // 2. Authorize: who acts (the user themself, or the service identity an app is mapped to).
     let acting = gw.policy.authorize(&caller).map_err(plain)?;
@@ -240,7 +249,6 @@ async fn sync(
         .map_err(plain)?;
 
     // 4. Limits, per initiating caller and per tenant.
-    let (tenant_id, caller_key) = caller.limit_key();
     let limit = gw.limits.check(tenant_id, &caller_key).map_err(plain)?;
     record.decision = "allowed";
 

@@ -51,6 +51,12 @@ pub enum GatewayError {
         /// The configured deadline.
         seconds: u64,
     },
+    /// The caller already has `limits.max_in_flight_per_caller` requests in progress.
+    #[error("{limit} requests of this caller already in flight")]
+    TooManyInFlight {
+        /// The cap.
+        limit: usize,
+    },
     /// A rate limit refused the request.
     #[error("rate limited by {}", .0.policy)]
     RateLimited(crate::limits::RateLimitStatus),
@@ -177,6 +183,7 @@ impl GatewayError {
             BadRequest(_) => "bad-request",
             PayloadTooLarge { .. } => "payload-too-large",
             RequestTimeout { .. } => "request-timeout",
+            TooManyInFlight { .. } => "too-many-in-flight",
             RateLimited(_) => "rate-limited",
             LimiterFull { .. } => "limiter-full",
             KeysUnavailable => "keys-unavailable",
@@ -214,7 +221,7 @@ impl GatewayError {
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             LimiterFull { .. }
             | KeysUnavailable
             | AuditUnavailable(_)
@@ -244,6 +251,7 @@ impl GatewayError {
             BadRequest(_) => "Bad request",
             PayloadTooLarge { .. } => "Payload too large",
             RequestTimeout { .. } => "Request body not received in time",
+            TooManyInFlight { .. } => "Too many requests in flight",
             RateLimited(_) => "Rate limit exceeded",
             LimiterFull { .. } => "Too many distinct callers",
             KeysUnavailable => "Signing keys not yet available",
@@ -280,6 +288,9 @@ impl GatewayError {
             PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
             RequestTimeout { seconds } => format!(
                 "the request body did not arrive within {seconds} s; the connection is closed"
+            ),
+            TooManyInFlight { limit } => format!(
+                "this caller already has {limit} requests in progress; retry when one has been answered"
             ),
             RateLimited(s) => format!(
                 "the {} limit is exhausted; retry after {} s",
@@ -323,6 +334,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             RateLimited(s) => Some(s.reset_secs.max(1)),
+            // A slot frees as soon as one of the caller's own requests is answered.
+            TooManyInFlight { .. } => Some(1),
             LimiterFull { retry_after_secs } => Some(*retry_after_secs),
             IdentityProviderUnavailable {
                 retry_after_secs, ..

@@ -13,7 +13,7 @@ use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::ServiceIdentities;
 use crate::credentials::Credentials;
-use crate::limits::Limits;
+use crate::limits::{InFlight, Limits};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
@@ -178,6 +178,12 @@ impl Application {
             credentials.clone(),
             audit.clone(),
         );
+        let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
+        metrics.register(
+            "sync_requests_in_flight",
+            "POST /sync requests in progress (body read included), all callers together",
+            in_flight_gauge.clone(),
+        );
         let gateway = Gateway {
             authenticator: Authenticator::new(
                 keys.clone(),
@@ -188,6 +194,7 @@ impl Application {
             ),
             policy: CallerPolicy::from_config(&config),
             limits: limits.clone(),
+            in_flight: InFlight::new(config.limits.max_in_flight_per_caller, in_flight_gauge),
             request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
             credentials,
             runs: runs.clone(),

@@ -1,6 +1,6 @@
 //! Clients that hold the gateway's resources: bodies that never finish, declared sizes over the
-//! limit. Spoken to over raw TCP, since an HTTP client library would not send a request that
-//! never ends.
+//! limit, one caller holding many slow requests. Spoken to over raw TCP, since an HTTP client
+//! library would not send a request that never ends.
 
 use crate::helpers::{problem_type, spawn_app_with, Setup, TestApp};
 use serde_json::Value;
@@ -115,6 +115,17 @@ fn record_of(app: &TestApp, problem: &Value) -> Value {
         .expect("a request record for the instance")
 }
 
+/// Polls `/metrics` until `n` `POST /sync` requests are in flight (or panics after 10 s).
+async fn wait_in_flight(app: &TestApp, n: f64) {
+    for _ in 0..500 {
+        if app.metric("sync_gateway_sync_requests_in_flight").await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never {n} requests in flight");
+}
+
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_answered_408_and_audited() {
     let app = spawn_app_with(Setup::default().set("server.request_timeout_seconds", "1")).await;
@@ -168,4 +179,50 @@ async fn a_declared_length_over_the_limit_is_refused_413_before_any_body_is_sent
     // Refused before the token was even looked at: nothing was exchanged.
     assert!(record["caller"].is_null(), "{record}");
     assert_eq!(app.sims.entra.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn one_caller_holding_its_cap_of_slow_bodies_leaves_health_and_other_callers_served() {
+    let app = spawn_app_with(
+        Setup::default()
+            .set("limits.max_in_flight_per_caller", "3")
+            .set("server.request_timeout_seconds", "6"),
+    )
+    .await;
+    let hog = app.token();
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(slow_post(&app, &hog, Framing::Length).await);
+    }
+    wait_in_flight(&app, 3.0).await;
+
+    // The same caller's next request is refused at once, without its body being waited for.
+    let extra = app.post_sync(&hog).await;
+    assert_eq!(extra.status(), 429);
+    assert_eq!(crate::helpers::header(&extra, "retry-after"), "1");
+    let problem = crate::helpers::problem_of(extra).await;
+    assert_eq!(problem["type"], problem_type("too-many-in-flight"));
+    assert_eq!(record_of(&app, &problem)["code"], "too-many-in-flight");
+
+    // Everyone else is served.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+
+    // The slow requests end with 408 once their deadline passes, each recorded.
+    for s in slow {
+        let answer = answer_then_close(s).await;
+        assert_eq!(answer.status, 408);
+        let problem = answer.problem();
+        assert_eq!(problem["type"], problem_type("request-timeout"));
+        let record = record_of(&app, &problem);
+        assert_eq!(record["status"], 408);
+        assert_eq!(record["code"], "request-timeout");
+    }
+    let timed_out = app
+        .audit_of_kind("request")
+        .into_iter()
+        .filter(|r| r["code"] == "request-timeout")
+        .count();
+    assert_eq!(timed_out, 3);
 }
