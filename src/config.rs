@@ -75,7 +75,18 @@ pub struct ServerConfig {
     /// `server.request_timeout_seconds`: a request's body must have arrived this long after its
     /// headers, or the answer is 408 (the headers themselves are bounded by actix: 5 s).
     pub request_timeout_seconds: u64,
+    /// `server.max_connections`: open client connections at most, all workers together; more
+    /// wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
+
+/// The default of `server.max_connections`: well below the common soft limit of 1024 open
+/// files, leaving room for the audit files, the upstream connections and the runtime's own.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 768;
+
+/// Open files the gateway keeps for itself beside client connections (audit files, upstream
+/// connections, the runtime): the start-up warns when the open-file limit leaves less.
+pub const RESERVED_FILES: u64 = 256;
 
 /// `[entra]`
 #[derive(Debug, Clone, Serialize)]
@@ -322,7 +333,7 @@ pub struct LimitsConfig {
     /// `limits.eviction_seconds`: how often idle limiter keys are dropped.
     pub eviction_seconds: u64,
     /// `limits.max_in_flight_per_caller`: `POST /sync` requests one caller (`tid` + `oid`) may
-    /// have in progress at once, body read included.
+    /// have in progress at once, body read included; below `server.max_connections`.
     pub max_in_flight_per_caller: usize,
 }
 
@@ -476,6 +487,7 @@ struct RawServer {
     workers: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
     request_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1238,12 +1250,47 @@ impl RawConfig {
                 format!("must be greater than 0 (0, {origin})"),
             );
         }
+        let max_connections = self
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let connections_origin = c.origin(
+            "server.max_connections",
+            self.server.max_connections.is_some(),
+        );
+        match self.server.workers {
+            // Each worker takes an equal share (actix counts connections per worker).
+            Some(w) if w > 0 && max_connections < w => c.err(
+                "server.max_connections",
+                format!(
+                    "must be at least server.workers ({w}): each worker serves an equal share \
+                     ({max_connections}, {connections_origin})"
+                ),
+            ),
+            _ if max_connections == 0 => c.err(
+                "server.max_connections",
+                format!("must be greater than 0 (0, {connections_origin})"),
+            ),
+            _ => {}
+        }
         let max_in_flight = self.limits.max_in_flight_per_caller.unwrap_or(32);
+        let in_flight_origin = c.origin(
+            "limits.max_in_flight_per_caller",
+            self.limits.max_in_flight_per_caller.is_some(),
+        );
         if max_in_flight == 0 {
-            let origin = c.origin("limits.max_in_flight_per_caller", true);
             c.err(
                 "limits.max_in_flight_per_caller",
-                format!("must be greater than 0 (0, {origin})"),
+                format!("must be greater than 0 (0, {in_flight_origin})"),
+            );
+        } else if max_in_flight >= max_connections {
+            c.err(
+                "limits.max_in_flight_per_caller",
+                format!(
+                    "must be below server.max_connections ({max_connections}, \
+                     {connections_origin}), or one caller could hold every connection \
+                     ({max_in_flight}, {in_flight_origin})"
+                ),
             );
         }
 
@@ -1543,6 +1590,7 @@ impl RawConfig {
                 workers: self.server.workers,
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
                 request_timeout_seconds: request_timeout,
+                max_connections,
             },
             entra: EntraConfig {
                 cloud,
@@ -1676,6 +1724,59 @@ path = "/tmp/audit.jsonl"
             }
         );
         assert_eq!(c.callers.audiences, vec!["api://other".to_string()]);
+    }
+
+    #[test]
+    fn the_connection_limits_have_defaults_below_a_1024_file_limit() {
+        let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+        assert_eq!(c.server.request_timeout_seconds, 10);
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(c.server.max_connections as u64 + RESERVED_FILES <= 1024);
+        assert_eq!(c.limits.max_in_flight_per_caller, 32);
+    }
+
+    #[test]
+    fn an_in_flight_cap_not_below_the_connection_cap_is_refused_saying_where_each_came_from() {
+        let text = full_toml().replace(
+            "[audit]",
+            "[limits]\nmax_in_flight_per_caller = 10\n[audit]",
+        );
+        let mut env = secret_env();
+        env.push(("SYNC_GATEWAY__SERVER__MAX_CONNECTIONS".into(), "10".into()));
+        let errs = errors(&text, env);
+        assert!(
+            has_error(
+                &errs,
+                "limits.max_in_flight_per_caller",
+                "must be below server.max_connections (10, from the environment, SYNC_GATEWAY__SERVER__MAX_CONNECTIONS)"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(
+                &errs,
+                "limits.max_in_flight_per_caller",
+                "(10, from the file)"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn fewer_connections_than_workers_are_refused() {
+        let text = full_toml().replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nworkers = 4\nmax_connections = 3",
+        );
+        let errs = errors(&text, secret_env());
+        assert!(
+            has_error(
+                &errs,
+                "server.max_connections",
+                "at least server.workers (4): each worker serves an equal share (3, from the file)"
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]

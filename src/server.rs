@@ -234,7 +234,19 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
         });
-        let mut server = HttpServer::new(move || {
+        // actix caps connections per worker; the configured figure is for the whole process.
+        let (workers, per_worker) = connection_shares(
+            config.server.workers,
+            config.server.max_connections,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        tracing::info!(
+            workers,
+            max_connections = workers * per_worker,
+            per_worker,
+            "connection cap"
+        );
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(gateway.clone())
                 .app_data(health.clone())
@@ -258,14 +270,13 @@ impl Application {
                 }))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)
+        .workers(workers)
+        .max_connections(per_worker)
         .listen(listener)
         .map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
         })?;
-        if let Some(w) = config.server.workers {
-            server = server.workers(w);
-        }
         Ok(Application {
             port,
             server: server.run(),
@@ -314,6 +325,18 @@ impl Application {
         self.audit.shutdown().await;
         result
     }
+}
+
+/// Workers and each one's connection cap, so that all together serve at most `max_connections`.
+/// Without `server.workers`, one worker per core, but never more workers than connections.
+fn connection_shares(
+    workers: Option<usize>,
+    max_connections: usize,
+    cores: usize,
+) -> (usize, usize) {
+    let workers = workers.unwrap_or_else(|| cores.min(max_connections)).max(1);
+    // Configuration validation keeps max_connections >= workers when both are set.
+    (workers, (max_connections / workers).max(1))
 }
 
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
@@ -365,5 +388,19 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_shares;
+
+    #[test]
+    fn the_workers_share_the_connection_cap_without_exceeding_it() {
+        assert_eq!(connection_shares(Some(2), 768, 8), (2, 384));
+        assert_eq!(connection_shares(Some(3), 10, 8), (3, 3));
+        assert_eq!(connection_shares(None, 768, 4), (4, 192));
+        // More cores than connections: fewer workers, one connection each.
+        assert_eq!(connection_shares(None, 2, 8), (2, 1));
     }
 }

@@ -1,6 +1,6 @@
 //! Clients that hold the gateway's resources: bodies that never finish, declared sizes over the
-//! limit, one caller holding many slow requests. Spoken to over raw TCP, since an HTTP client
-//! library would not send a request that never ends.
+//! limit, one caller holding many slow requests, more connections than the cap. Spoken to over
+//! raw TCP, since an HTTP client library would not send a request that never ends.
 
 use crate::helpers::{problem_type, spawn_app_with, Setup, TestApp};
 use serde_json::Value;
@@ -103,6 +103,25 @@ async fn answer_then_close(mut s: TcpStream) -> RawAnswer {
         .expect("the gateway answers and closes the connection")
         .expect("the connection reads");
     parse_answer(&buf).expect("a complete answer").0
+}
+
+/// Reads one answer off a connection that stays open (at most 30 s).
+async fn one_answer(s: &mut TcpStream) -> RawAnswer {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some((a, _)) = parse_answer(&buf) {
+                return a;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.expect("the connection reads");
+            assert!(n > 0, "the gateway closed the connection before answering");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("an answer")
 }
 
 /// The request record whose id the problem's `instance` names.
@@ -225,4 +244,44 @@ async fn one_caller_holding_its_cap_of_slow_bodies_leaves_health_and_other_calle
         .filter(|r| r["code"] == "request-timeout")
         .count();
     assert_eq!(timed_out, 3);
+}
+
+#[tokio::test]
+async fn a_connection_beyond_server_max_connections_waits_until_one_closes() {
+    let app = spawn_app_with(
+        Setup::default()
+            .set("server.max_connections", "2")
+            .set("limits.max_in_flight_per_caller", "1")
+            .set("server.request_timeout_seconds", "60"),
+    )
+    .await;
+    // Two connections, each proven served, then held by a body that does not arrive.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(&app).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(one_answer(&mut s).await.status, 200);
+        send_slow_post(&mut s, &app.token(), Framing::Length).await;
+        held.push(s);
+    }
+
+    // A third is not served while both are held: nothing arrives within a second (an
+    // observation window, not a speed requirement: both are held for 60 s).
+    let mut third = connect(&app).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_secs(1), third.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served beyond the cap"
+    );
+
+    // Closing one lets it in.
+    drop(held.remove(0));
+    assert_eq!(one_answer(&mut third).await.status, 200);
 }
