@@ -339,6 +339,45 @@ fn connection_shares(
     (workers, (max_connections / workers).max(1))
 }
 
+/// Raises the soft limit of open files to the hard limit (a gateway's connections are files,
+/// and the soft limit is often 1024), and logs both; warns when the result leaves less than
+/// [`RESERVED_FILES`] beside `max_connections`. Returns the soft limit now in force.
+///
+/// [`RESERVED_FILES`]: crate::config::RESERVED_FILES
+pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return None;
+        }
+    };
+    let raised = match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            soft
+        }
+    };
+    tracing::info!(
+        soft_before = soft,
+        soft = raised,
+        hard,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+    let needed = max_connections as u64 + crate::config::RESERVED_FILES;
+    if raised < needed {
+        tracing::warn!(
+            soft = raised,
+            max_connections,
+            needed,
+            "the open-file limit is below server.max_connections plus the gateway's own files; \
+             lower server.max_connections or raise the hard limit"
+        );
+    }
+    Some(raised)
+}
+
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
     // Session health is read when scraped, so the gauge is never stale.
     for (identity, status) in h.identities.statuses() {
