@@ -178,20 +178,25 @@ impl RequestBody {
         if self.finished {
             return response;
         }
-        let payload = self.payload;
-        response
-            .map_body(|_, body| UnreadBody {
-                body,
-                _payload: payload,
-            })
-            .map_into_boxed_body()
+        let payload = self.payload.into_inner();
+        response.map_body(|_, body| holding_unread(body, payload))
     }
+}
+
+/// `body`, holding the request's unread `payload` until it has been sent, so that actix closes
+/// the connection after the answer instead of draining the payload first (which, for a chunked
+/// body that never ends, would hold the connection forever).
+pub(crate) fn holding_unread(body: BoxBody, payload: actix_web::dev::Payload) -> BoxBody {
+    BoxBody::new(UnreadBody {
+        body,
+        _payload: payload,
+    })
 }
 
 /// An answer's body that holds the request's unread payload until it has been sent.
 struct UnreadBody {
     body: BoxBody,
-    _payload: web::Payload,
+    _payload: actix_web::dev::Payload,
 }
 
 impl MessageBody for UnreadBody {

@@ -20,7 +20,10 @@ use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{RunPolicy, Scheduler};
 use crate::upstream::Graph;
-use actix_web::dev::Server;
+use actix_web::body::BoxBody;
+use actix_web::dev::{Server, Service};
+use actix_web::http::{header, Method};
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::collections::HashSet;
@@ -248,6 +251,26 @@ impl Application {
         );
         let server = HttpServer::new(move || {
             App::new()
+                // Only POST /sync reads a body (and closes a connection whose body it did not
+                // read to the end itself). Elsewhere a chunked body is never read, and actix
+                // would drain one that never ends forever after the answer: hold it until the
+                // answer is sent, so that actix closes the connection instead. (An unread
+                // Content-Length body actix closes for by itself.)
+                .wrap_fn(|mut req, srv| {
+                    let unread = (req.headers().contains_key(header::TRANSFER_ENCODING)
+                        && !(req.method() == Method::POST && req.path() == "/sync"))
+                        .then(|| req.take_payload());
+                    let answer = srv.call(req);
+                    async move {
+                        let res = answer.await?;
+                        Ok::<_, actix_web::Error>(match unread {
+                            Some(payload) => res.map_body(|_, body| {
+                                pipeline::holding_unread(BoxBody::new(body), payload)
+                            }),
+                            None => res.map_into_boxed_body(),
+                        })
+                    }
+                })
                 .app_data(gateway.clone())
                 .app_data(health.clone())
                 .service(

@@ -285,3 +285,17 @@ async fn a_connection_beyond_server_max_connections_waits_until_one_closes() {
     drop(held.remove(0));
     assert_eq!(one_answer(&mut third).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_chunked_body_that_never_ends_does_not_keep_a_connection_to_another_route() {
+    let app = spawn_app_with(Setup::default()).await;
+    for (path, status) in [("/healthz", 200), ("/sync/status", 401), ("/nowhere", 404)] {
+        let mut s = connect(&app).await;
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{{\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let answer = answer_then_close(s).await;
+        assert_eq!(answer.status, status, "{path}");
+    }
+}
