@@ -73,7 +73,21 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.shutdown_timeout_seconds`: how long in-flight requests may finish on SIGTERM.
     pub shutdown_timeout_seconds: u64,
+    /// `server.request_timeout_seconds`: a request's body must have arrived this long after its
+    /// headers, or the answer is 408 (the headers themselves are bounded by actix: 5 s).
+    pub request_timeout_seconds: u64,
+    /// `server.max_connections`: open client connections at most, all workers together; more
+    /// wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
+
+/// The default of `server.max_connections`: well below the common soft limit of 1024 open
+/// files, leaving room for the audit files, the upstream connections and the runtime's own.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 768;
+
+/// Open files the gateway keeps for itself beside client connections (audit files, upstream
+/// connections, the runtime): the start-up warns when the open-file limit leaves less.
+pub const RESERVED_FILES: u64 = 256;
 
 /// `[entra]`
 #[derive(Debug, Clone, Serialize)]
@@ -333,6 +347,9 @@ pub struct LimitsConfig {
     pub max_tracked_callers: usize,
     /// `limits.eviction_seconds`: how often idle limiter keys are dropped.
     pub eviction_seconds: u64,
+    /// `limits.max_in_flight_per_caller`: `POST /sync` requests one caller (`tid` + `oid`) may
+    /// have in progress at once, body read included; below `server.max_connections`.
+    pub max_in_flight_per_caller: usize,
 }
 
 /// `[audit]`
@@ -484,6 +501,8 @@ struct RawServer {
     listen: Option<String>,
     workers: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
+    request_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -554,6 +573,7 @@ struct RawLimits {
     per_tenant: Option<Rate>,
     max_tracked_callers: Option<usize>,
     eviction_seconds: Option<u64>,
+    max_in_flight_per_caller: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -674,6 +694,18 @@ impl Config {
             }
         }
         let env = prefixed;
+        // Which keys the environment set, so an error can say where a value came from.
+        let from_env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, _)| {
+                (
+                    k[ENV_PREFIX.len()..]
+                        .to_ascii_lowercase()
+                        .replace("__", "."),
+                    k.clone(),
+                )
+            })
+            .collect();
         // figment's own `Env` provider reads the process environment; going through the
         // iterator instead lets tests pass their own environment.
         let mut figment = Figment::new().merge(Toml::string(toml_text));
@@ -692,7 +724,7 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| one(&figment_key(&e), e.to_string()))?;
-        raw.validate(early, azure)
+        raw.validate(early, azure, from_env)
     }
 }
 
@@ -706,9 +738,21 @@ fn figment_key(e: &figment::Error) -> String {
 
 struct Check {
     errors: Vec<ConfigError>,
+    /// Dotted key → the environment variable that set it.
+    from_env: BTreeMap<String, String>,
 }
 
 impl Check {
+    /// Where `key`'s value came from, for an error message: the environment variable, the
+    /// file, or the default.
+    fn origin(&self, key: &str, set: bool) -> String {
+        match self.from_env.get(key) {
+            Some(var) => format!("from the environment, {var}"),
+            None if set => "from the file".into(),
+            None => "the default".into(),
+        }
+    }
+
     fn err(&mut self, key: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             key: key.into(),
@@ -1192,8 +1236,16 @@ pub fn parse_service_url(v: &str) -> Result<Url, String> {
 }
 
 impl RawConfig {
-    fn validate(self, early: Vec<ConfigError>, azure: AzureEnv) -> Result<Config, ConfigErrors> {
-        let mut c = Check { errors: early };
+    fn validate(
+        self,
+        early: Vec<ConfigError>,
+        azure: AzureEnv,
+        from_env: BTreeMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut c = Check {
+            errors: early,
+            from_env,
+        };
 
         let listen = c
             .required("server.listen", self.server.listen)
@@ -1206,6 +1258,57 @@ impl RawConfig {
             });
         if self.server.workers == Some(0) {
             c.err("server.workers", "must be greater than 0");
+        }
+        let request_timeout = self.server.request_timeout_seconds.unwrap_or(10);
+        if request_timeout == 0 {
+            let origin = c.origin("server.request_timeout_seconds", true);
+            c.err(
+                "server.request_timeout_seconds",
+                format!("must be greater than 0 (0, {origin})"),
+            );
+        }
+        let max_connections = self
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let connections_origin = c.origin(
+            "server.max_connections",
+            self.server.max_connections.is_some(),
+        );
+        match self.server.workers {
+            // Each worker takes an equal share (actix counts connections per worker).
+            Some(w) if w > 0 && max_connections < w => c.err(
+                "server.max_connections",
+                format!(
+                    "must be at least server.workers ({w}): each worker serves an equal share \
+                     ({max_connections}, {connections_origin})"
+                ),
+            ),
+            _ if max_connections == 0 => c.err(
+                "server.max_connections",
+                format!("must be greater than 0 (0, {connections_origin})"),
+            ),
+            _ => {}
+        }
+        let max_in_flight = self.limits.max_in_flight_per_caller.unwrap_or(32);
+        let in_flight_origin = c.origin(
+            "limits.max_in_flight_per_caller",
+            self.limits.max_in_flight_per_caller.is_some(),
+        );
+        if max_in_flight == 0 {
+            c.err(
+                "limits.max_in_flight_per_caller",
+                format!("must be greater than 0 (0, {in_flight_origin})"),
+            );
+        } else if max_in_flight >= max_connections {
+            c.err(
+                "limits.max_in_flight_per_caller",
+                format!(
+                    "must be below server.max_connections ({max_connections}, \
+                     {connections_origin}), or one caller could hold every connection \
+                     ({max_in_flight}, {in_flight_origin})"
+                ),
+            );
         }
 
         let RawEntra {
@@ -1527,6 +1630,8 @@ impl RawConfig {
                 listen: listen.unwrap(),
                 workers: self.server.workers,
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
+                request_timeout_seconds: request_timeout,
+                max_connections,
             },
             entra: EntraConfig {
                 cloud,
@@ -1561,6 +1666,7 @@ impl RawConfig {
                 per_tenant,
                 max_tracked_callers: max_tracked,
                 eviction_seconds: eviction,
+                max_in_flight_per_caller: max_in_flight,
             },
             audit: audit.unwrap(),
             actions: ActionsConfig { sync: sync_action },
@@ -1658,6 +1764,77 @@ path = "/tmp/audit.jsonl"
             }
         );
         assert_eq!(c.callers.audiences, vec!["api://other".to_string()]);
+    }
+
+    #[test]
+    fn the_connection_limits_have_defaults_below_a_1024_file_limit() {
+        let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+        assert_eq!(c.server.request_timeout_seconds, 10);
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert!(c.server.max_connections as u64 + RESERVED_FILES <= 1024);
+        assert_eq!(c.limits.max_in_flight_per_caller, 32);
+    }
+
+    #[test]
+    fn an_in_flight_cap_not_below_the_connection_cap_is_refused_saying_where_each_came_from() {
+        let text = full_toml().replace(
+            "[audit]",
+            "[limits]\nmax_in_flight_per_caller = 10\n[audit]",
+        );
+        let mut env = secret_env();
+        env.push(("SYNC_GATEWAY__SERVER__MAX_CONNECTIONS".into(), "10".into()));
+        let errs = errors(&text, env);
+        assert!(
+            has_error(
+                &errs,
+                "limits.max_in_flight_per_caller",
+                "must be below server.max_connections (10, from the environment, SYNC_GATEWAY__SERVER__MAX_CONNECTIONS)"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has_error(
+                &errs,
+                "limits.max_in_flight_per_caller",
+                "(10, from the file)"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn fewer_connections_than_workers_are_refused() {
+        let text = full_toml().replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nworkers = 4\nmax_connections = 3",
+        );
+        let errs = errors(&text, secret_env());
+        assert!(
+            has_error(
+                &errs,
+                "server.max_connections",
+                "at least server.workers (4): each worker serves an equal share (3, from the file)"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_zero_request_timeout_is_refused_saying_where_it_came_from() {
+        let mut env = secret_env();
+        env.push((
+            "SYNC_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS".into(),
+            "0".into(),
+        ));
+        let errs = errors(&full_toml(), env);
+        assert!(
+            has_error(
+                &errs,
+                "server.request_timeout_seconds",
+                "greater than 0 (0, from the environment, SYNC_GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS)"
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     let toml_text = dev_config_toml(&opts, &sims, &tenant, &client_id, &files);
     write_private(&files.config, &toml_text)?;
     let config = Config::from_toml_and_env(&toml_text, Vec::new())?;
+    crate::server::raise_open_file_limit(config.server.max_connections);
     let app = Application::build(config).await?;
     let port = app.port();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,6 +3,9 @@
 //!
 //! governor's keyed limiter never forgets a key by itself, so a timer drops idle keys and the
 //! number of tracked callers is capped.
+//!
+//! Beside the rate, [`InFlight`] caps how many requests one caller has in progress at once, so
+//! a caller holding slow bodies open cannot take more than its share of the connections.
 
 use crate::background::Background;
 use crate::config::{LimitsConfig, Rate};
@@ -12,8 +15,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 type KeyedLimiter =
@@ -162,6 +167,75 @@ impl Limits {
     }
 }
 
+/// At most `limits.max_in_flight_per_caller` requests in progress per caller (`tid` + `oid`).
+///
+/// The map holds a key only while that caller has a request in progress (the last
+/// [`InFlightSlot`] removes it), so it never has more entries than requests in flight, which
+/// `server.max_connections` caps (HTTP/1.1 serves one request per connection at a time).
+pub struct InFlight {
+    max_per_caller: usize,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    gauge: Gauge,
+}
+
+/// One request's place in its caller's in-flight count; released on drop.
+pub struct InFlightSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+    gauge: Gauge,
+}
+
+impl InFlight {
+    /// A cap of `max_per_caller`; `gauge` follows the total of requests in flight.
+    pub fn new(max_per_caller: usize, gauge: Gauge) -> Self {
+        InFlight {
+            max_per_caller,
+            counts: Arc::default(),
+            gauge,
+        }
+    }
+
+    /// Takes a slot for the caller, or refuses at once when it already has the cap's worth.
+    pub fn acquire(&self, tenant_id: &str, object_id: &str) -> Result<InFlightSlot, GatewayError> {
+        let key = format!("{tenant_id}:{object_id}");
+        // A poisoned lock only means a holder panicked between two integer updates.
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= self.max_per_caller {
+            return Err(GatewayError::TooManyInFlight {
+                limit: self.max_per_caller,
+            });
+        }
+        *n += 1;
+        drop(counts);
+        self.gauge.inc();
+        Ok(InFlightSlot {
+            counts: self.counts.clone(),
+            key,
+            gauge: self.gauge.clone(),
+        })
+    }
+
+    /// Callers with at least one request in progress.
+    pub fn callers(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+        drop(counts);
+        self.gauge.dec();
+    }
+}
+
 /// Adds `RateLimit-Policy` and `RateLimit` to an answer.
 pub fn insert_headers(resp: &mut HttpResponseBuilder, s: &RateLimitStatus) {
     resp.insert_header(("RateLimit-Policy", &*s.policies));
@@ -184,7 +258,32 @@ mod tests {
             },
             max_tracked_callers: cap,
             eviction_seconds: 60,
+            max_in_flight_per_caller: 32,
         })
+    }
+
+    #[test]
+    fn a_caller_holds_at_most_its_cap_and_a_released_slot_is_free_again() {
+        let f = InFlight::new(2, Gauge::default());
+        let a = f.acquire("t", "u").unwrap();
+        let _b = f.acquire("t", "u").unwrap();
+        assert!(matches!(
+            f.acquire("t", "u"),
+            Err(GatewayError::TooManyInFlight { limit: 2 })
+        ));
+        // Another caller is not touched.
+        let _c = f.acquire("t", "v").unwrap();
+        drop(a);
+        assert!(f.acquire("t", "u").is_ok());
+    }
+
+    #[test]
+    fn a_caller_without_requests_in_flight_leaves_no_entry() {
+        let f = InFlight::new(2, Gauge::default());
+        let a = f.acquire("t", "u").unwrap();
+        assert_eq!(f.callers(), 1);
+        drop(a);
+        assert_eq!(f.callers(), 0);
     }
 
     #[test]
@@ -217,6 +316,7 @@ mod tests {
             },
             max_tracked_callers: 100,
             eviction_seconds: 60,
+            max_in_flight_per_caller: 32,
         });
         assert!(l.check("t", "a").is_ok());
         assert!(l.check("t", "b").is_ok());

@@ -145,6 +145,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             telemetry::init(LogFormat::Json);
+            sync_gateway::server::raise_open_file_limit(config.server.max_connections);
             run(async move {
                 let app = Application::build(config).await?;
                 tracing::info!(port = app.port(), "sync-gateway serving");

@@ -1,8 +1,11 @@
 //! The request lifecycles, top to bottom. `POST /sync`:
 //!
-//! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]
+//! 0. declared size (here)                   a `Content-Length` over 4 KiB → 413 before anything
+//! 1. authenticate  ([`crate::caller`])      bearer token → [`Caller`]; then the caller's
+//!    in-flight slot ([`crate::limits::InFlight`]), held until the request is processed
 //! 2. authorize     ([`crate::policy`])      scope / app role → who acts: [`ActingIdentity`]
-//! 3. read the body (here)                   optional `{"reason": "..."}`
+//! 3. read the body (here)                   optional `{"reason": "..."}`, by
+//!    `server.request_timeout_seconds` after the headers or 408
 //! 4. limit         ([`crate::limits`])      per caller, per tenant → headers or 429
 //! 5. credentials   ([`crate::credentials`]) on-behalf-of or service identity → [`DelegatedToken`]
 //! 6. schedule      ([`crate::runs`])        join the scheduled run, start one now, or schedule one;
@@ -10,6 +13,9 @@
 //! 7. wait          (here)                   for a run started now: its first outcome, at most
 //!    `graph.timeout_seconds`
 //! 8. record and respond                     the request's record is durable before the answer
+//!
+//! An answer given before the body was read to its end keeps the unread body attached, so actix
+//! closes the connection after the answer instead of draining a body that may never end.
 //!
 //! `GET /sync/runs/{id}` and `GET /sync/status` share steps 1–2 (and 4–5 for the status, which
 //! reads Graph). The caller's own token leaves the gateway only in step 5, as the assertion to
@@ -24,17 +30,21 @@ use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
 use crate::domain::Decision;
-use crate::limits::{Limits, RateLimitStatus};
+use crate::limits::{InFlight, Limits, RateLimitStatus};
 use crate::policy::CallerPolicy;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
 use crate::runs::{Actor, Run, RunCell, RunState};
 use crate::upstream::{AutopilotSettings, Graph};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::{header, StatusCode};
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -52,6 +62,10 @@ pub struct Gateway {
     pub policy: CallerPolicy,
     /// Step 4.
     pub limits: Arc<Limits>,
+    /// Step 1's in-flight cap per caller.
+    pub in_flight: InFlight,
+    /// How long after its headers a request's body may take to arrive (step 3).
+    pub request_timeout: Duration,
     /// Step 5.
     pub credentials: Arc<Credentials>,
     /// Step 6: the sync action's runs.
@@ -93,7 +107,11 @@ pub async fn post_sync(
 ) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync");
-    let mut outcome = sync(&gw, &req, body, &mut record).await;
+    let mut body = RequestBody {
+        payload: body,
+        finished: false,
+    };
+    let mut outcome = sync(&gw, &req, &mut body, started, &mut record).await;
     let status = match &outcome {
         Ok(_) => StatusCode::ACCEPTED,
         Err((e, _)) => e.status(),
@@ -109,7 +127,7 @@ pub async fn post_sync(
     .filter(|run| run.may_have_acted());
     let id = record.id;
     if let Err(refusal) = record_durably(&gw, record, started, status, acted).await {
-        return refusal;
+        return body.attach_unread(refusal);
     }
     // The run's own outcome record was written alongside this one: show where it stands now.
     match &mut outcome {
@@ -121,7 +139,7 @@ pub async fn post_sync(
         }
         Err((_, None)) => {}
     }
-    match &outcome {
+    let response = match &outcome {
         Ok(accepted) => {
             let mut r = HttpResponse::Accepted();
             r.insert_header((header::CACHE_CONTROL, "no-store"));
@@ -131,7 +149,8 @@ pub async fn post_sync(
         }
         Err((e, Some(run))) => problem::respond_for_run(e, id, run),
         Err((e, None)) => problem::respond(e, id),
-    }
+    };
+    body.attach_unread(response)
 }
 
 /// A request's record as it arrives: id (the `instance` of any problem answer), time, method,
@@ -281,28 +300,98 @@ async fn refuse(
     record_and_answer(gw, record, started, response).await
 }
 
+/// The request body and whether it has been read to its end.
+struct RequestBody {
+    payload: web::Payload,
+    finished: bool,
+}
+
+impl RequestBody {
+    /// `response`, carrying the payload along when it was not read to its end.
+    ///
+    /// actix closes a connection whose payload is still held when the answer is sent; a dropped
+    /// one it drains first, which for a chunked body that never ends would hold the connection
+    /// (and its file descriptor) forever after the answer.
+    fn attach_unread(self, response: HttpResponse) -> HttpResponse {
+        if self.finished {
+            return response;
+        }
+        let payload = self.payload.into_inner();
+        response.map_body(|_, body| holding_unread(body, payload))
+    }
+}
+
+/// `body`, holding the request's unread `payload` until it has been sent, so that actix closes
+/// the connection after the answer instead of draining the payload first (which, for a chunked
+/// body that never ends, would hold the connection forever).
+pub(crate) fn holding_unread(body: BoxBody, payload: actix_web::dev::Payload) -> BoxBody {
+    BoxBody::new(UnreadBody {
+        body,
+        _payload: payload,
+    })
+}
+
+/// An answer's body that holds the request's unread payload until it has been sent.
+struct UnreadBody {
+    body: BoxBody,
+    _payload: actix_web::dev::Payload,
+}
+
+impl MessageBody for UnreadBody {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
+}
+
 type Refusal = (GatewayError, Option<Run>);
 
 async fn sync(
     gw: &Gateway,
     req: &HttpRequest,
-    body: web::Payload,
+    body: &mut RequestBody,
+    started: Instant,
     record: &mut RequestRecord,
 ) -> Result<Accepted, Refusal> {
     let plain = |e: GatewayError| (e, None);
 
-    // 1. Authenticate.
+    // 0. A declared size over the limit is refused before anything is read or verified: it
+    //    costs nothing, and the body is never waited for.
+    if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(plain(GatewayError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }));
+    }
+
+    // 1. Authenticate, then take one of the caller's in-flight slots, held while the body is
+    //    read and the request processed: a caller holding slow bodies open stops at its cap.
     let caller = authenticate(gw, req).await.map_err(plain)?;
     record.caller = Some(caller.summary());
+    let (tenant_id, caller_key) = caller.limit_key();
+    let _slot = gw
+        .in_flight
+        .acquire(tenant_id, &caller_key)
+        .map_err(plain)?;
 
     // 2. Authorize: who acts (the user themself, or the service identity an app is mapped to).
     let acting = gw.policy.authorize(&caller).map_err(plain)?;
 
-    // 3. The body, read only now that the caller is known.
-    record.reason = read_reason(req, body).await.map_err(plain)?;
+    // 3. The body, read only now that the caller is known, by the deadline counted from when
+    //    the request's headers arrived.
+    let deadline = started + gw.request_timeout;
+    record.reason = read_reason(req, body, deadline, gw.request_timeout)
+        .await
+        .map_err(plain)?;
 
     // 4. Limits, per initiating caller and per tenant.
-    let (tenant_id, caller_key) = caller.limit_key();
     let limit = gw.limits.check(tenant_id, &caller_key).map_err(plain)?;
     record.decision = Decision::Allowed;
 
@@ -467,25 +556,60 @@ pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpRespons
     record_and_answer(&gw, record, started, response).await
 }
 
+/// The `Content-Length` the client declared, if any.
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The body up to [`MAX_BODY_BYTES`], complete by `deadline` or [`GatewayError::RequestTimeout`].
+async fn read_body(
+    body: &mut RequestBody,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    use futures_core::Stream;
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut bytes = BytesMut::new();
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body.payload).poll_next(cx));
+        match tokio::time::timeout_at(deadline, next).await {
+            Err(_) => {
+                return Err(GatewayError::RequestTimeout {
+                    seconds: timeout.as_secs(),
+                })
+            }
+            Ok(None) => {
+                body.finished = true;
+                return Ok(bytes.freeze());
+            }
+            Ok(Some(Err(_))) => {
+                return Err(GatewayError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(GatewayError::PayloadTooLarge {
+                        limit: MAX_BODY_BYTES,
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
 /// The optional `reason`: an empty body is fine; anything else must be the JSON object.
 async fn read_reason(
     req: &HttpRequest,
-    body: web::Payload,
+    body: &mut RequestBody,
+    deadline: Instant,
+    timeout: Duration,
 ) -> Result<Option<String>, GatewayError> {
-    // The outer error is the size limit; the inner one a broken stream.
-    let bytes = match body.to_bytes_limited(MAX_BODY_BYTES).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return Err(GatewayError::BadRequest(
-                "the request body could not be read".into(),
-            ))
-        }
-        Err(_) => {
-            return Err(GatewayError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            })
-        }
-    };
+    let bytes = read_body(body, deadline, timeout).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -61,6 +61,18 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive within `server.request_timeout_seconds` of its headers.
+    #[error("request body not received within {seconds} s")]
+    RequestTimeout {
+        /// The configured deadline.
+        seconds: u64,
+    },
+    /// The caller already has `limits.max_in_flight_per_caller` requests in progress.
+    #[error("{limit} requests of this caller already in flight")]
+    TooManyInFlight {
+        /// The cap.
+        limit: usize,
+    },
     /// A rate limit refused the request.
     #[error("rate limited by {}", .0.policy)]
     RateLimited(crate::limits::RateLimitStatus),
@@ -186,6 +198,8 @@ impl GatewayError {
             InsufficientRole { .. } => "insufficient-role",
             BadRequest(_) => "bad-request",
             PayloadTooLarge { .. } => "payload-too-large",
+            RequestTimeout { .. } => "request-timeout",
+            TooManyInFlight { .. } => "too-many-in-flight",
             RateLimited(_) => "rate-limited",
             LimiterFull { .. } => "limiter-full",
             KeysUnavailable => "keys-unavailable",
@@ -222,7 +236,8 @@ impl GatewayError {
             | UpstreamForbidden { .. } => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            RateLimited(_) | TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             LimiterFull { .. }
             | KeysUnavailable
             | AuditUnavailable(_)
@@ -251,6 +266,8 @@ impl GatewayError {
             InsufficientRole { .. } => "Insufficient app role",
             BadRequest(_) => "Bad request",
             PayloadTooLarge { .. } => "Payload too large",
+            RequestTimeout { .. } => "Request body not received in time",
+            TooManyInFlight { .. } => "Too many requests in flight",
             RateLimited(_) => "Rate limit exceeded",
             LimiterFull { .. } => "Too many distinct callers",
             KeysUnavailable => "Signing keys not yet available",
@@ -285,6 +302,12 @@ impl GatewayError {
             InsufficientRole { required } => format!("the app-only token does not carry the app role '{required}'"),
             BadRequest(d) => d.clone(),
             PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
+            RequestTimeout { seconds } => format!(
+                "the request body did not arrive within {seconds} s; the connection is closed"
+            ),
+            TooManyInFlight { limit } => format!(
+                "this caller already has {limit} requests in progress; retry when one has been answered"
+            ),
             RateLimited(s) => format!(
                 "the {} limit is exhausted; retry after {} s",
                 s.policy, s.reset_secs
@@ -327,6 +350,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             RateLimited(s) => Some(s.reset_secs.max(1)),
+            // A slot frees as soon as one of the caller's own requests is answered.
+            TooManyInFlight { .. } => Some(1),
             LimiterFull { retry_after_secs } => Some(*retry_after_secs),
             IdentityProviderUnavailable {
                 retry_after_secs, ..

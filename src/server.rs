@@ -14,13 +14,16 @@ use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::{ServiceIdentities, SessionHealth};
 use crate::credentials::Credentials;
-use crate::limits::Limits;
+use crate::limits::{InFlight, Limits};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
 use crate::runs::schedule::{RunPolicy, Scheduler};
 use crate::upstream::Graph;
-use actix_web::dev::Server;
+use actix_web::body::BoxBody;
+use actix_web::dev::{Server, Service};
+use actix_web::http::{header, Method};
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::collections::HashSet;
@@ -180,6 +183,12 @@ impl Application {
             credentials.clone(),
             audit.clone(),
         );
+        let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
+        metrics.register(
+            "sync_requests_in_flight",
+            "POST /sync requests in progress (body read included), all callers together",
+            in_flight_gauge.clone(),
+        );
         let gateway = Gateway {
             authenticator: Authenticator::new(
                 keys.clone(),
@@ -190,6 +199,8 @@ impl Application {
             ),
             policy: CallerPolicy::from_config(&config),
             limits: limits.clone(),
+            in_flight: InFlight::new(config.limits.max_in_flight_per_caller, in_flight_gauge),
+            request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
             credentials,
             runs: runs.clone(),
             graph,
@@ -235,8 +246,40 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
         });
-        let mut server = HttpServer::new(move || {
+        // actix caps connections per worker; the configured figure is for the whole process.
+        let (workers, per_worker) = connection_shares(
+            config.server.workers,
+            config.server.max_connections,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        tracing::info!(
+            workers,
+            max_connections = workers * per_worker,
+            per_worker,
+            "connection cap"
+        );
+        let server = HttpServer::new(move || {
             App::new()
+                // Only POST /sync reads a body (and closes a connection whose body it did not
+                // read to the end itself). Elsewhere a chunked body is never read, and actix
+                // would drain one that never ends forever after the answer: hold it until the
+                // answer is sent, so that actix closes the connection instead. (An unread
+                // Content-Length body actix closes for by itself.)
+                .wrap_fn(|mut req, srv| {
+                    let unread = (req.headers().contains_key(header::TRANSFER_ENCODING)
+                        && !(req.method() == Method::POST && req.path() == "/sync"))
+                        .then(|| req.take_payload());
+                    let answer = srv.call(req);
+                    async move {
+                        let res = answer.await?;
+                        Ok::<_, actix_web::Error>(match unread {
+                            Some(payload) => res.map_body(|_, body| {
+                                pipeline::holding_unread(BoxBody::new(body), payload)
+                            }),
+                            None => res.map_into_boxed_body(),
+                        })
+                    }
+                })
                 .app_data(gateway.clone())
                 .app_data(health.clone())
                 .service(
@@ -254,14 +297,13 @@ impl Application {
                 .default_service(web::to(pipeline::not_found))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)
+        .workers(workers)
+        .max_connections(per_worker)
         .listen(listener)
         .map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
         })?;
-        if let Some(w) = config.server.workers {
-            server = server.workers(w);
-        }
         Ok(Application {
             port,
             server: server.run(),
@@ -331,6 +373,57 @@ where
         }))
 }
 
+/// Workers and each one's connection cap, so that all together serve at most `max_connections`.
+/// Without `server.workers`, one worker per core, but never more workers than connections.
+fn connection_shares(
+    workers: Option<usize>,
+    max_connections: usize,
+    cores: usize,
+) -> (usize, usize) {
+    let workers = workers.unwrap_or_else(|| cores.min(max_connections)).max(1);
+    // Configuration validation keeps max_connections >= workers when both are set.
+    (workers, (max_connections / workers).max(1))
+}
+
+/// Raises the soft limit of open files to the hard limit (a gateway's connections are files,
+/// and the soft limit is often 1024), and logs both; warns when the result leaves less than
+/// [`RESERVED_FILES`] beside `max_connections`. Returns the soft limit now in force.
+///
+/// [`RESERVED_FILES`]: crate::config::RESERVED_FILES
+pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return None;
+        }
+    };
+    let raised = match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            soft
+        }
+    };
+    tracing::info!(
+        soft_before = soft,
+        soft = raised,
+        hard,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+    let needed = max_connections as u64 + crate::config::RESERVED_FILES;
+    if raised < needed {
+        tracing::warn!(
+            soft = raised,
+            max_connections,
+            needed,
+            "the open-file limit is below server.max_connections plus the gateway's own files; \
+             lower server.max_connections or raise the hard limit"
+        );
+    }
+    Some(raised)
+}
+
 async fn metrics_text(h: web::Data<Health>) -> HttpResponse {
     // Session health is read when scraped, so the gauge is never stale.
     for (identity, status) in h.identities.statuses() {
@@ -379,5 +472,19 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_shares;
+
+    #[test]
+    fn the_workers_share_the_connection_cap_without_exceeding_it() {
+        assert_eq!(connection_shares(Some(2), 768, 8), (2, 384));
+        assert_eq!(connection_shares(Some(3), 10, 8), (3, 3));
+        assert_eq!(connection_shares(None, 768, 4), (4, 192));
+        // More cores than connections: fewer workers, one connection each.
+        assert_eq!(connection_shares(None, 2, 8), (2, 1));
     }
 }

@@ -518,3 +518,59 @@ mod reqwest {
         })
     }
 }
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn dev_mode_raises_the_soft_open_file_limit_to_the_hard_one_and_logs_both() {
+    use std::os::unix::process::CommandExt;
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    let low = hard.min(256);
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--listen", "127.0.0.1:0", "--audit-path"])
+        .arg(dir.path().join("dev-audit.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    // SAFETY: between fork and exec only setrlimit(2) runs, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || rlimit::Resource::NOFILE.set(low, hard));
+    }
+    let mut child = cmd.spawn().unwrap();
+    read_lines_until(child.stdout.take().unwrap(), "Ctrl-C");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    child.kill().ok();
+    child.wait().ok();
+    // "Max open files            <soft>               <hard>               files"
+    let limits = limits.unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open-file line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft limit not raised: {line}");
+    let logs = strip_ansi(&std::fs::read_to_string(&stderr).unwrap());
+    assert!(
+        logs.lines().any(|l| l.contains("open-file limit")
+            && l.contains(&format!("soft_before={low}"))
+            && l.contains(&format!("hard={hard}"))),
+        "{logs}"
+    );
+}

@@ -368,6 +368,8 @@ timeout_seconds = 2
 [limits]
 per_caller = {{ per_minute = 6000, burst = 1000 }}
 per_tenant = {{ per_minute = 6000, burst = 1000 }}
+# Tests send up to 50 concurrent requests with one token.
+max_in_flight_per_caller = 64
 [audit]
 path = {audit}
 [actions.sync]

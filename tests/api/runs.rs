@@ -74,8 +74,11 @@ fn assert_spacing_and_no_refusals_with(app: &TestApp, cooldown: Duration) {
 
 #[tokio::test]
 async fn a_storm_of_1000_requests_from_100_users_makes_one_call_and_one_trailing_run() {
-    // A cooldown long enough that the whole storm lands inside it even on a slow machine.
-    let app = spawn_app_with(Setup::intune(STORM_COOLDOWN)).await;
+    // A cooldown long enough that the whole storm lands inside it even on a slow machine, and
+    // room for all 1000 connections at once: beyond server.max_connections (default 768) the
+    // rest would wait for idle keep-alive connections to close and land after the cooldown.
+    let app =
+        spawn_app_with(Setup::intune(STORM_COOLDOWN).set("server.max_connections", "1100")).await;
     let tokens: Vec<String> = (0..100).map(|_| app.token()).collect();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..1000 {
