@@ -238,3 +238,21 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
         )
         unknown = offered[section] - read
         assert not unknown, f"{section}: the chart offers {sorted(unknown)}, which the gateway does not read"
+
+
+def notes(values: dict) -> str:
+    return next(t for p, t in render.render(values).items() if p.endswith("NOTES.txt"))
+
+
+def test_the_notes_show_sync_login_and_audit_verify_for_the_release():
+    text = notes(values_of("values-all"))
+    assert "https://sync-gateway.example.com/sync" in text
+    for name in ("webhook", "chat-bot"):
+        assert f"exec -it deploy/sg-sync-gateway -- \\\n       sync-gateway login --config /etc/sync-gateway/gateway.toml --identity {name}" in text
+    assert "audit verify --postgres-schema sync_gateway_audit" in text and "postgres://" not in text
+    assert "NOT READY" not in text
+    text = notes(values_of("values-minimal"))
+    assert "port-forward svc/sg-sync-gateway 8080:8080" in text
+    assert "'sync-gateway audit verify /data/audit.jsonl*'" in text
+    missing = notes({})
+    assert "NOT READY" in missing and "config.entra.tenant_id" in missing and "a client credential" in missing
