@@ -1,0 +1,258 @@
+"""The rendered chart: what a cluster would run. Renders offline through helm/render.py."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import re
+import shutil
+import sys
+import tomllib
+
+import helm_python as helm
+import pytest
+
+HELM = pathlib.Path(__file__).resolve().parents[1]
+ROOT = HELM.parent
+sys.path.insert(0, str(HELM))
+import render  # noqa: E402
+
+VALUE_SETS = ["default", "values-minimal", "values-certificate", "values-all"]
+
+
+def values_of(name: str) -> dict:
+    return {} if name == "default" else render.load_values([str(HELM / "ci" / f"{name}.yaml")])
+
+
+def objects(values: dict) -> list[dict]:
+    return render.objects(render.render(values))
+
+
+def pod(values: dict) -> tuple[dict, dict]:
+    """The Deployment's pod spec and its one container."""
+    spec = render.find(objects(values), "Deployment")["spec"]["template"]["spec"]
+    assert len(spec["containers"]) == 1
+    return spec, spec["containers"][0]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_pod_runs_non_root_read_only_without_privileges(name):
+    spec, container = pod(values_of(name))
+    for ctx in (spec["securityContext"], container["securityContext"]):
+        assert ctx["runAsNonRoot"] is True
+        assert isinstance(ctx["runAsUser"], int) and ctx["runAsUser"] > 0
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container["securityContext"]
+    assert c["readOnlyRootFilesystem"] is True
+    assert c["allowPrivilegeEscalation"] is False
+    assert c["capabilities"]["drop"] == ["ALL"]
+    assert not c["capabilities"].get("add")
+    assert c.get("privileged", False) is False
+    # The image's USER is the same numeric user, so files it created stay writable.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"USER {c['runAsUser']}:{c['runAsGroup']}" in dockerfile
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_liveness_is_healthz_and_readiness_is_readyz_on_the_served_port(name):
+    _, container = pod(values_of(name))
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    listen = tomllib.loads(render.gateway_toml(objects(values_of(name))))["server"]["listen"]
+    assert listen == f"0.0.0.0:{ports['http']}"
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_data_is_a_writable_volume_holding_the_trail_and_the_sessions(name):
+    values = values_of(name)
+    spec, container = pod(values)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "/data" in mounts and not mounts["/data"].get("readOnly", False)
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts["/data"]["name"])
+    objs = objects(values)
+    claims = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    if name == "values-certificate":  # an existing claim
+        assert volume["persistentVolumeClaim"]["claimName"] == "sync-gateway-audit" and not claims
+    else:
+        assert volume["persistentVolumeClaim"]["claimName"] == claims[0]["metadata"]["name"]
+        assert claims[0]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    config = tomllib.loads(render.gateway_toml(objs))
+    if "path" in config["audit"]:
+        assert config["audit"]["path"].startswith("/data/")
+    for identity in config.get("identities", {}).values():
+        assert identity["store_path"].startswith("/data/")
+    # One writer of /data at a time.
+    assert render.find(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def checksum(values: dict) -> str:
+    d = render.find(objects(values), "Deployment")
+    return d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_the_checksum_annotation_is_the_configmaps_and_rolls_the_pod_on_a_change():
+    rendered = render.render({})
+    cm_text = next(t for p, t in rendered.items() if p.endswith("/configmap.yaml"))
+    assert checksum({}) == hashlib.sha256(cm_text.encode()).hexdigest()
+    changed = {"config": {"actions": {"sync": {"cooldown_seconds": 0}}}}
+    assert checksum(changed) != checksum({})
+    assert checksum({"resources": {"requests": {"cpu": "200m"}}}) == checksum({})
+
+
+def test_two_replicas_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(helm.HelmValuesError) as e:
+        render.render({"replicaCount": 2})
+    message = str(e.value)
+    assert "shared-state backend" in message and "per process" in message, message
+    findings = " ".join(render.lint({"replicaCount": 2}))
+    assert "shared-state backend" in findings
+    # And without the schema (helm --skip-schema-validation), the template refuses it too.
+    unschemed = tmp_path / "sync-gateway"
+    shutil.copytree(render.CHART, unschemed)
+    (unschemed / "values.schema.json").unlink()
+    with helm.Chart.load(str(unschemed)) as chart, pytest.raises(helm.HelmRenderError) as e:
+        chart.render({"replicaCount": 2}, name=render.RELEASE)
+    assert "per process until the shared-state backend exists" in str(e.value), str(e.value)
+    assert render.find(objects({"replicaCount": 1}), "Deployment")["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_no_secret_is_created_or_written_into_the_configmap(name):
+    objs = objects(values_of(name))
+    assert not [o for o in objs if o["kind"] == "Secret"]
+    config = tomllib.loads(render.gateway_toml(objs))
+    assert "client_secret" not in config["entra"]
+    assert "hmac_key" not in config["audit"] and "postgres_url" not in config["audit"]
+    assert all("store_key" not in i for i in config.get("identities", {}).values())
+    _, container = pod(values_of(name))
+    for env in container.get("env", []):
+        assert "value" not in env or not env["name"].startswith("SYNC_GATEWAY__"), env
+
+
+@pytest.mark.parametrize("secret", ["client_secret", "hmac_key", "postgres_url", "store_key"])
+def test_a_secret_value_in_the_config_values_is_refused(secret):
+    section = {"client_secret": "entra", "store_key": "entra"}.get(secret, "audit")
+    with pytest.raises(helm.HelmValuesError, match=secret):
+        render.render({"config": {section: {secret: "s3cret"}}})
+
+
+@pytest.mark.parametrize("name", ["values-minimal", "values-certificate", "values-all"])
+def test_every_file_the_config_names_is_mounted_from_a_secret(name):
+    spec, container = pod(values_of(name))
+    config = tomllib.loads(render.gateway_toml(objects(values_of(name))))
+    named = [v for s in config.values() for k, v in s.items() if k.endswith("_file")]
+    named += [i["store_key_file"] for i in config.get("identities", {}).values()]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == "secrets")
+    provided = {
+        f"{mount['mountPath']}/{item['path']}"
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert named and set(named) <= provided, (named, provided)
+
+
+def test_the_postgres_url_comes_from_a_secret_key_ref():
+    _, container = pod(values_of("values-all"))
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["SYNC_GATEWAY__AUDIT__POSTGRES_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "sync-gateway-audit-db", "key": "url"}
+    with pytest.raises(helm.HelmRenderError, match="secrets.postgresUrl"):
+        render.render({"config": {"audit": {"sinks": ["postgres"]}}})
+
+
+def test_workload_identity_labels_the_pod_and_annotates_the_service_account():
+    objs = objects(values_of("values-all"))
+    labels = render.find(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert labels["azure.workload.identity/use"] == "true"
+    sa = render.find(objs, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == "22222222-2222-2222-2222-222222222222"
+    assert "azure.workload.identity/use" not in render.find(objects({}), "Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_two_client_credentials_are_refused():
+    with pytest.raises(helm.HelmRenderError, match="exactly one client credential"):
+        render.render({
+            "workloadIdentity": {"enabled": True, "clientId": "22222222-2222-2222-2222-222222222222"},
+            "secrets": {"clientSecret": {"existingSecret": "s"}},
+        })
+
+
+def test_the_optional_objects_are_shaped_for_the_gateway():
+    objs = objects(values_of("values-all"))
+    policy = render.find(objs, "NetworkPolicy")["spec"]
+    assert policy["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (443, "TCP"), (5432, "TCP")} <= egress_ports
+    monitor = render.find(objs, "ServiceMonitor")  # no bundled schema: checked here
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["spec"]["selector"]["matchLabels"] == render.find(objs, "Service")["spec"]["selector"]
+    paths = [p["path"] for r in render.find(objs, "Ingress")["spec"]["rules"] for p in r["http"]["paths"]]
+    assert paths == ["/sync"]
+
+
+def raw_keys() -> dict[str, set[str]]:
+    """The keys the gateway reads, from src/config.rs's Raw* structs (section -> keys)."""
+    src = (ROOT / "src" / "config.rs").read_text()
+    sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
+                "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
+                "RawSyncAction": "actions.sync", "RawIdentity": "identities"}
+    out = {}
+    for struct, section in sections.items():
+        body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
+        assert body, f"src/config.rs has no struct {struct}"
+        out[section] = set(re.findall(r"^\s+(\w+): ", body.group(1), re.M))
+    return out
+
+
+# Keys the chart sets itself, or that must never be values (secrets).
+CHART_SET = {
+    "server": {"listen"},
+    "entra": {"client_secret", "client_secret_file", "certificate_file", "private_key_file", "federated_token_file"},
+    "audit": {"path", "postgres_url", "signing_key_file", "hmac_key", "hmac_key_file"},
+    "identities": {"store_path", "store_key", "store_key_file"},
+}
+
+
+def test_the_values_schema_covers_every_key_the_gateway_reads():
+    with helm.Chart.load(str(render.CHART)) as chart:
+        schema = chart.schema
+    config = schema["properties"]["config"]["properties"]
+
+    def keys(node):
+        return set(node["properties"])
+
+    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit")}
+    offered["actions.sync"] = keys(config["actions"]["properties"]["sync"])
+    offered["identities"] = set(schema["properties"]["identities"]["additionalProperties"]["properties"]) - {"storeKeySecret"}
+    for section, read in raw_keys().items():
+        missing = read - offered[section] - CHART_SET.get(section, set())
+        assert not missing, (
+            f"{section}: the gateway reads {sorted(missing)} but the chart offers no value for it: add it to "
+            "values.schema.json and to the key list in templates/configmap.yaml"
+        )
+        unknown = offered[section] - read
+        assert not unknown, f"{section}: the chart offers {sorted(unknown)}, which the gateway does not read"
+
+
+def notes(values: dict) -> str:
+    return next(t for p, t in render.render(values).items() if p.endswith("NOTES.txt"))
+
+
+def test_the_notes_show_sync_login_and_audit_verify_for_the_release():
+    text = notes(values_of("values-all"))
+    assert "https://sync-gateway.example.com/sync" in text
+    for name in ("webhook", "chat-bot"):
+        assert f"exec -it deploy/sg-sync-gateway -- \\\n       sync-gateway login --config /etc/sync-gateway/gateway.toml --identity {name}" in text
+    assert "audit verify --postgres-schema sync_gateway_audit" in text and "postgres://" not in text
+    assert "NOT READY" not in text
+    text = notes(values_of("values-minimal"))
+    assert "port-forward svc/sg-sync-gateway 8080:8080" in text
+    assert "'sync-gateway audit verify /data/audit.jsonl*'" in text
+    missing = notes({})
+    assert "NOT READY" in missing and "config.entra.tenant_id" in missing and "a client credential" in missing
