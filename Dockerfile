@@ -6,16 +6,17 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
 # Dependencies in their own layer: a placeholder for every target the manifest names (the lib,
-# the binary, the [[bench]], the example) lets `cargo build` compile every dependency from
+# the binary, the [[bench]], the example, the [[test]]) lets `cargo build` compile every dependency from
 # Cargo.toml and Cargo.lock alone, so editing src/ does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches examples \
+RUN mkdir -p src benches examples tests/api \
     && touch src/lib.rs \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > benches/audit_throughput.rs \
     && echo 'fn main() {}' > examples/bench_env.rs \
+    && echo 'fn main() {}' > tests/api/main.rs \
     && cargo build --release --locked --no-default-features \
-    && rm -rf src benches examples target/release/.fingerprint/sync-gateway-*
+    && rm -rf src benches examples tests target/release/.fingerprint/sync-gateway-*
 
 # The real sources. The placeholder's fingerprint was removed above, so the crate itself is
 # always rebuilt here, whatever the copied files' modification times.
