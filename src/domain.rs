@@ -2,6 +2,7 @@
 //! so the compiler checks every match. This module imports nothing of the gateway.
 
 use serde::Serialize;
+use std::sync::Arc;
 
 /// The gateway's own verdict on a request: its checks (authentication, policy, limits) passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,4 +104,38 @@ impl RunEvent {
             RunEvent::Rescheduled | RunEvent::Finished | RunEvent::Abandoned | RunEvent::Merged
         )
     }
+}
+
+/// Where a request stands against one policy, for the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    /// The policy's name: `per-caller` or `per-tenant`.
+    pub policy: &'static str,
+    /// Requests still allowed right now.
+    pub remaining: u32,
+    /// Seconds until the policy's quota is whole again (on refusal: until the next request may pass).
+    pub reset_secs: u64,
+    /// The `RateLimit-Policy` field value naming every policy.
+    pub policies: Arc<str>,
+}
+
+/// Who called, or whose identity was acted as, as far as it is known. Never carries a token.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallerSummary {
+    /// `user`, `app` or `service_identity`.
+    pub kind: &'static str,
+    /// The caller's `tid`.
+    pub tenant_id: String,
+    /// The caller's `oid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    /// The user's UPN, when the token names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+    /// The client application that obtained the token (`azp` / `appid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// The service identity's name (`[identities.NAME]`), when one was acted as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }

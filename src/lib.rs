@@ -12,6 +12,7 @@ pub mod credentials;
 #[cfg(feature = "sim")]
 pub mod dev;
 pub mod domain;
+pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

@@ -9,8 +9,7 @@
 
 use crate::background::Background;
 use crate::config::{LimitsConfig, Rate};
-use crate::problem::GatewayError;
-use actix_web::HttpResponseBuilder;
+use crate::error::GatewayError;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -24,18 +23,7 @@ use std::time::Duration;
 type KeyedLimiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
-/// Where a request stands against one policy, for the response headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitStatus {
-    /// The policy's name: `per-caller` or `per-tenant`.
-    pub policy: &'static str,
-    /// Requests still allowed right now.
-    pub remaining: u32,
-    /// Seconds until the policy's quota is whole again (on refusal: until the next request may pass).
-    pub reset_secs: u64,
-    /// The `RateLimit-Policy` field value naming every policy.
-    pub policies: Arc<str>,
-}
+pub use crate::domain::RateLimitStatus;
 
 /// The limits of one gateway process.
 pub struct Limits {
@@ -234,15 +222,6 @@ impl Drop for InFlightSlot {
         drop(counts);
         self.gauge.dec();
     }
-}
-
-/// Adds `RateLimit-Policy` and `RateLimit` to an answer.
-pub fn insert_headers(resp: &mut HttpResponseBuilder, s: &RateLimitStatus) {
-    resp.insert_header(("RateLimit-Policy", &*s.policies));
-    resp.insert_header((
-        "RateLimit",
-        format!("\"{}\";r={};t={}", s.policy, s.remaining, s.reset_secs),
-    ));
 }
 
 #[cfg(test)]

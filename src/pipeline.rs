@@ -94,11 +94,6 @@ struct Accepted {
     limit: RateLimitStatus,
 }
 
-/// Where a run can be read.
-pub fn run_location(id: Uuid) -> String {
-    format!("/sync/runs/{id}")
-}
-
 /// `POST /sync`: the whole lifecycle, ending with the request's audit record.
 pub async fn post_sync(
     req: HttpRequest,
@@ -143,8 +138,8 @@ pub async fn post_sync(
         Ok(accepted) => {
             let mut r = HttpResponse::Accepted();
             r.insert_header((header::CACHE_CONTROL, "no-store"));
-            r.insert_header((header::LOCATION, run_location(accepted.run.id)));
-            crate::limits::insert_headers(&mut r, &accepted.limit);
+            r.insert_header((header::LOCATION, problem::run_location(accepted.run.id)));
+            problem::insert_rate_limit_headers(&mut r, &accepted.limit);
             r.json(&accepted.run)
         }
         Err((e, Some(run))) => problem::respond_for_run(e, id, run),

@@ -3,7 +3,7 @@
 use crate::caller::Caller;
 use crate::config::Config;
 use crate::credentials::{ActingIdentity, ServiceIdentityRef};
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use std::collections::HashMap;
 
 /// Who may call the action.

@@ -6,7 +6,7 @@
 //! give up) is the run executor's decision, not this module's.
 
 use crate::credentials::DelegatedToken;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use chrono::{DateTime, Datelike, Utc};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 //! the gateway itself. The writer adds `seq` and `prev` to every record (see `chain.rs`);
 //! records here never carry them.
 
+pub use crate::domain::CallerSummary;
 use crate::domain::{Decision, RunEvent, RunState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -134,27 +135,6 @@ pub enum AdminEvent {
         /// The `seq` of the first record still kept.
         trail_starts_at_seq: u64,
     },
-}
-
-/// Who called, or whose identity was acted as, as far as it is known. Never carries a token.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CallerSummary {
-    /// `user`, `app` or `service_identity`.
-    pub kind: &'static str,
-    /// The caller's `tid`.
-    pub tenant_id: String,
-    /// The caller's `oid`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_id: Option<String>,
-    /// The user's UPN, when the token names one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upn: Option<String>,
-    /// The client application that obtained the token (`azp` / `appid`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_id: Option<String>,
-    /// The service identity's name (`[identities.NAME]`), when one was acted as.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
 }
 
 /// What Graph answered.

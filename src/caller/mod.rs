@@ -8,8 +8,8 @@
 
 pub mod keys;
 
-use crate::audit::CallerSummary;
-use crate::problem::{GatewayError, TokenRejection};
+use crate::domain::CallerSummary;
+use crate::error::{GatewayError, TokenRejection};
 use crate::secret::BearerToken;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;

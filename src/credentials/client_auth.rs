@@ -9,7 +9,7 @@
 
 use super::FileStamp;
 use crate::config::{ClientAuthConfig, EntraConfig};
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use crate::secret::Secret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

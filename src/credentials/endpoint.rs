@@ -6,7 +6,7 @@
 
 use super::client_auth::{ClientAuth, CredentialKind};
 use super::store::RefreshToken;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::time::Duration;

@@ -19,9 +19,9 @@ pub mod obo;
 pub mod service_identity;
 pub mod store;
 
-use crate::audit::CallerSummary;
 use crate::caller::UserCaller;
-use crate::problem::GatewayError;
+use crate::domain::CallerSummary;
+use crate::error::GatewayError;
 use crate::secret::Secret;
 use reqwest::header::HeaderValue;
 use service_identity::ServiceIdentities;

@@ -6,7 +6,7 @@ use super::endpoint::{
     unavailable, EntraClient, ErrorBody, Refusal, TokenAnswer, DEFAULT_RETRY_AFTER,
 };
 use crate::caller::UserCaller;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use crate::secret::Secret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +89,10 @@ impl OboClient {
             };
         }
         if has(500133) {
-            return crate::problem::GatewayError::InvalidToken(
-                crate::problem::TokenRejection::new(
-                    "expired",
-                    "the token expired before it could be exchanged",
-                ),
-            );
+            return crate::error::GatewayError::InvalidToken(crate::error::TokenRejection::new(
+                "expired",
+                "the token expired before it could be exchanged",
+            ));
         }
         if e.error == "consent_required" || has(65001) {
             return GatewayError::ConsentRequired {
@@ -108,12 +106,10 @@ impl OboClient {
             return unavailable(DEFAULT_RETRY_AFTER, "Entra ID detected a request loop");
         }
         if e.error == "invalid_grant" || has(50013) {
-            return crate::problem::GatewayError::InvalidToken(
-                crate::problem::TokenRejection::new(
-                    "refused_by_entra",
-                    "the identity provider refused the token for the exchange",
-                ),
-            );
+            return crate::error::GatewayError::InvalidToken(crate::error::TokenRejection::new(
+                "refused_by_entra",
+                "the identity provider refused the token for the exchange",
+            ));
         }
         GatewayError::ExchangeFailed(format!(
             "Entra ID refused the exchange ({}{})",

@@ -14,10 +14,10 @@
 use super::endpoint::{EntraClient, ErrorBody, Refusal};
 use super::store::{Account, SessionStore, StoreError, StoredSession};
 use super::{DelegatedToken, FileStamp, EXPIRY_BUFFER};
-use crate::audit::CallerSummary;
 use crate::background::Background;
 use crate::config::{Config, IdentityConfig};
-use crate::problem::GatewayError;
+use crate::domain::CallerSummary;
+use crate::error::GatewayError;
 use crate::secret::Secret;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};

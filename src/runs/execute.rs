@@ -17,7 +17,7 @@ use super::{Actor, RunCell, RunState, RunUpstream};
 use crate::audit::AttemptSummary;
 use crate::credentials::DelegatedToken;
 use crate::domain::RunEvent;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use crate::upstream::{new_client_request_id, AttemptClass, UpstreamOutcome};
 use chrono::{DateTime, Utc};
 use rand::Rng;

@@ -11,10 +11,11 @@ mod archive;
 pub mod execute;
 pub mod schedule;
 
-use crate::audit::{AttemptSummary, CallerSummary};
+use crate::audit::AttemptSummary;
 use crate::credentials::{ActingIdentity, DelegatedToken};
+use crate::domain::CallerSummary;
 pub use crate::domain::RunState;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;

@@ -11,7 +11,7 @@ use super::{execute, Actor, OutcomeRecord, Run, RunCell, RunState};
 use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
 use crate::credentials::{Credentials, DelegatedToken};
 use crate::domain::RunEvent;
-use crate::problem::GatewayError;
+use crate::error::GatewayError;
 use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
