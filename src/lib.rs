@@ -4,6 +4,7 @@
 //! [`pipeline`]; each step is one module with one job. The simulators (`sim`) and the `dev`
 //! command exist only with the default `sim` feature; a production build leaves them out.
 
+pub mod admit;
 pub mod audit;
 pub mod background;
 pub mod caller;

@@ -14,10 +14,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 type KeyedLimiter =
@@ -186,8 +187,7 @@ impl InFlight {
     /// Takes a slot for the caller, or refuses at once when it already has the cap's worth.
     pub fn acquire(&self, tenant_id: &str, object_id: &str) -> Result<InFlightSlot, GatewayError> {
         let key = format!("{tenant_id}:{object_id}");
-        // A poisoned lock only means a holder panicked between two integer updates.
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts.lock();
         let n = counts.entry(key.clone()).or_insert(0);
         if *n >= self.max_per_caller {
             return Err(GatewayError::TooManyInFlight {
@@ -206,13 +206,13 @@ impl InFlight {
 
     /// Callers with at least one request in progress.
     pub fn callers(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.counts.lock().len()
     }
 }
 
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts.lock();
         if let Some(n) = counts.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {

@@ -25,26 +25,20 @@
 //! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
+use crate::admit::{Admission, Entrance, RequestBody};
 use crate::audit::{AuditEvent, AuditLog, OutcomeWrite, RequestRecord, UpstreamSummary};
-use crate::caller::{Authenticator, Caller};
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
-use crate::domain::Decision;
-use crate::limits::{InFlight, Limits, RateLimitStatus};
-use crate::policy::CallerPolicy;
+use crate::domain::RateLimitStatus;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
 use crate::runs::{Actor, Run, RunCell, RunState};
 use crate::upstream::{AutopilotSettings, Graph};
-use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::{header, StatusCode};
-use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -56,29 +50,43 @@ pub const MAX_REASON_CHARS: usize = 500;
 
 /// Everything the lifecycles need, shared by all workers.
 pub struct Gateway {
-    /// Step 1.
-    pub authenticator: Authenticator,
-    /// Step 2.
-    pub policy: CallerPolicy,
-    /// Step 4.
-    pub limits: Arc<Limits>,
-    /// Step 1's in-flight cap per caller.
-    pub in_flight: InFlight,
-    /// How long after its headers a request's body may take to arrive (step 3).
-    pub request_timeout: Duration,
-    /// Step 5.
+    /// The admission phases every entrance runs first (size, authenticate, in-flight,
+    /// authorize, body, limit).
+    pub admission: Admission,
+    /// Credentials: on-behalf-of or a service identity's token.
     pub credentials: Arc<Credentials>,
-    /// Step 6: the sync action's runs.
+    /// The sync action's runs.
     pub runs: Scheduler,
     /// Graph, for the status read.
     pub graph: Arc<Graph>,
-    /// Step 8.
+    /// Where every request is recorded.
     pub audit: AuditLog,
     /// How long a caller waits for a run started by its request.
     pub wait_for_run: Duration,
     /// The scope of the status read.
     pub status_scope: String,
 }
+
+/// `POST /sync`: a body of at most [`MAX_BODY_BYTES`], one in-flight slot, the rate limits.
+const SYNC: Entrance = Entrance {
+    body_limit: Some(MAX_BODY_BYTES),
+    in_flight: true,
+    limited: true,
+};
+
+/// `GET /sync/status`: no body; it calls Graph (up to its timeout), so a slot and the limits.
+const STATUS_READ: Entrance = Entrance {
+    body_limit: None,
+    in_flight: true,
+    limited: true,
+};
+
+/// `GET /sync/runs/{id}`: reads memory only: neither a slot nor the limits.
+const RUN_READ: Entrance = Entrance {
+    body_limit: None,
+    in_flight: false,
+    limited: false,
+};
 
 /// The optional JSON body of `POST /sync`.
 #[derive(Debug, Deserialize)]
@@ -91,7 +99,7 @@ struct SyncRequest {
 struct Accepted {
     run: Run,
     cell: Arc<RunCell>,
-    limit: RateLimitStatus,
+    limit: Option<RateLimitStatus>,
 }
 
 /// `POST /sync`: the whole lifecycle, ending with the request's audit record.
@@ -102,10 +110,7 @@ pub async fn post_sync(
 ) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync");
-    let mut body = RequestBody {
-        payload: body,
-        finished: false,
-    };
+    let mut body = RequestBody::new(body);
     let mut outcome = sync(&gw, &req, &mut body, started, &mut record).await;
     let status = match &outcome {
         Ok(_) => StatusCode::ACCEPTED,
@@ -139,7 +144,9 @@ pub async fn post_sync(
             let mut r = HttpResponse::Accepted();
             r.insert_header((header::CACHE_CONTROL, "no-store"));
             r.insert_header((header::LOCATION, problem::run_location(accepted.run.id)));
-            problem::insert_rate_limit_headers(&mut r, &accepted.limit);
+            if let Some(limit) = &accepted.limit {
+                problem::insert_rate_limit_headers(&mut r, limit);
+            }
             r.json(&accepted.run)
         }
         Err((e, Some(run))) => problem::respond_for_run(e, id, run),
@@ -295,58 +302,6 @@ async fn refuse(
     record_and_answer(gw, record, started, response).await
 }
 
-/// The request body and whether it has been read to its end.
-struct RequestBody {
-    payload: web::Payload,
-    finished: bool,
-}
-
-impl RequestBody {
-    /// `response`, carrying the payload along when it was not read to its end.
-    ///
-    /// actix closes a connection whose payload is still held when the answer is sent; a dropped
-    /// one it drains first, which for a chunked body that never ends would hold the connection
-    /// (and its file descriptor) forever after the answer.
-    fn attach_unread(self, response: HttpResponse) -> HttpResponse {
-        if self.finished {
-            return response;
-        }
-        let payload = self.payload.into_inner();
-        response.map_body(|_, body| holding_unread(body, payload))
-    }
-}
-
-/// `body`, holding the request's unread `payload` until it has been sent, so that actix closes
-/// the connection after the answer instead of draining the payload first (which, for a chunked
-/// body that never ends, would hold the connection forever).
-pub(crate) fn holding_unread(body: BoxBody, payload: actix_web::dev::Payload) -> BoxBody {
-    BoxBody::new(UnreadBody {
-        body,
-        _payload: payload,
-    })
-}
-
-/// An answer's body that holds the request's unread payload until it has been sent.
-struct UnreadBody {
-    body: BoxBody,
-    _payload: actix_web::dev::Payload,
-}
-
-impl MessageBody for UnreadBody {
-    type Error = <BoxBody as MessageBody>::Error;
-
-    fn size(&self) -> BodySize {
-        self.body.size()
-    }
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        Pin::new(&mut self.body).poll_next(cx)
-    }
-}
-
 type Refusal = (GatewayError, Option<Run>);
 
 async fn sync(
@@ -358,39 +313,19 @@ async fn sync(
 ) -> Result<Accepted, Refusal> {
     let plain = |e: GatewayError| (e, None);
 
-    // 0. A declared size over the limit is refused before anything is read or verified: it
-    //    costs nothing, and the body is never waited for.
-    if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(plain(GatewayError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        }));
-    }
-
-    // 1. Authenticate, then take one of the caller's in-flight slots, held while the body is
-    //    read and the request processed: a caller holding slow bodies open stops at its cap.
-    let caller = authenticate(gw, req).await.map_err(plain)?;
-    record.caller = Some(caller.summary());
-    let (tenant_id, caller_key) = caller.limit_key();
-    let _slot = gw
-        .in_flight
-        .acquire(tenant_id, &caller_key)
-        .map_err(plain)?;
-
-    // 2. Authorize: who acts (the user themself, or the service identity an app is mapped to).
-    let acting = gw.policy.authorize(&caller).map_err(plain)?;
-
-    // 3. The body, read only now that the caller is known, by the deadline counted from when
-    //    the request's headers arrived.
-    let deadline = started + gw.request_timeout;
-    record.reason = read_reason(req, body, deadline, gw.request_timeout)
+    // 1-6. Admission: size, authenticate, in-flight slot (held until the answer), authorize,
+    //      the body by the request deadline, the limits.
+    let admitted = gw
+        .admission
+        .admit(SYNC, req, Some(body), started, record)
         .await
         .map_err(plain)?;
+    record.reason =
+        parse_reason(req, admitted.body.as_deref().unwrap_or_default()).map_err(plain)?;
+    let acting = admitted.acting.clone();
+    let limit = admitted.limit.clone();
 
-    // 4. Limits, per initiating caller and per tenant.
-    let limit = gw.limits.check(tenant_id, &caller_key).map_err(plain)?;
-    record.decision = Decision::Allowed;
-
-    // 5. Credentials: proves now that whoever acts can (step-up, consent, a live service
+    // 7. Credentials: proves now that whoever acts can (step-up, consent, a live service
     //    session), and gives a trailing run the token to act with. Recorded after the attempt:
     //    a service identity's account is known once its session has been read.
     let token = gw
@@ -401,7 +336,7 @@ async fn sync(
     record.acting_as = Some(acting_as.clone());
     let token = token.map_err(plain)?;
 
-    // 6. Schedule.
+    // 8. Schedule.
     let tenant = acting.tenant_id().to_string();
     let actor = Actor {
         summary: acting_as,
@@ -414,7 +349,7 @@ async fn sync(
         .await
         .map_err(plain)?;
 
-    // 7. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
+    // 9. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
     let cell = match submitted {
         Submitted::Started(cell) => cell.wait_while_running(gw.wait_for_run).await,
         Submitted::Scheduled(cell) => cell,
@@ -439,24 +374,6 @@ async fn sync(
     Ok(Accepted { run, cell, limit })
 }
 
-/// Step 1 for every entrance: the bearer token's caller.
-async fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Arc<Caller>, GatewayError> {
-    let mut values = req.headers().get_all(header::AUTHORIZATION);
-    let first = values.next();
-    // Two credentials are ambiguous: a proxy and the gateway may each read a different one
-    // (request smuggling of identity), so neither is used.
-    if values.next().is_some() {
-        return Err(GatewayError::BadRequest(
-            "the request carries more than one Authorization header; send exactly one".into(),
-        ));
-    }
-    let authorization = first
-        .map(|v| v.to_str().map_err(|_| GatewayError::MissingCredentials))
-        .transpose()?;
-    let token = Authenticator::bearer(authorization)?;
-    gw.authenticator.authenticate(token).await
-}
-
 /// `GET /sync/runs/{id}`: a run of the caller's own tenant. Audited like every request.
 pub async fn get_run(
     req: HttpRequest,
@@ -466,10 +383,11 @@ pub async fn get_run(
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync/runs/{id}");
     let answer = async {
-        let caller = authenticate(&gw, &req).await?;
-        record.caller = Some(caller.summary());
-        let acting = gw.policy.authorize(&caller)?;
-        record.decision = Decision::Allowed;
+        let admitted = gw
+            .admission
+            .admit(RUN_READ, &req, None, started, &mut record)
+            .await?;
+        let acting = admitted.acting;
         let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
         let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
         let run = cell.view();
@@ -512,13 +430,12 @@ pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpRespons
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync/status");
     let answer = async {
-        let caller = authenticate(&gw, &req).await?;
-        record.caller = Some(caller.summary());
-        let acting = gw.policy.authorize(&caller)?;
-        // It calls Graph, so it counts against the caller's limits like a sync request.
-        let (tenant_id, caller_key) = caller.limit_key();
-        gw.limits.check(tenant_id, &caller_key)?;
-        record.decision = Decision::Allowed;
+        // It calls Graph, so it holds a slot and counts against the limits like a sync.
+        let admitted = gw
+            .admission
+            .admit(STATUS_READ, &req, None, started, &mut record)
+            .await?;
+        let acting = admitted.acting.clone();
         // A user reads with `graph.status_permission`'s scope (by default the sync's own, so
         // the token the sync exchanged is reused from the cache); a service identity's
         // session holds the sync scope only, which reads too.
@@ -551,60 +468,8 @@ pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpRespons
     record_and_answer(&gw, record, started, response).await
 }
 
-/// The `Content-Length` the client declared, if any.
-fn declared_length(req: &HttpRequest) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The body up to [`MAX_BODY_BYTES`], complete by `deadline` or [`GatewayError::RequestTimeout`].
-async fn read_body(
-    body: &mut RequestBody,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<Bytes, GatewayError> {
-    use futures_core::Stream;
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let mut bytes = BytesMut::new();
-    loop {
-        let next = std::future::poll_fn(|cx| Pin::new(&mut body.payload).poll_next(cx));
-        match tokio::time::timeout_at(deadline, next).await {
-            Err(_) => {
-                return Err(GatewayError::RequestTimeout {
-                    seconds: timeout.as_secs(),
-                })
-            }
-            Ok(None) => {
-                body.finished = true;
-                return Ok(bytes.freeze());
-            }
-            Ok(Some(Err(_))) => {
-                return Err(GatewayError::BadRequest(
-                    "the request body could not be read".into(),
-                ))
-            }
-            Ok(Some(Ok(chunk))) => {
-                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(GatewayError::PayloadTooLarge {
-                        limit: MAX_BODY_BYTES,
-                    });
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-        }
-    }
-}
-
 /// The optional `reason`: an empty body is fine; anything else must be the JSON object.
-async fn read_reason(
-    req: &HttpRequest,
-    body: &mut RequestBody,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<Option<String>, GatewayError> {
-    let bytes = read_body(body, deadline, timeout).await?;
+fn parse_reason(req: &HttpRequest, bytes: &[u8]) -> Result<Option<String>, GatewayError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -625,7 +490,7 @@ async fn read_reason(
             "the body must be a JSON object like {\"reason\": \"...\"}".into(),
         ));
     }
-    let parsed: SyncRequest = serde_json::from_slice(&bytes).map_err(|e| {
+    let parsed: SyncRequest = serde_json::from_slice(bytes).map_err(|e| {
         GatewayError::BadRequest(format!(
             "the body must be a JSON object like {{\"reason\": \"...\"}}: {}",
             json_error_category(&e)

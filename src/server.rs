@@ -4,6 +4,7 @@
 //! with [`Application::port`]) and starts the background work (signing-key refresh, limiter
 //! eviction); [`Application::run_until_stopped`] serves until SIGTERM/SIGINT.
 
+use crate::admit::Admission;
 use crate::audit::{AdminEvent, AuditLog, AuditSink};
 use crate::background::Background;
 use crate::caller::keys::KeyStore;
@@ -186,21 +187,23 @@ impl Application {
         let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(
             "sync_requests_in_flight",
-            "POST /sync requests in progress (body read included), all callers together",
+            "POST /sync and GET /sync/status requests in progress (body read included), all callers together",
             in_flight_gauge.clone(),
         );
         let gateway = Gateway {
-            authenticator: Authenticator::new(
-                keys.clone(),
-                config.callers.audiences.clone(),
-                &config.callers.allowed_tenants,
-                config.callers.leeway_seconds,
-                config.callers.verified_cache_capacity,
-            ),
-            policy: CallerPolicy::from_config(&config),
-            limits: limits.clone(),
-            in_flight: InFlight::new(config.limits.max_in_flight_per_caller, in_flight_gauge),
-            request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
+            admission: Admission {
+                authenticator: Authenticator::new(
+                    keys.clone(),
+                    config.callers.audiences.clone(),
+                    &config.callers.allowed_tenants,
+                    config.callers.leeway_seconds,
+                    config.callers.verified_cache_capacity,
+                ),
+                policy: CallerPolicy::from_config(&config),
+                limits: limits.clone(),
+                in_flight: InFlight::new(config.limits.max_in_flight_per_caller, in_flight_gauge),
+                request_timeout: Duration::from_secs(config.server.request_timeout_seconds),
+            },
             credentials,
             runs: runs.clone(),
             graph,
@@ -212,7 +215,7 @@ impl Application {
         metrics.register(
             "token_refusals",
             "Caller tokens refused, by cause (expired, unknown_key, signature, version_mismatch, ...)",
-            gateway.authenticator.refusals(),
+            gateway.admission.authenticator.refusals(),
         );
 
         let listener =
@@ -274,7 +277,7 @@ impl Application {
                         let res = answer.await?;
                         Ok::<_, actix_web::Error>(match unread {
                             Some(payload) => res.map_body(|_, body| {
-                                pipeline::holding_unread(BoxBody::new(body), payload)
+                                crate::admit::holding_unread(BoxBody::new(body), payload)
                             }),
                             None => res.map_into_boxed_body(),
                         })

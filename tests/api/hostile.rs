@@ -299,3 +299,43 @@ async fn a_chunked_body_that_never_ends_does_not_keep_a_connection_to_another_ro
         assert_eq!(answer.status, status, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_status_read_shares_the_callers_in_flight_cap_but_a_run_read_does_not() {
+    let app = spawn_app_with(
+        Setup::default()
+            .set("limits.max_in_flight_per_caller", "1")
+            .set("server.request_timeout_seconds", "6"),
+    )
+    .await;
+    let hog = app.token();
+    let run: Value = app.post_sync(&hog).await.json().await.unwrap();
+    let slow = slow_post(&app, &hog, Framing::Length).await;
+    wait_in_flight(&app, 1.0).await;
+
+    // GET /sync/status calls Graph, so it needs a slot the slow body holds.
+    let status = app
+        .http
+        .get(format!("{}/sync/status", app.address))
+        .bearer_auth(&hog)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 429);
+    let problem = crate::helpers::problem_of(status).await;
+    assert_eq!(problem["type"], problem_type("too-many-in-flight"));
+    // Reading a run touches memory only: no slot needed.
+    let read = app
+        .http
+        .get(format!(
+            "{}/sync/runs/{}",
+            app.address,
+            run["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&hog)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(answer_then_close(slow).await.status, 408);
+}

@@ -1,0 +1,247 @@
+//! The admission phases every entrance runs before its own work, in one order, as pingora's
+//! `ProxyHttp` phases are: each phase named, documented and skipped only where an entrance says
+//! so ([`Entrance`]). An entrance (a handler in `pipeline`) calls [`Admission::admit`] once and
+//! then does only what is its own (schedule a run, read one, read Graph's status).
+//!
+//! 1. **size**         a declared body over the entrance's limit is refused (413) before
+//!    anything is read or verified: it costs nothing, and the body is never waited for.
+//! 2. **authenticate** exactly one `Authorization: Bearer` token → [`Caller`] (recorded).
+//! 3. **in-flight**    one of the caller's slots, held until the answer: a caller holding slow
+//!    bodies or slow Graph reads open stops at its cap (429).
+//! 4. **authorize**    who acts: the user, or the service identity an app is mapped to →
+//!    [`ActingIdentity`].
+//! 5. **body**         read to its end by the request deadline (408), at most the limit (413).
+//! 6. **limit**        per caller and per tenant (429 with the `RateLimit*` headers); after it
+//!    the request's decision is `allowed`.
+
+use crate::audit::RequestRecord;
+use crate::caller::{Authenticator, Caller};
+use crate::credentials::ActingIdentity;
+use crate::domain::{Decision, RateLimitStatus};
+use crate::error::GatewayError;
+use crate::limits::{InFlight, InFlightSlot, Limits};
+use crate::policy::CallerPolicy;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::http::header;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Which phases an entrance runs (authenticate and authorize always run).
+#[derive(Debug, Clone, Copy)]
+pub struct Entrance {
+    /// Phases 1 and 5: the entrance reads a body of at most this many bytes (`None`: no body).
+    pub body_limit: Option<usize>,
+    /// Phase 3: the request holds one of the caller's in-flight slots until it is answered.
+    pub in_flight: bool,
+    /// Phase 6: the request counts against the caller's and the tenant's rate limits.
+    pub limited: bool,
+}
+
+/// What the phases established about an admitted request.
+pub struct Admitted {
+    /// Who called.
+    pub caller: Arc<Caller>,
+    /// Whose identity acts.
+    pub acting: ActingIdentity,
+    /// The body, when the entrance reads one.
+    pub body: Option<Bytes>,
+    /// Where the caller stands against its limits, when the entrance is limited.
+    pub limit: Option<RateLimitStatus>,
+    /// Held until the answer; its drop frees the caller's slot.
+    _slot: Option<InFlightSlot>,
+}
+
+/// The parts the phases need, shared by every entrance.
+pub struct Admission {
+    /// Phase 2.
+    pub authenticator: Authenticator,
+    /// Phase 4.
+    pub policy: CallerPolicy,
+    /// Phase 3.
+    pub in_flight: InFlight,
+    /// Phase 6.
+    pub limits: Arc<Limits>,
+    /// Phase 5: how long after its headers a request's body may take to arrive.
+    pub request_timeout: Duration,
+}
+
+impl Admission {
+    /// Runs the phases `entrance` asks for, in order, filling in `record` as it learns who
+    /// called and whether the gateway's checks passed. The first refusal ends admission.
+    pub async fn admit(
+        &self,
+        entrance: Entrance,
+        req: &HttpRequest,
+        body: Option<&mut RequestBody>,
+        started: Instant,
+        record: &mut RequestRecord,
+    ) -> Result<Admitted, GatewayError> {
+        // 1. size
+        if let Some(limit) = entrance.body_limit {
+            if declared_length(req).is_some_and(|n| n > limit as u64) {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+        }
+        // 2. authenticate
+        let caller = self.authenticate(req).await?;
+        record.caller = Some(caller.summary());
+        // 3. in-flight
+        let (tenant_id, caller_key) = caller.limit_key();
+        let slot = if entrance.in_flight {
+            Some(self.in_flight.acquire(tenant_id, &caller_key)?)
+        } else {
+            None
+        };
+        // 4. authorize
+        let acting = self.policy.authorize(&caller)?;
+        // 5. body
+        let bytes = match (entrance.body_limit, body) {
+            (Some(limit), Some(body)) => {
+                let deadline = started + self.request_timeout;
+                Some(read_body(body, limit, deadline, self.request_timeout).await?)
+            }
+            _ => None,
+        };
+        // 6. limit
+        let limit = if entrance.limited {
+            Some(self.limits.check(tenant_id, &caller_key)?)
+        } else {
+            None
+        };
+        record.decision = Decision::Allowed;
+        Ok(Admitted {
+            caller,
+            acting,
+            body: bytes,
+            limit,
+            _slot: slot,
+        })
+    }
+
+    /// Phase 2: exactly one `Authorization` header, a bearer token, a valid caller.
+    async fn authenticate(&self, req: &HttpRequest) -> Result<Arc<Caller>, GatewayError> {
+        let mut values = req.headers().get_all(header::AUTHORIZATION);
+        let first = values.next();
+        // Two credentials are ambiguous: a proxy and the gateway may each read a different one
+        // (request smuggling of identity), so neither is used.
+        if values.next().is_some() {
+            return Err(GatewayError::BadRequest(
+                "the request carries more than one Authorization header; send exactly one".into(),
+            ));
+        }
+        let authorization = first
+            .map(|v| v.to_str().map_err(|_| GatewayError::MissingCredentials))
+            .transpose()?;
+        let token = Authenticator::bearer(authorization)?;
+        self.authenticator.authenticate(token).await
+    }
+}
+
+/// The request body and whether it has been read to its end.
+pub struct RequestBody {
+    payload: web::Payload,
+    finished: bool,
+}
+
+impl RequestBody {
+    /// The body of a request, not read yet.
+    pub fn new(payload: web::Payload) -> Self {
+        RequestBody {
+            payload,
+            finished: false,
+        }
+    }
+
+    /// `response`, carrying the payload along when it was not read to its end.
+    ///
+    /// actix closes a connection whose payload is still held when the answer is sent; a dropped
+    /// one it drains first, which for a chunked body that never ends would hold the connection
+    /// (and its file descriptor) forever after the answer.
+    pub fn attach_unread(self, response: HttpResponse) -> HttpResponse {
+        if self.finished {
+            return response;
+        }
+        let payload = self.payload.into_inner();
+        response.map_body(|_, body| holding_unread(body, payload))
+    }
+}
+
+/// `body`, holding the request's unread `payload` until it has been sent, so that actix closes
+/// the connection after the answer instead of draining the payload first (which, for a chunked
+/// body that never ends, would hold the connection forever).
+pub(crate) fn holding_unread(body: BoxBody, payload: actix_web::dev::Payload) -> BoxBody {
+    BoxBody::new(UnreadBody {
+        body,
+        _payload: payload,
+    })
+}
+
+/// An answer's body that holds the request's unread payload until it has been sent.
+struct UnreadBody {
+    body: BoxBody,
+    _payload: actix_web::dev::Payload,
+}
+
+impl MessageBody for UnreadBody {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
+}
+
+/// The `Content-Length` the client declared, if any.
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The body up to `limit` bytes, complete by `deadline` or [`GatewayError::RequestTimeout`].
+async fn read_body(
+    body: &mut RequestBody,
+    limit: usize,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    use futures_core::Stream;
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut bytes = BytesMut::new();
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body.payload).poll_next(cx));
+        match tokio::time::timeout_at(deadline, next).await {
+            Err(_) => {
+                return Err(GatewayError::RequestTimeout {
+                    seconds: timeout.as_secs(),
+                })
+            }
+            Ok(None) => {
+                body.finished = true;
+                return Ok(bytes.freeze());
+            }
+            Ok(Some(Err(_))) => {
+                return Err(GatewayError::BadRequest(
+                    "the request body could not be read".into(),
+                ))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
