@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.shutdown_timeout_seconds`: how long in-flight requests may finish on SIGTERM.
     pub shutdown_timeout_seconds: u64,
+    /// `server.expose_openapi`: serve the OpenAPI document at `GET /openapi.yaml` (default off;
+    /// `dev` turns it on).
+    pub expose_openapi: bool,
 }
 
 /// `[entra]`
@@ -484,6 +487,7 @@ struct RawServer {
     listen: Option<String>,
     workers: Option<usize>,
     shutdown_timeout_seconds: Option<u64>,
+    expose_openapi: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1527,6 +1531,7 @@ impl RawConfig {
                 listen: listen.unwrap(),
                 workers: self.server.workers,
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
+                expose_openapi: self.server.expose_openapi.unwrap_or(false),
             },
             entra: EntraConfig {
                 cloud,

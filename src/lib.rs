@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod dev;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;

@@ -232,6 +232,7 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
         });
+        let expose_openapi = config.server.expose_openapi;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(gateway.clone())
@@ -248,6 +249,11 @@ impl Application {
                 .service(readable("/healthz", healthz))
                 .service(readable("/readyz", readyz))
                 .service(readable("/metrics", metrics_text))
+                .configure(|cfg| {
+                    if expose_openapi {
+                        cfg.service(readable("/openapi.yaml", crate::openapi::document));
+                    }
+                })
                 .default_service(web::to(pipeline::not_found))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)
