@@ -12,6 +12,7 @@ mod exchange;
 mod helpers;
 mod identities;
 mod limits;
+mod openapi;
 mod postgres;
 mod protocol;
 mod records;
