@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// `server.max_connections`: open client connections at most, all workers together; more
     /// wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// `server.expose_openapi`: serve the OpenAPI document at `GET /openapi.yaml` (default off;
+    /// `dev` turns it on).
+    pub expose_openapi: bool,
 }
 
 /// The default of `server.max_connections`: well below the common soft limit of 1024 open
@@ -503,6 +506,7 @@ struct RawServer {
     shutdown_timeout_seconds: Option<u64>,
     request_timeout_seconds: Option<u64>,
     max_connections: Option<usize>,
+    expose_openapi: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1632,6 +1636,7 @@ impl RawConfig {
                 shutdown_timeout_seconds: self.server.shutdown_timeout_seconds.unwrap_or(30),
                 request_timeout_seconds: request_timeout,
                 max_connections,
+                expose_openapi: self.server.expose_openapi.unwrap_or(false),
             },
             entra: EntraConfig {
                 cloud,

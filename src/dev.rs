@@ -182,6 +182,7 @@ fn dev_config_toml(
         r#"# Written by `sync-gateway dev`; valid while it runs (the simulators are in its process).
 [server]
 listen = "{listen}"
+expose_openapi = true
 [entra]
 authority_host = "{entra}"
 tenant_id = "{tenant}"

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;

@@ -249,6 +249,7 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
         });
+        let expose_openapi = config.server.expose_openapi;
         // actix caps connections per worker; the configured figure is for the whole process.
         let (workers, per_worker) = connection_shares(
             config.server.workers,
@@ -297,6 +298,11 @@ impl Application {
                 .service(readable("/healthz", healthz))
                 .service(readable("/readyz", readyz))
                 .service(readable("/metrics", metrics_text))
+                .configure(|cfg| {
+                    if expose_openapi {
+                        cfg.service(readable("/openapi.yaml", crate::openapi::document));
+                    }
+                })
                 .default_service(web::to(pipeline::not_found))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)

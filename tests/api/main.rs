@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod identities;
 mod limits;
+mod openapi;
 mod postgres;
 mod protocol;
 mod records;
