@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;
+pub mod retry;
 pub mod runs;
 pub mod secret;
 pub mod server;

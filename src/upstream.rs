@@ -355,33 +355,11 @@ fn graph_error_code(body: &[u8]) -> Option<String> {
     .then(|| code.to_string())
 }
 
-/// `Retry-After` as whole seconds from now: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(v: &str) -> Option<u64> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(secs);
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .map(|d| d.as_secs_f64().ceil() as u64)
-            .unwrap_or(0),
-    )
-}
+pub use crate::retry::parse_retry_after;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after("120"), Some(120));
-        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(61);
-        let secs = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
-        assert!((59..=62).contains(&secs), "{secs}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 
     #[test]
     fn only_well_formed_graph_error_codes_are_repeated() {

@@ -16,6 +16,7 @@ use super::event::{AdminEvent, AdminRecord, AuditEvent};
 use super::sink::{AuditSink, Batch, Opened};
 use super::AuditError;
 use crate::metrics::AuditMetrics;
+use crate::retry::Backoff;
 use chrono::{SecondsFormat, Utc};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,7 +31,7 @@ use tokio::sync::oneshot;
 const MAX_BATCH: usize = 4096;
 
 /// How often a failed sink is retried while no record arrives, so `/readyz` recovers on its own.
-const RETRY_EVERY: Duration = Duration::from_millis(500);
+const RETRY: Backoff = Backoff::constant(Duration::from_millis(500));
 
 /// A record queued for the writer: its JSON object, and the channel that confirms it.
 pub(super) struct Pending {
@@ -132,7 +133,7 @@ pub(super) fn run(
     loop {
         // A failing sink is retried at a steady pace, whatever is waiting to be written.
         let wait = if failing.is_some() {
-            RETRY_EVERY
+            RETRY.delay(1)
         } else if !notes.is_empty() {
             Duration::ZERO
         } else if opts.signer.is_some() && since_checkpoint > 0 {

@@ -13,12 +13,17 @@
 //!   header is never trusted to choose it.
 
 use crate::background::Background;
+use crate::retry::Backoff;
 use jsonwebtoken::DecodingKey;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Until every issuer has keys: 500 ms, doubling up to 30 s.
+const LOAD_RETRY: Backoff =
+    Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));
 
 /// At most this many keys are kept per issuer (Entra publishes a handful).
 const MAX_KEYS_PER_ISSUER: usize = 64;
@@ -158,16 +163,16 @@ impl KeyStore {
     pub fn spawn_refresh(self: &Arc<Self>, background: &Background) {
         let me = Arc::downgrade(self);
         background.spawn(|stop| async move {
-            let mut backoff = Duration::from_millis(250);
+            let mut failures = 0;
             loop {
                 let Some(store) = me.upgrade() else { return };
                 store.load_all().await;
                 let wait = if store.is_ready() {
-                    backoff = Duration::from_millis(250);
+                    failures = 0;
                     store.refresh_period
                 } else {
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    backoff
+                    failures += 1;
+                    LOAD_RETRY.delay(failures)
                 };
                 drop(store);
                 if !stop.sleep(wait).await {

@@ -7,12 +7,13 @@
 use super::client_auth::{ClientAuth, CredentialKind};
 use super::store::RefreshToken;
 use crate::error::GatewayError;
+use crate::retry::Backoff;
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// How long to wait before the single retry of a failed request (MSAL: once, after 1 s).
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The single retry of a failed request (MSAL: once, after 1 s).
+const RETRY: Backoff = Backoff::constant(Duration::from_secs(1));
 
 /// Default wait for callers when Entra gives no `Retry-After`.
 pub(crate) const DEFAULT_RETRY_AFTER: u64 = 5;
@@ -102,7 +103,7 @@ impl From<GatewayError> for Refusal {
 
 enum Attempt {
     Done(Result<TokenAnswer, Refusal>),
-    /// A 5xx or a timeout: worth one more try after [`RETRY_DELAY`].
+    /// A 5xx or a timeout: worth one more try after [`RETRY`]'s delay.
     Transient(GatewayError),
     /// The client assertion expired: worth one more try with a freshly read federated token.
     AssertionExpired(ErrorBody),
@@ -182,7 +183,7 @@ impl EntraClient {
                 Attempt::Done(r) => return r,
                 Attempt::Transient(_) if !waited => {
                     waited = true;
-                    tokio::time::sleep(RETRY_DELAY).await;
+                    tokio::time::sleep(RETRY.delay(1)).await;
                 }
                 Attempt::Transient(e) => return Err(Refusal::Failed(e)),
                 Attempt::AssertionExpired(_)
@@ -347,7 +348,7 @@ fn retry_after(resp: &reqwest::Response) -> Option<u64> {
     resp.headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::upstream::parse_retry_after)
+        .and_then(crate::retry::parse_retry_after)
 }
 
 fn unreachable_error(e: &reqwest::Error) -> GatewayError {
