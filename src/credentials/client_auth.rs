@@ -7,7 +7,7 @@
 //! federated token at least every [`FEDERATED_REREAD`] and whenever Entra says the one sent has
 //! expired.
 
-use super::FileStamp;
+use super::file_stamp::FileStamp;
 use crate::config::{ClientAuthConfig, EntraConfig};
 use crate::error::GatewayError;
 use crate::secret::Secret;

@@ -15,67 +15,22 @@
 
 pub mod client_auth;
 pub mod endpoint;
+mod file_stamp;
 pub mod obo;
 pub mod service_identity;
 pub mod store;
+mod token;
+
+pub use file_stamp::FileStamp;
+pub use token::{DelegatedToken, EXPIRY_BUFFER};
 
 use crate::caller::UserCaller;
 use crate::domain::CallerSummary;
 use crate::error::GatewayError;
-use crate::secret::Secret;
-use reqwest::header::HeaderValue;
 use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
-use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A cached token counts as expired this long before its real expiry (MSAL's buffer).
-pub const EXPIRY_BUFFER: Duration = Duration::from_secs(300);
-
-/// A Graph access token acting for a user. Opaque: never parsed, never logged.
-#[derive(Clone)]
-pub struct DelegatedToken {
-    /// `Bearer <token>`, built once per token rather than on every call, and marked sensitive
-    /// so that the HTTP stack never logs it nor puts it in an HTTP/2 header table.
-    authorization: HeaderValue,
-    /// Until when the gateway may use it (already shortened by the buffer and the inbound `exp`).
-    usable_until: Instant,
-}
-
-impl DelegatedToken {
-    /// A token the gateway may use for `lifetime` from now. Refused if it cannot be sent in an
-    /// HTTP header (Entra ID issues JWTs, which always can).
-    pub(crate) fn new(secret: Secret, lifetime: Duration) -> Result<Self, GatewayError> {
-        let mut authorization = HeaderValue::try_from(format!("Bearer {}", secret.expose()))
-            .map_err(|_| {
-                GatewayError::ExchangeFailed(
-                    "Entra ID issued an access token that cannot be sent in an HTTP header".into(),
-                )
-            })?;
-        authorization.set_sensitive(true);
-        Ok(DelegatedToken {
-            authorization,
-            usable_until: Instant::now() + lifetime,
-        })
-    }
-
-    /// The `Authorization` header value for Graph.
-    pub fn authorization(&self) -> HeaderValue {
-        self.authorization.clone()
-    }
-
-    /// True if the token stays usable for at least `margin` from now.
-    pub fn usable_for(&self, margin: Duration) -> bool {
-        self.usable_until > Instant::now() + margin
-    }
-
-    /// Whether the gateway may still use it (the expiry buffer already applied).
-    pub fn is_usable(&self) -> bool {
-        Instant::now() < self.usable_until
-    }
-}
 
 /// Whose delegated identity a Graph call uses. Owned and cheap to clone, so work that happens
 /// later (a scheduled or trailing run) can ask [`Credentials::token_for`] for a fresh token.
@@ -115,38 +70,6 @@ impl ActingIdentity {
             ActingIdentity::User(u) => &u.tenant_id,
             ActingIdentity::Service(s) => &s.tenant_id,
         }
-    }
-}
-
-/// A file's identity on disk: changes when the file is replaced or rewritten, so files the
-/// gateway re-reads (certificates, session stores) are parsed again only after a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    /// The stamp of the file `path` leads to (links followed); `None` when it cannot be read.
-    pub fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-        })
-    }
-}
-
-impl fmt::Debug for DelegatedToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DelegatedToken(********)")
     }
 }
 

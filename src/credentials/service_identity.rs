@@ -12,8 +12,9 @@
 //!   the gateway stops asking Entra until the store file changes (a new `login`).
 
 use super::endpoint::{EntraClient, ErrorBody, Refusal};
+use super::file_stamp::FileStamp;
 use super::store::{Account, SessionStore, StoreError, StoredSession};
-use super::{DelegatedToken, FileStamp, EXPIRY_BUFFER};
+use super::token::{DelegatedToken, EXPIRY_BUFFER};
 use crate::background::Background;
 use crate::config::{Config, IdentityConfig};
 use crate::domain::CallerSummary;

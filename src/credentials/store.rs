@@ -9,7 +9,7 @@
 //!   holds the old session or the new one, never a torn file. A temporary file left by a crash
 //!   is removed when the store is next opened.
 
-use super::FileStamp;
+use super::file_stamp::FileStamp;
 use crate::secret::Secret;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
