@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod background;
 pub mod caller;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "sim")]
