@@ -67,6 +67,14 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// Waits in real time (token lifetimes are real, not on the scheduler's clock) until Entra
+/// counts a token with this `exp` (unix seconds) as expired.
+async fn wait_until_expired(exp: i64) {
+    while Utc::now().timestamp() < exp {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Advances the clock to just before `t`, checks that Graph saw no new call, then to `t`:
 /// the run due at `t` is not a moment early.
 async fn advance_to(app: &TestApp, t: DateTime<Utc>) {
@@ -593,7 +601,7 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
     // Graph tokens that stop being usable (5 min buffer) one second after they are issued.
     let app = spawn_app_with(Setup {
         graph_token_lifetime: Some(Duration::from_secs(301)),
-        ..Setup::intune(2)
+        ..Setup::intune(2).in_virtual_time()
     })
     .await;
     let token = app.token();
@@ -601,6 +609,9 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
     let scheduled = post(&app, &token).await;
     assert_eq!(scheduled["state"], "scheduled");
     let exchanges_before = app.sims.entra.exchanges();
+    // Real time for the joined Graph token to stop being usable, then the run's turn.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
     let run = wait_for_final(&app, &token, scheduled["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded");
     assert!(
@@ -612,23 +623,26 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
 
 #[tokio::test]
 async fn a_trailing_run_acts_as_an_earlier_joiner_when_the_latest_ones_token_has_expired() {
-    let app = spawn_app_with(Setup::intune(4)).await;
+    let app = spawn_app_with(Setup::intune(4).in_virtual_time()).await;
     let earlier = app.user();
     let earlier_token = app.sims.entra.mint(&earlier);
     assert_eq!(post(&app, &earlier_token).await["state"], "succeeded");
     let scheduled = post(&app, &earlier_token).await;
     assert_eq!(scheduled["state"], "scheduled");
 
-    // The latest joiner's token expires long before the run's turn; its exchange cannot be
+    // The latest joiner's token expires before the run's turn; its exchange cannot be
     // renewed then (Entra ID refuses an expired assertion).
+    let exp = Utc::now().timestamp() + 2;
     let latest = TokenSpec {
-        lifetime: Duration::from_secs(2),
+        expires_at: Some(exp),
         ..app.user()
     };
     let latest_token = app.sims.entra.mint(&latest);
     let joined = post(&app, &latest_token).await;
     assert_eq!(joined["id"], scheduled["id"]);
     assert_eq!(joined["acting_as"]["object_id"], latest.object_id.as_str());
+    wait_until_expired(exp).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
 
     let run = wait_for_final(&app, &earlier_token, scheduled["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded", "{run}");
@@ -653,16 +667,19 @@ async fn a_trailing_run_acts_as_an_earlier_joiner_when_the_latest_ones_token_has
 
 #[tokio::test]
 async fn a_trailing_run_whose_joiners_all_expired_fails_with_the_latest_ones_error() {
-    let app = spawn_app_with(Setup::intune(4)).await;
+    let app = spawn_app_with(Setup::intune(4).in_virtual_time()).await;
     assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
+    let exp = Utc::now().timestamp() + 2;
     let short_lived = || TokenSpec {
-        lifetime: Duration::from_secs(2),
+        expires_at: Some(exp),
         ..app.user()
     };
     let scheduled = post(&app, &app.sims.entra.mint(&short_lived())).await;
     assert_eq!(scheduled["state"], "scheduled");
     let joined = post(&app, &app.sims.entra.mint(&short_lived())).await;
     assert_eq!(joined["id"], scheduled["id"]);
+    wait_until_expired(exp).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
 
     let reader = app.token();
     let run = wait_for_final(&app, &reader, scheduled["id"].as_str().unwrap()).await;
