@@ -8,6 +8,7 @@ pub mod admit;
 pub mod audit;
 pub mod background;
 pub mod caller;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "sim")]

@@ -82,6 +82,9 @@ pub struct BuildOptions {
     /// Replaces the configured durable audit sink, e.g. with one that fails with `ENOSPC` or
     /// hangs, to test failing closed.
     pub audit_sink: Option<Box<dyn AuditSink>>,
+    /// The clock the run scheduler decides by (default: the real one); tests give a
+    /// [`crate::clock::ManualClock`] shared with the simulated Graph to run in virtual time.
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
 }
 
 /// State the probes read.
@@ -183,6 +186,7 @@ impl Application {
             graph.clone(),
             credentials.clone(),
             audit.clone(),
+            options.clock.unwrap_or_else(crate::clock::system),
         );
         let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(

@@ -174,12 +174,15 @@ impl Credentials {
             .try_get_with(key, async {
                 let issued = self.exchange.exchange(user, scope).await?;
                 // Never outlive the inbound token: a caller whose token expired must not keep
-                // acting through the cache.
-                let inbound_left = (user.expires_at - chrono::Utc::now().timestamp()).max(0);
+                // acting through the cache. Counted to the sub-second: whole seconds from a
+                // truncated "now" let the entry outlive `exp` by up to a second.
+                let inbound_left = chrono::DateTime::from_timestamp(user.expires_at, 0)
+                    .and_then(|exp| (exp - chrono::Utc::now()).to_std().ok())
+                    .unwrap_or(Duration::ZERO);
                 let lifetime = issued
                     .expires_in
                     .saturating_sub(EXPIRY_BUFFER)
-                    .min(Duration::from_secs(inbound_left as u64));
+                    .min(inbound_left);
                 Ok::<_, GatewayError>(Arc::new(DelegatedToken::new(
                     issued.access_token,
                     lifetime,

@@ -38,17 +38,9 @@ impl<V: Clone> Archive<V> {
         }
     }
 
-    /// Keeps `run` under `id`, dropping the oldest runs beyond the cap or the retention.
-    pub(super) fn insert(&self, id: Uuid, run: V) {
-        self.insert_at(id, run, Instant::now());
-    }
-
-    /// The run archived under `id`, if it is still kept.
-    pub(super) fn get(&self, id: &Uuid) -> Option<V> {
-        self.get_at(id, Instant::now())
-    }
-
-    fn insert_at(&self, id: Uuid, run: V, now: Instant) {
+    /// Keeps `run` under `id` as of `now` (the scheduler's clock), dropping the oldest runs
+    /// beyond the cap or the retention.
+    pub(super) fn insert(&self, id: Uuid, run: V, now: Instant) {
         let mut g = self.inner.lock();
         if g.runs.insert(id, run).is_none() {
             g.order.push_back((now, id));
@@ -56,7 +48,8 @@ impl<V: Clone> Archive<V> {
         self.expire(&mut g, now);
     }
 
-    fn get_at(&self, id: &Uuid, now: Instant) -> Option<V> {
+    /// The run archived under `id`, if it is still kept at `now` (the scheduler's clock).
+    pub(super) fn get(&self, id: &Uuid, now: Instant) -> Option<V> {
         let mut g = self.inner.lock();
         self.expire(&mut g, now);
         g.runs.get(id).cloned()
@@ -90,13 +83,13 @@ mod tests {
         let now = Instant::now();
         let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
         for (n, id) in ids.iter().enumerate() {
-            a.insert_at(*id, n, now);
+            a.insert(*id, n, now);
         }
         assert_eq!(a.len(), 3);
-        assert_eq!(a.get_at(&ids[0], now), None);
-        assert_eq!(a.get_at(&ids[1], now), None);
+        assert_eq!(a.get(&ids[0], now), None);
+        assert_eq!(a.get(&ids[1], now), None);
         for (n, id) in ids.iter().enumerate().skip(2) {
-            assert_eq!(a.get_at(id, now), Some(n));
+            assert_eq!(a.get(id, now), Some(n));
         }
     }
 
@@ -105,11 +98,11 @@ mod tests {
         let a = Archive::new(100, Duration::from_secs(60));
         let start = Instant::now();
         let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
-        a.insert_at(old, "old", start);
-        a.insert_at(new, "new", start + Duration::from_secs(30));
+        a.insert(old, "old", start);
+        a.insert(new, "new", start + Duration::from_secs(30));
         let later = start + Duration::from_secs(61);
-        assert_eq!(a.get_at(&old, later), None);
-        assert_eq!(a.get_at(&new, later), Some("new"));
+        assert_eq!(a.get(&old, later), None);
+        assert_eq!(a.get(&new, later), Some("new"));
         assert_eq!(a.len(), 1);
     }
 }

@@ -49,6 +49,8 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
         }
     };
     let policy = &inner.policy;
+    // The budget and the pauses between attempts are real time, not the scheduler's clock:
+    // they are short, bounded, and the caller who started the run may be waiting on them.
     let budget_end = Instant::now() + policy.retry_budget;
     let mut tries: u32 = 0;
     loop {
@@ -59,7 +61,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             client_request_id: new_client_request_id(),
             status: None,
             request_id: None,
-            sent_at: Utc::now(),
+            sent_at: inner.clock.now(),
         };
         let event = if number == 1 {
             RunEvent::Started
@@ -98,7 +100,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
                 // the cooldown from its answer so the next run cannot arrive early.
                 let tenant = cell.tenant_id();
                 inner
-                    .hold_until(&tenant, after(Utc::now(), policy.cooldown))
+                    .hold_until(&tenant, after(inner.clock.now(), policy.cooldown))
                     .await;
                 inner.finish(cell, RunState::Succeeded, None).await;
                 return Outcome::Done;
@@ -116,7 +118,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             AttemptClass::TimedOut => {
                 let tenant = cell.tenant_id();
                 inner
-                    .hold_until(&tenant, after(Utc::now(), policy.cooldown))
+                    .hold_until(&tenant, after(inner.clock.now(), policy.cooldown))
                     .await;
                 inner.finish(cell, RunState::Failed, out.result.err()).await;
                 return Outcome::Done;
@@ -214,7 +216,7 @@ async fn next_allowed_after_429(
     token: &DelegatedToken,
     retry_after_secs: Option<u64>,
 ) -> DateTime<Utc> {
-    let now = Utc::now();
+    let now = inner.clock.now();
     let fallback = retry_after_secs
         .map(|s| after(now, Duration::from_secs(s)))
         .unwrap_or_else(|| after(now, inner.policy.cooldown));
@@ -256,7 +258,7 @@ async fn wait_out_sync_in_progress(inner: &Inner, token: &DelegatedToken) -> Dat
         }
     }
     // Never sooner than one poll interval: Graph said 409 a moment ago.
-    let soonest = after(Utc::now(), policy.status_poll);
+    let soonest = after(inner.clock.now(), policy.status_poll);
     last.map(|t| policy.cooldown_after(t))
         .filter(|t| *t > soonest)
         .unwrap_or(soonest)

@@ -9,6 +9,7 @@
 
 use super::{execute, Actor, OutcomeRecord, Run, RunCell, RunState};
 use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
+use crate::clock::Clock;
 use crate::credentials::{Credentials, DelegatedToken};
 use crate::domain::RunEvent;
 use crate::error::GatewayError;
@@ -109,6 +110,8 @@ pub(super) struct Inner {
     pub(super) graph: Arc<Graph>,
     pub(super) credentials: Arc<Credentials>,
     pub(super) audit: AuditLog,
+    /// Every scheduling decision reads the time here (a manual clock in timeline tests).
+    pub(super) clock: Arc<dyn Clock>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
     finished: super::archive::Archive<Arc<RunCell>>,
@@ -121,21 +124,18 @@ pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
-pub(super) fn to_std(d: chrono::TimeDelta) -> Duration {
-    d.to_std().unwrap_or(Duration::ZERO)
-}
-
 pub(super) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
 }
 
 impl Scheduler {
-    /// A scheduler for one action's runs.
+    /// A scheduler for one action's runs, deciding by the time `clock` gives.
     pub fn new(
         policy: RunPolicy,
         graph: Arc<Graph>,
         credentials: Arc<Credentials>,
         audit: AuditLog,
+        clock: Arc<dyn Clock>,
     ) -> Scheduler {
         let finished = super::archive::Archive::new(policy.max_finished, policy.retention);
         Scheduler {
@@ -144,6 +144,7 @@ impl Scheduler {
                 graph,
                 credentials,
                 audit,
+                clock,
                 slots: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
                 finished,
@@ -176,7 +177,7 @@ impl Scheduler {
             scheduled.join(request, actor);
             return Ok(Submitted::Scheduled(scheduled));
         }
-        let now = Utc::now();
+        let now = inner.clock.now();
         // A cooldown of 0 turns scheduling off: every request is its own run, at once (a plain
         // proxy with retries and audit, e.g. for an action without Intune's rule).
         let unconstrained = inner.policy.cooldown.is_zero();
@@ -222,7 +223,7 @@ impl Scheduler {
             .lock()
             .get(&id)
             .cloned()
-            .or_else(|| inner.finished.get(&id));
+            .or_else(|| inner.finished.get(&id, inner.clock.instant()));
         found.map(|c| c.resolve())
     }
 
@@ -230,7 +231,7 @@ impl Scheduler {
     pub async fn tenant_runs(&self, tenant: &str) -> TenantRuns {
         let slot_lock = self.inner.slot(tenant);
         let slot = slot_lock.lock().await;
-        let now = Utc::now();
+        let now = self.inner.clock.now();
         TenantRuns {
             running: slot.running.as_ref().map(|c| c.view()),
             scheduled: slot.scheduled.as_ref().map(|c| c.view()),
@@ -243,9 +244,16 @@ impl Scheduler {
     pub async fn shutdown(&self, drain: Duration) {
         let inner = &self.inner;
         inner.shutting_down.store(true, Ordering::SeqCst);
-        let deadline = after(Utc::now(), drain);
+        // Which runs can still start is a scheduling question (the clock's time); how long the
+        // process waits for them is real time: a manual clock that nobody advances must not
+        // hold a shutdown forever.
+        let deadline = after(inner.clock.now(), drain);
+        let real_deadline = tokio::time::Instant::now() + drain;
         inner.abandon_scheduled(|nb| nb > deadline).await;
-        while !inner.active_is_empty() && Utc::now() < deadline {
+        while !inner.active_is_empty()
+            && inner.clock.now() < deadline
+            && tokio::time::Instant::now() < real_deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         inner.abandon_scheduled(|_| true).await;
@@ -292,8 +300,8 @@ async fn drive(inner: Arc<Inner>, cell: Arc<RunCell>, started: bool) {
 async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
     let tenant = cell.tenant_id();
     loop {
-        let not_before = cell.view().not_before.unwrap_or_else(Utc::now);
-        tokio::time::sleep(to_std(not_before - Utc::now())).await;
+        let not_before = cell.view().not_before.unwrap_or_else(|| inner.clock.now());
+        inner.clock.sleep_until(not_before).await;
         let slot_lock = inner.slot(&tenant);
         let mut slot = slot_lock.lock().await;
         if !slot
@@ -308,7 +316,7 @@ async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
             running.wait_final().await;
             continue;
         }
-        let now = Utc::now();
+        let now = inner.clock.now();
         if let Some(t) = slot.next_allowed.filter(|t| now < *t) {
             cell.update(|r| r.not_before = Some(t));
             continue;
@@ -341,7 +349,7 @@ impl Inner {
     pub(super) fn retire(&self, cell: &Arc<RunCell>) {
         let id = cell.id();
         self.active.lock().remove(&id);
-        self.finished.insert(id, cell.clone());
+        self.finished.insert(id, cell.clone(), self.clock.instant());
     }
 
     fn start_locked(&self, slot: &mut Slot, cell: &Arc<RunCell>, now: DateTime<Utc>) {
@@ -364,7 +372,7 @@ impl Inner {
             Ok(s) => {
                 if let Some(t) = s.last_manual_sync_trigger {
                     let allowed = self.policy.cooldown_after(t);
-                    if allowed > Utc::now() {
+                    if allowed > self.clock.now() {
                         tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
                         slot.next_allowed =
                             Some(slot.next_allowed.map_or(allowed, |n| n.max(allowed)));
@@ -432,7 +440,7 @@ impl Inner {
                 slot.running = None;
             }
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         cell.update(|r| {
             r.state = state;
             r.finished_at = Some(now);
@@ -480,7 +488,7 @@ impl Inner {
             let taken = {
                 let mut slot = slot_lock.lock().await;
                 match &slot.scheduled {
-                    Some(s) if which(s.view().not_before.unwrap_or_else(Utc::now)) => {
+                    Some(s) if which(s.view().not_before.unwrap_or_else(|| self.clock.now())) => {
                         slot.scheduled.take()
                     }
                     _ => None,
@@ -519,6 +527,7 @@ impl Inner {
         let record = RunRecord {
             v: crate::audit::event_format_version(),
             id: Uuid::now_v7(),
+            // When the record was written: the trail keeps real time, whatever clock schedules.
             time: Utc::now(),
             run_id: r.id,
             action: r.action,

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::entra::{PERMISSION_READ, PERMISSION_READ_WRITE};
 use super::keys::{unverified_claims, KeyStore, VerifyError};
 use super::{ServerSlot, SimOptions};
+use crate::clock::Clock;
 
 /// The sync action's path below the Graph base URL.
 pub const SYNC_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings/sync";
@@ -71,7 +72,7 @@ pub struct ReceivedCall {
     pub authorization_ok: bool,
     /// The status answered; 0 for a `Hang` (no answer).
     pub status: u16,
-    /// When the call arrived.
+    /// When the call arrived, by the simulator's clock ([`SimOptions::clock`]).
     pub at: DateTime<Utc>,
 }
 
@@ -90,6 +91,9 @@ struct GraphState {
     entra_base: String,
     keys: Arc<KeyStore>,
     cooldown: chrono::Duration,
+    /// Intune's cooldown and sync progress run on this clock: the gateway's scheduler is given
+    /// the same one, so in virtual time both sides agree when the cooldown is over.
+    clock: Arc<dyn Clock>,
     inner: Mutex<GraphInner>,
     sync_calls: AtomicUsize,
     accepted: AtomicUsize,
@@ -159,12 +163,6 @@ impl TenantState {
     }
 }
 
-/// Graph's timestamps here have millisecond precision; stored times are truncated the same way
-/// so `lastManualSyncTriggerDateTime + cooldown` computed by a client is never early.
-fn now_ms() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(3)
-}
-
 fn graph_time(t: Option<DateTime<Utc>>) -> String {
     match t {
         Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -188,6 +186,7 @@ impl SimGraph {
             keys,
             cooldown: chrono::Duration::from_std(opts.graph_cooldown)
                 .unwrap_or(chrono::Duration::MAX),
+            clock: opts.clock.clone(),
             inner: Mutex::new(GraphInner {
                 queue: VecDeque::new(),
                 mode: GraphMode::Normal,
@@ -254,7 +253,7 @@ impl SimGraph {
         g.tenants
             .entry(tenant.to_string())
             .or_insert_with(TenantState::new)
-            .start_sync(at.trunc_subsecs(3), duration, now_ms());
+            .start_sync(at.trunc_subsecs(3), duration, self.state.now_ms());
     }
 
     /// Holds every sync call, once counted in [`SimGraph::sync_calls`], until
@@ -296,13 +295,19 @@ impl SimGraph {
 }
 
 impl GraphState {
+    /// Graph's timestamps here have millisecond precision; stored times are truncated the same
+    /// way so `lastManualSyncTriggerDateTime + cooldown` computed by a client is never early.
+    fn now_ms(&self) -> DateTime<Utc> {
+        self.clock.now().trunc_subsecs(3)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GraphInner> {
         self.inner.lock().expect("graph state lock")
     }
 
     /// Picks the answer for an authenticated sync call and applies its effect on the tenant.
     fn decide(&self, tenant: &str) -> GraphResponse {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut g = self.lock();
         let answer = match g.queue.pop_front() {
             Some(r) => r,
@@ -526,6 +531,7 @@ fn check_claims(state: &GraphState, claims: &Value, permissions: &[&str]) -> Res
             "Access token validation failure. Invalid issuer.",
         ));
     }
+    // Token lifetimes are real time (Entra issues them by the real clock), not the cooldown's.
     let now = Utc::now().timestamp();
     match claims.get("exp").and_then(Value::as_i64) {
         Some(exp) if now < exp => {}
@@ -580,7 +586,7 @@ fn refusal_response(state: &GraphState, ctx: &Ctx, r: &Refusal) -> HttpResponse 
 async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
     state.sync_calls.fetch_add(1, Ordering::SeqCst);
     let _ = state.held.subscribe().wait_for(|held| !*held).await;
-    let at = Utc::now();
+    let at = state.clock.now();
     let ctx = Ctx::new(&req);
     let (caller, auth) = authenticate(&state, &req, &[PERMISSION_READ_WRITE]);
     let record = |authorization_ok: bool, status: u16| {
@@ -663,7 +669,7 @@ async fn settings(state: web::Data<GraphState>, req: HttpRequest) -> HttpRespons
             .tenants
             .entry(tenant.clone())
             .or_insert_with(TenantState::new);
-        t.refresh(now_ms());
+        t.refresh(state.now_ms());
         json!({
             "@odata.context": format!("{}/beta/$metadata#deviceManagement/windowsAutopilotSettings/$entity", state.base),
             "@odata.type": "#microsoft.graph.windowsAutopilotSettings",

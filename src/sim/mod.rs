@@ -43,6 +43,9 @@ pub struct SimOptions {
     /// fails as Entra does (AADSTS65001, `consent_required`). Default: every permission the
     /// app registration lists.
     pub consented_permissions: Vec<String>,
+    /// The clock of Graph's cooldown and sync progress (default: the real one); a test gives
+    /// the gateway the same [`crate::clock::ManualClock`] so both run in one virtual time.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl SimOptions {
@@ -67,6 +70,7 @@ impl SimOptions {
                 entra::PERMISSION_READ_WRITE.into(),
                 entra::PERMISSION_READ.into(),
             ],
+            clock: crate::clock::system(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::helpers::{header, problem_of, problem_type, spawn_app, spawn_app_with, Setup};
 use base64::Engine;
-use sync_gateway::sim::entra::{Failure, FailureScope};
+use sync_gateway::sim::entra::{Failure, FailureScope, TokenSpec};
 
 #[tokio::test]
 async fn repeated_calls_with_the_same_token_make_one_exchange() {
@@ -199,4 +199,49 @@ async fn a_wrong_gateway_secret_is_an_operator_problem_not_the_callers() {
         problem_type("gateway-misconfigured")
     );
     assert_eq!(app.sims.graph.sync_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_exchanged_token_is_not_reused_past_the_inbound_tokens_exp() {
+    // The gateway accepts an inbound token up to callers.leeway_seconds (60 s) after its
+    // `exp`, but the Graph token exchanged for it must end with it: a caller whose token
+    // expired cannot keep acting through the cache.
+    let app = spawn_app().await;
+    // Start late in a second, so a cache lifetime counted in whole seconds from a truncated
+    // "now" would outlive the real `exp` by most of a second.
+    while chrono::Utc::now().timestamp_subsec_millis() < 700 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let spec = TokenSpec {
+        expires_at: Some(exp),
+        ..app.user()
+    };
+    let token = app.sims.entra.mint(&spec);
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    assert_eq!(
+        app.sims.entra.exchanges(),
+        1,
+        "cached while the inbound token lives"
+    );
+
+    // Real time: token lifetimes are not on the scheduler's clock.
+    while chrono::Utc::now().timestamp() < exp {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let resp = app.post_sync(&token).await;
+    assert_eq!(resp.status(), 401, "not served from the cache");
+    let p = problem_of(resp).await;
+    assert_eq!(p["type"], problem_type("invalid-token"));
+    assert!(
+        p["detail"].as_str().unwrap().contains("exchanged"),
+        "refused by the new exchange, not by authentication: {p}"
+    );
+    assert_eq!(
+        app.sims.entra.exchanges(),
+        1,
+        "Entra refused the expired one"
+    );
+    assert_eq!(app.sims.graph.sync_calls(), 2, "Graph was not called again");
 }

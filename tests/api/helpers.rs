@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use sync_gateway::audit::AuditSink;
+use sync_gateway::clock::{Clock, ManualClock};
 use sync_gateway::server::BuildOptions;
 use sync_gateway::sim::entra::TokenSpec;
 use sync_gateway::sim::graph::{GraphMode, GraphResponse};
@@ -69,6 +70,9 @@ pub struct TestApp {
     pub audit: sync_gateway::audit::AuditLog,
     /// The simulators and ids, to start another gateway in the same world.
     pub world: World,
+    /// The clock the scheduler and the simulated Graph share, when the test runs in virtual
+    /// time ([`Setup::in_virtual_time`]); see [`TestApp::clock`].
+    pub manual_clock: Option<Arc<ManualClock>>,
     handle: actix_web::dev::ServerHandle,
     running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -125,6 +129,10 @@ pub struct Setup {
     pub audit_sink: Option<Box<dyn AuditSink>>,
     /// Reuse these simulators and ids instead of starting new ones (a restart on one trail).
     pub world: Option<World>,
+    /// Run the scheduler and the simulated Graph's cooldown on this clock, which stands still
+    /// until the test advances it (default: the real clock). Ignored with `world`, which
+    /// brings its own.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// The simulators and the ids the gateway is configured with.
@@ -142,6 +150,8 @@ pub struct World {
     pub client_id: String,
     /// The gateway's client secret.
     pub secret: String,
+    /// The manual clock the simulated Graph runs on, if not the real one.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// Starts both simulators with fresh tenants and a fresh gateway registration.
@@ -164,6 +174,7 @@ pub async fn start_world_with(tune: impl FnOnce(&mut SimOptions)) -> World {
     );
     tune(&mut options);
     let sims = Simulators::start(options).await.expect("simulators start");
+    let clock = None;
     World {
         sims,
         tenant,
@@ -171,6 +182,7 @@ pub async fn start_world_with(tune: impl FnOnce(&mut SimOptions)) -> World {
         foreign_tenant,
         client_id,
         secret,
+        clock,
     }
 }
 
@@ -191,6 +203,7 @@ impl Default for Setup {
             audit_broken_at_start: false,
             audit_sink: None,
             world: None,
+            clock: None,
         }
     }
 }
@@ -211,6 +224,14 @@ impl Setup {
         }
         .set("actions.sync.cooldown_seconds", &cooldown_secs.to_string())
     }
+
+    /// Runs the scheduler and the simulated Graph's cooldown on a [`ManualClock`] that stands
+    /// still until the test calls `app.clock().advance(..)`: timelines without real sleeps,
+    /// and exact instants to assert. Network timeouts and token lifetimes stay real.
+    pub fn in_virtual_time(mut self) -> Self {
+        self.clock = Some(Arc::new(ManualClock::new()));
+        self
+    }
 }
 
 /// The audience every test token is for.
@@ -228,12 +249,17 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     let world = match setup.world.take() {
         Some(w) => w,
         None => {
-            let (cooldown, lifetime, sim) = (
+            let (cooldown, lifetime, sim, clock) = (
                 setup.intune_cooldown,
                 setup.graph_token_lifetime,
                 setup.sim.take(),
+                setup.clock.take(),
             );
-            start_world_with(move |options| {
+            let sim_clock = clock.clone();
+            let mut world = start_world_with(move |options| {
+                if let Some(c) = sim_clock {
+                    options.clock = c as Arc<dyn Clock>;
+                }
                 if let Some(c) = cooldown {
                     options.graph_cooldown = c;
                 }
@@ -244,7 +270,9 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
                     tune(options);
                 }
             })
-            .await
+            .await;
+            world.clock = clock;
+            world
         }
     };
     let World {
@@ -284,7 +312,7 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     let config = Config::from_toml_and_env(&config_toml(&world, &audit_path, &entries), env)
         .expect("valid test configuration");
     let (address, handle, audit, running) =
-        start_gateway(config.clone(), setup.audit_sink.take()).await;
+        start_gateway(config.clone(), setup.audit_sink.take(), world.clock.clone()).await;
     let test_app = TestApp {
         address,
         sims,
@@ -299,6 +327,7 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
         config,
         dir: dir.path().to_path_buf(),
         audit,
+        manual_clock: world.clock.clone(),
         world,
         handle,
         running: Some(running),
@@ -319,8 +348,13 @@ type Started = (
     tokio::task::JoinHandle<std::io::Result<()>>,
 );
 
-async fn start_gateway(config: Config, audit_sink: Option<Box<dyn AuditSink>>) -> Started {
-    let app = Application::build_with(config, BuildOptions { audit_sink })
+async fn start_gateway(
+    config: Config,
+    audit_sink: Option<Box<dyn AuditSink>>,
+    clock: Option<Arc<ManualClock>>,
+) -> Started {
+    let clock = clock.map(|c| c as Arc<dyn Clock>);
+    let app = Application::build_with(config, BuildOptions { audit_sink, clock })
         .await
         .expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -414,12 +448,21 @@ impl TestApp {
     /// audit file: a process restart; waits until it is ready.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (address, handle, audit, running) = start_gateway(self.config.clone(), None).await;
+        // The same clock: a restart does not turn back virtual time.
+        let (address, handle, audit, running) =
+            start_gateway(self.config.clone(), None, self.manual_clock.clone()).await;
         self.address = address;
         self.handle = handle;
         self.audit = audit;
         self.running = Some(running);
         self.wait_until_ready().await;
+    }
+
+    /// The manual clock of a test in virtual time; panics if the test runs in real time.
+    pub fn clock(&self) -> &ManualClock {
+        self.manual_clock
+            .as_deref()
+            .expect("a test in virtual time (Setup::in_virtual_time)")
     }
 
     /// The trail's files: rotated ones and the active one (when it is a regular file).

@@ -1,12 +1,20 @@
 //! Runs and Intune's 10-minute rule: every accepted request is covered by a run that starts
 //! after it, runs of one tenant are at least the cooldown apart, and no caller sees Graph's 429.
 //! The simulated Graph enforces a 2 s cooldown here, as Intune enforces 10 minutes.
+//!
+//! The timeline tests run in virtual time (`Setup::in_virtual_time`): the scheduler and the
+//! simulated Graph share a clock that stands still until the test advances it, so they assert
+//! exact instants (`not_before` is exactly `started_at` + the cooldown) and skip the cooldown
+//! without sleeping. Tests about token lifetimes or the pauses inside one run stay in real
+//! time: those are real time in the gateway too.
 
 use crate::helpers::{header, problem_of, problem_type, spawn_app_with, Setup, TestApp};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use sync_gateway::clock::Clock;
+use sync_gateway::runs::schedule::LEARNED_MARGIN;
 use sync_gateway::sim::entra::TokenSpec;
 use sync_gateway::sim::graph::{GraphMode, GraphResponse};
 
@@ -49,6 +57,37 @@ fn time(v: &Value) -> DateTime<Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
 
+fn delta(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap()
+}
+
+/// A moment of real time for the gateway to act on what a test just did (e.g. advancing the
+/// clock), before asserting that it did nothing.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Waits in real time (token lifetimes are real, not on the scheduler's clock) until Entra
+/// counts a token with this `exp` (unix seconds) as expired.
+async fn wait_until_expired(exp: i64) {
+    while Utc::now().timestamp() < exp {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Advances the clock to just before `t`, checks that Graph saw no new call, then to `t`:
+/// the run due at `t` is not a moment early.
+async fn advance_to(app: &TestApp, t: DateTime<Utc>) {
+    let calls = app.sims.graph.sync_calls();
+    let early = (t - app.clock().now() - chrono::TimeDelta::milliseconds(1))
+        .to_std()
+        .unwrap();
+    app.clock().advance(early);
+    settle().await;
+    assert_eq!(app.sims.graph.sync_calls(), calls, "a run went out early");
+    app.clock().advance(Duration::from_millis(1));
+}
+
 async fn post(app: &TestApp, token: &str) -> Value {
     let resp = app.post_sync(token).await;
     assert_eq!(resp.status(), 202);
@@ -77,8 +116,13 @@ async fn a_storm_of_1000_requests_from_100_users_makes_one_call_and_one_trailing
     // A cooldown long enough that the whole storm lands inside it even on a slow machine, and
     // room for all 1000 connections at once: beyond server.max_connections (default 768) the
     // rest would wait for idle keep-alive connections to close and land after the cooldown.
-    let app =
-        spawn_app_with(Setup::intune(STORM_COOLDOWN).set("server.max_connections", "1100")).await;
+    // In virtual time the whole storm lands inside the cooldown however slow the machine is.
+    let app = spawn_app_with(
+        Setup::intune(STORM_COOLDOWN)
+            .set("server.max_connections", "1100")
+            .in_virtual_time(),
+    )
+    .await;
     let tokens: Vec<String> = (0..100).map(|_| app.token()).collect();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..1000 {
@@ -98,22 +142,45 @@ async fn a_storm_of_1000_requests_from_100_users_makes_one_call_and_one_trailing
         .iter()
         .map(|(_, b)| b["id"].as_str().unwrap())
         .collect();
-    assert!(runs.len() <= 2, "{} runs", runs.len());
-    let immediate = answers
+    assert_eq!(runs.len(), 2, "one immediate run and one trailing run");
+    let immediate: Vec<&Value> = answers
         .iter()
         .filter(|(_, b)| b["state"] == "succeeded")
-        .count();
+        .map(|(_, b)| b)
+        .collect();
     assert_eq!(
-        immediate, 1,
+        immediate.len(),
+        1,
         "exactly one request started a run and saw it succeed"
     );
+    let first = immediate[0];
+    let trailing = answers
+        .iter()
+        .map(|(_, b)| b)
+        .find(|b| b["id"] != first["id"])
+        .unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|(_, b)| b["id"] == first["id"] || b["state"] == "scheduled"),
+        "every other request joined the trailing run"
+    );
+    let cooldown = delta(Duration::from_secs(STORM_COOLDOWN));
+    let due = time(&first["started_at"]) + cooldown;
+    assert_eq!(time(&trailing["not_before"]), due);
+    assert_eq!(app.sims.graph.sync_calls(), 1, "one immediate call");
 
-    // The trailing run (if any) goes out after the cooldown.
-    for id in &runs {
-        let run = wait_for_final(&app, &tokens[0], id).await;
-        assert_eq!(run["state"], "succeeded");
-    }
-    assert_eq!(app.sims.graph.sync_calls(), runs.len());
+    // The trailing run goes out exactly when the cooldown ends, not a moment before.
+    advance_to(&app, due).await;
+    let run = wait_for_final(&app, &tokens[0], trailing["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(time(&run["started_at"]), due);
+    assert_eq!(
+        app.sims.graph.sync_calls(),
+        2,
+        "one immediate, one trailing"
+    );
+    assert_eq!(app.sims.graph.accepted_syncs(), 2);
     assert_spacing_and_no_refusals_with(&app, Duration::from_secs(STORM_COOLDOWN));
     let covered: usize = runs
         .iter()
@@ -155,27 +222,28 @@ fn assert_every_request_started_before_its_run(app: &TestApp) {
 
 #[tokio::test]
 async fn requests_within_the_cooldown_join_one_trailing_run_that_acts_as_the_latest() {
-    let app = spawn_app_with(Setup::intune(2)).await;
+    let app = spawn_app_with(Setup::intune(2).in_virtual_time()).await;
     let first = post(&app, &app.token()).await;
     assert_eq!(first["state"], "succeeded");
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.clock().advance(Duration::from_millis(500));
     let second = post(&app, &app.token()).await;
     assert_eq!(second["state"], "scheduled");
     let not_before = time(&second["not_before"]);
-    assert!(
-        not_before >= time(&first["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
-    );
+    assert_eq!(not_before, time(&first["started_at"]) + delta(COOLDOWN));
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.clock().advance(Duration::from_millis(500));
     let latest = app.user();
     let third_token = app.sims.entra.mint(&latest);
     let third = post(&app, &third_token).await;
     assert_eq!(third["id"], second["id"], "joined the scheduled run");
     assert_eq!(third["covers"]["count"], 2);
+    assert_eq!(time(&third["not_before"]), not_before);
 
+    advance_to(&app, not_before).await;
     let trailing = wait_for_final(&app, &third_token, second["id"].as_str().unwrap()).await;
     assert_eq!(trailing["state"], "succeeded");
+    assert_eq!(time(&trailing["started_at"]), not_before);
     assert_eq!(
         trailing["acting_as"]["object_id"],
         latest.object_id.as_str()
@@ -191,19 +259,147 @@ async fn requests_within_the_cooldown_join_one_trailing_run_that_acts_as_the_lat
     let fourth = post(&app, &app.token()).await;
     assert_eq!(fourth["state"], "scheduled");
     assert_ne!(fourth["id"], second["id"]);
-    assert!(
-        time(&fourth["not_before"])
-            >= time(&trailing["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
-    );
+    let third_due = time(&trailing["started_at"]) + delta(COOLDOWN);
+    assert_eq!(time(&fourth["not_before"]), third_due);
+    advance_to(&app, third_due).await;
     let third_run = wait_for_final(&app, &third_token, fourth["id"].as_str().unwrap()).await;
     assert_eq!(third_run["state"], "succeeded");
+    assert_eq!(time(&third_run["started_at"]), third_due);
+    assert_spacing_and_no_refusals(&app);
+    assert_every_request_started_before_its_run(&app);
+}
+
+/// A first run that Graph refuses with `answers` fails (the caller sees `status` and `kind`);
+/// the tenant's next run still waits a full cooldown from the failed run's start: a failure
+/// after the call was sent does not prove Graph did not start a sync.
+async fn a_failed_run_holds_the_next_run_a_cooldown_after_its_start(
+    answers: Vec<GraphResponse>,
+    status: u16,
+    kind: &str,
+) {
+    let app = spawn_app_with(Setup::intune(2).in_virtual_time()).await;
+    let attempts = answers.len();
+    app.sims.graph.push_responses(answers);
+    let token = app.token();
+    let resp = app.post_sync(&token).await;
+    assert_eq!(resp.status(), status);
+    let failed = problem_of(resp).await["run"].clone();
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["error"]["kind"], kind);
+    assert_eq!(attempt_statuses(&failed).len(), attempts);
+    let started_at = time(&failed["started_at"]);
+
+    // Reported: the next request is scheduled exactly a cooldown after the failed run started.
+    let next = post(&app, &token).await;
+    assert_eq!(next["state"], "scheduled");
+    let due = started_at + delta(COOLDOWN);
+    assert_eq!(time(&next["not_before"]), due);
+    assert!(time(&next["not_before"]) >= started_at + delta(COOLDOWN));
+
+    // Respected: nothing reaches Graph before then, and the run goes out at that instant.
+    advance_to(&app, due).await;
+    let run = wait_for_final(&app, &token, next["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(time(&run["started_at"]), due);
+    let calls = app.sims.graph.calls();
+    assert_eq!(calls.len(), attempts + 1);
+    assert!(calls[attempts].at - calls[0].at >= delta(COOLDOWN));
+    assert_every_request_started_before_its_run(&app);
+}
+
+#[tokio::test]
+async fn a_run_refused_with_403_holds_the_next_run_a_cooldown_after_its_start() {
+    a_failed_run_holds_the_next_run_a_cooldown_after_its_start(
+        vec![GraphResponse::Status(403)],
+        403,
+        "upstream-forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_that_spent_its_retry_budget_on_503s_holds_the_next_run_a_cooldown_after_its_start() {
+    // max_attempts is 3 in the tests.
+    a_failed_run_holds_the_next_run_a_cooldown_after_its_start(
+        vec![GraphResponse::Status(503); 3],
+        502,
+        "upstream-failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_while_the_first_run_is_running_is_scheduled_a_cooldown_after_its_start() {
+    // Graph's answer is held while the second request arrives; a generous timeout so that
+    // holding it cannot time the call out on a slow machine.
+    let app = spawn_app_with(
+        Setup::intune(2)
+            .set("graph.timeout_seconds", "20")
+            .in_virtual_time(),
+    )
+    .await;
+    app.sims.graph.hold_answers();
+    let token = app.token();
+    let first = {
+        let (http, url, token) = (
+            app.http.clone(),
+            format!("{}/sync", app.address),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    for _ in 0..400 {
+        if app.sims.graph.sync_calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.sims.graph.sync_calls(), 1, "the first run called Graph");
+    let status: Value = app
+        .http
+        .get(format!("{}/sync/status", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let running = &status["gateway"]["running"];
+    assert_eq!(running["state"], "running");
+    let started_at = time(&running["started_at"]);
+
+    // Reported while the first run is still running.
+    let second = post(&app, &token).await;
+    assert_eq!(second["state"], "scheduled");
+    assert_ne!(second["id"], running["id"]);
+    let due = started_at + delta(COOLDOWN);
+    assert_eq!(time(&second["not_before"]), due);
+    assert!(time(&second["not_before"]) >= started_at + delta(COOLDOWN));
+
+    app.sims.graph.release_answers();
+    let (code, first) = first.await.unwrap();
+    assert_eq!(code, 202);
+    assert_eq!(first["id"], running["id"]);
+    assert_eq!(first["state"], "succeeded");
+
+    // Respected: the second run goes out exactly a cooldown after the first started.
+    advance_to(&app, due).await;
+    let run = wait_for_final(&app, &token, second["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(time(&run["started_at"]), due);
+    assert_eq!(app.sims.graph.sync_calls(), 2);
     assert_spacing_and_no_refusals(&app);
     assert_every_request_started_before_its_run(&app);
 }
 
 #[tokio::test]
 async fn two_tenants_keep_separate_schedules() {
-    let app = spawn_app_with(Setup::intune(2)).await;
+    // Virtual time: however slow the machine, the third request lands inside the cooldown.
+    let app = spawn_app_with(Setup::intune(2).in_virtual_time()).await;
     assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
     let other = app.sims.entra.mint(&TokenSpec::user(
         &app.tenant2,
@@ -216,20 +412,24 @@ async fn two_tenants_keep_separate_schedules() {
 
 #[tokio::test]
 async fn a_sync_from_the_portal_reschedules_the_run_from_graphs_last_trigger() {
-    let app = spawn_app_with(Setup::intune(2)).await;
+    let app = spawn_app_with(Setup::intune(2).in_virtual_time()).await;
     let token = app.token();
     assert_eq!(post(&app, &token).await["state"], "succeeded");
-    tokio::time::sleep(COOLDOWN + Duration::from_millis(200)).await;
+    app.clock().advance(COOLDOWN + Duration::from_millis(200));
 
     // Someone presses Sync in the Intune portal: the gateway does not know.
-    let pressed = Utc::now();
+    let pressed = app.clock().now();
     app.sims.graph.set_external_sync(&app.tenant, pressed);
     let resp = app.post_sync(&token).await;
     assert_eq!(resp.status(), 202, "Graph's 429 is not the caller's error");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["state"], "scheduled");
-    assert!(time(&body["not_before"]) >= pressed + chrono::TimeDelta::from_std(COOLDOWN).unwrap());
+    // Graph's last trigger plus the cooldown, and the margin for times learned from Graph.
+    let due = pressed + delta(COOLDOWN + LEARNED_MARGIN);
+    assert_eq!(time(&body["not_before"]), due);
+    assert!(time(&body["not_before"]) >= pressed + delta(COOLDOWN));
 
+    advance_to(&app, due).await;
     let run = wait_for_final(&app, &token, body["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded");
     let statuses = attempt_statuses(&run);
@@ -241,7 +441,8 @@ async fn a_sync_from_the_portal_reschedules_the_run_from_graphs_last_trigger() {
         .into_iter()
         .rfind(|c| c.status == 204)
         .unwrap();
-    assert!(accepted.at >= pressed + chrono::TimeDelta::from_std(COOLDOWN).unwrap());
+    assert!(accepted.at >= pressed + delta(COOLDOWN));
+    assert_eq!(accepted.at, due);
     assert!(app
         .audit_of_kind("run")
         .iter()
@@ -347,20 +548,25 @@ async fn an_exhausted_retry_budget_fails_the_run_and_callers_see_why() {
 
 #[tokio::test]
 async fn a_restart_inside_the_cooldown_does_not_fire_a_sync_early() {
-    let mut app = spawn_app_with(Setup::intune(2)).await;
+    let mut app = spawn_app_with(Setup::intune(2).in_virtual_time()).await;
     let token = app.token();
     let first = post(&app, &token).await;
     assert_eq!(first["state"], "succeeded");
     app.restart().await;
     let after_restart = post(&app, &token).await;
     assert_eq!(after_restart["state"], "scheduled");
-    assert!(
-        time(&after_restart["not_before"])
-            >= time(&first["started_at"]) + chrono::TimeDelta::from_std(COOLDOWN).unwrap()
+    let not_before = time(&after_restart["not_before"]);
+    assert!(not_before >= time(&first["started_at"]) + delta(COOLDOWN));
+    // The new process learned it from Graph's last trigger (the first run's, to the ms).
+    assert_eq!(
+        not_before,
+        time(&first["started_at"]) + delta(COOLDOWN + LEARNED_MARGIN)
     );
     assert_eq!(app.sims.graph.sync_calls(), 1);
+    advance_to(&app, not_before).await;
     let run = wait_for_final(&app, &token, after_restart["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded");
+    assert_eq!(time(&run["started_at"]), not_before);
     assert_spacing_and_no_refusals(&app);
 }
 
@@ -395,7 +601,7 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
     // Graph tokens that stop being usable (5 min buffer) one second after they are issued.
     let app = spawn_app_with(Setup {
         graph_token_lifetime: Some(Duration::from_secs(301)),
-        ..Setup::intune(2)
+        ..Setup::intune(2).in_virtual_time()
     })
     .await;
     let token = app.token();
@@ -403,6 +609,9 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
     let scheduled = post(&app, &token).await;
     assert_eq!(scheduled["state"], "scheduled");
     let exchanges_before = app.sims.entra.exchanges();
+    // Real time for the joined Graph token to stop being usable, then the run's turn.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
     let run = wait_for_final(&app, &token, scheduled["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded");
     assert!(
@@ -414,23 +623,26 @@ async fn a_trailing_run_exchanges_again_when_the_joined_token_would_expire() {
 
 #[tokio::test]
 async fn a_trailing_run_acts_as_an_earlier_joiner_when_the_latest_ones_token_has_expired() {
-    let app = spawn_app_with(Setup::intune(4)).await;
+    let app = spawn_app_with(Setup::intune(4).in_virtual_time()).await;
     let earlier = app.user();
     let earlier_token = app.sims.entra.mint(&earlier);
     assert_eq!(post(&app, &earlier_token).await["state"], "succeeded");
     let scheduled = post(&app, &earlier_token).await;
     assert_eq!(scheduled["state"], "scheduled");
 
-    // The latest joiner's token expires long before the run's turn; its exchange cannot be
+    // The latest joiner's token expires before the run's turn; its exchange cannot be
     // renewed then (Entra ID refuses an expired assertion).
+    let exp = Utc::now().timestamp() + 2;
     let latest = TokenSpec {
-        lifetime: Duration::from_secs(2),
+        expires_at: Some(exp),
         ..app.user()
     };
     let latest_token = app.sims.entra.mint(&latest);
     let joined = post(&app, &latest_token).await;
     assert_eq!(joined["id"], scheduled["id"]);
     assert_eq!(joined["acting_as"]["object_id"], latest.object_id.as_str());
+    wait_until_expired(exp).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
 
     let run = wait_for_final(&app, &earlier_token, scheduled["id"].as_str().unwrap()).await;
     assert_eq!(run["state"], "succeeded", "{run}");
@@ -455,16 +667,19 @@ async fn a_trailing_run_acts_as_an_earlier_joiner_when_the_latest_ones_token_has
 
 #[tokio::test]
 async fn a_trailing_run_whose_joiners_all_expired_fails_with_the_latest_ones_error() {
-    let app = spawn_app_with(Setup::intune(4)).await;
+    let app = spawn_app_with(Setup::intune(4).in_virtual_time()).await;
     assert_eq!(post(&app, &app.token()).await["state"], "succeeded");
+    let exp = Utc::now().timestamp() + 2;
     let short_lived = || TokenSpec {
-        lifetime: Duration::from_secs(2),
+        expires_at: Some(exp),
         ..app.user()
     };
     let scheduled = post(&app, &app.sims.entra.mint(&short_lived())).await;
     assert_eq!(scheduled["state"], "scheduled");
     let joined = post(&app, &app.sims.entra.mint(&short_lived())).await;
     assert_eq!(joined["id"], scheduled["id"]);
+    wait_until_expired(exp).await;
+    advance_to(&app, time(&scheduled["not_before"])).await;
 
     let reader = app.token();
     let run = wait_for_final(&app, &reader, scheduled["id"].as_str().unwrap()).await;
