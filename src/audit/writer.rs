@@ -12,9 +12,9 @@
 //! marked `"late": true` with its `recorded_at`.
 
 use super::chain::{hex, CheckpointSigner, Tail};
+use super::error::AuditError;
 use super::event::{AdminEvent, AdminRecord, AuditEvent};
 use super::sink::{AuditSink, Batch, Opened};
-use super::AuditError;
 use crate::metrics::AuditMetrics;
 use crate::retry::Backoff;
 use chrono::{SecondsFormat, Utc};
@@ -69,7 +69,7 @@ pub(super) enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// State the writer shares with [`super::AuditLog`].
+/// State the writer shares with the `AuditLog` handles.
 pub(super) struct Shared {
     /// False after a failed commit, true again after a successful one.
     pub healthy: AtomicBool,

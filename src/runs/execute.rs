@@ -12,15 +12,19 @@
 //!
 //! Every attempt is preceded by a durable `run` record; if it cannot be written, nothing is sent.
 
-use super::schedule::{after, Inner};
-use super::{Actor, RunCell, RunState, RunUpstream};
+use super::{after, Actor, RunCell, RunPolicy, RunState, RunUpstream};
 use crate::audit::AttemptSummary;
+use crate::audit::AuditError;
+use crate::clock::Clock;
+use crate::credentials::Credentials;
 use crate::credentials::DelegatedToken;
 use crate::domain::RunEvent;
 use crate::error::GatewayError;
+use crate::retry::Backoff;
+use crate::upstream::Graph;
 use crate::upstream::{new_client_request_id, AttemptClass, UpstreamOutcome};
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,35 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A token this close to expiry is exchanged again before a run uses it.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+
+/// What carrying out a run needs from the scheduler that owns it. A trait, so that the
+/// executor does not import the scheduler (which starts it): no cycle between the two files.
+pub(super) trait Host: Sync {
+    /// The action's rules (cooldown, budgets, paths).
+    fn policy(&self) -> &RunPolicy;
+    /// Graph.
+    fn graph(&self) -> &Graph;
+    /// Where tokens come from.
+    fn credentials(&self) -> &Credentials;
+    /// The time the scheduler decides by.
+    fn clock(&self) -> &dyn Clock;
+    /// Ends the run in a final state (records it).
+    fn finish(
+        &self,
+        cell: &Arc<RunCell>,
+        state: RunState,
+        failure: Option<GatewayError>,
+    ) -> impl Future<Output = ()> + Send;
+    /// Pushes the tenant's next start out to `t`.
+    fn hold_until(&self, tenant: &str, t: DateTime<Utc>) -> impl Future<Output = ()> + Send;
+    /// Writes the run's `event` record, durable before it returns (fail closed).
+    fn record(
+        &self,
+        cell: &RunCell,
+        event: RunEvent,
+        attempt: Option<AttemptSummary>,
+    ) -> impl Future<Output = Result<(), AuditError>> + Send;
+}
 
 /// How an execution ended.
 pub(super) enum Outcome {
@@ -39,7 +72,7 @@ pub(super) enum Outcome {
 }
 
 /// Executes `cell` until it succeeds, fails, or must wait.
-pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
+pub(super) async fn run(inner: &impl Host, cell: &Arc<RunCell>) -> Outcome {
     let token = match acting_token(inner, cell).await {
         Ok(t) => t,
         Err(e) => {
@@ -48,7 +81,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             return Outcome::Done;
         }
     };
-    let policy = &inner.policy;
+    let policy = inner.policy();
     // The budget and the pauses between attempts are real time, not the scheduler's clock:
     // they are short, bounded, and the caller who started the run may be waiting on them.
     let budget_end = Instant::now() + policy.retry_budget;
@@ -61,7 +94,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             client_request_id: new_client_request_id(),
             status: None,
             request_id: None,
-            sent_at: inner.clock.now(),
+            sent_at: inner.clock().now(),
         };
         let event = if number == 1 {
             RunEvent::Started
@@ -77,7 +110,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             return Outcome::Done;
         }
         let out = inner
-            .graph
+            .graph()
             .trigger(
                 &policy.upstream_path,
                 &token,
@@ -100,7 +133,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
                 // the cooldown from its answer so the next run cannot arrive early.
                 let tenant = cell.tenant_id();
                 inner
-                    .hold_until(&tenant, after(inner.clock.now(), policy.cooldown))
+                    .hold_until(&tenant, after(inner.clock().now(), policy.cooldown))
                     .await;
                 inner.finish(cell, RunState::Succeeded, None).await;
                 return Outcome::Done;
@@ -118,7 +151,7 @@ pub(super) async fn run(inner: &Inner, cell: &Arc<RunCell>) -> Outcome {
             AttemptClass::TimedOut => {
                 let tenant = cell.tenant_id();
                 inner
-                    .hold_until(&tenant, after(inner.clock.now(), policy.cooldown))
+                    .hold_until(&tenant, after(inner.clock().now(), policy.cooldown))
                     .await;
                 inner.finish(cell, RunState::Failed, out.result.err()).await;
                 return Outcome::Done;
@@ -149,7 +182,7 @@ fn busy(out: UpstreamOutcome) -> GatewayError {
 /// inbound token expired, consent was revoked, ...), the next most recent joiner's. Fails with
 /// the latest joiner's error when none can.
 async fn acting_token(
-    inner: &Inner,
+    inner: &impl Host,
     cell: &Arc<RunCell>,
 ) -> Result<Arc<DelegatedToken>, GatewayError> {
     let mut latest_error = None;
@@ -172,13 +205,13 @@ async fn acting_token(
 }
 
 /// The actor's token: the joined request's own, or a fresh exchange if it would expire first.
-async fn token_for(inner: &Inner, actor: &Actor) -> Result<Arc<DelegatedToken>, GatewayError> {
+async fn token_for(inner: &impl Host, actor: &Actor) -> Result<Arc<DelegatedToken>, GatewayError> {
     if actor.token.usable_for(TOKEN_MARGIN) {
         return Ok(actor.token.clone());
     }
     inner
-        .credentials
-        .token_for(&actor.identity, &inner.policy.graph_scope)
+        .credentials()
+        .token_for(&actor.identity, &inner.policy().graph_scope)
         .await
 }
 
@@ -197,36 +230,32 @@ fn note_attempt(cell: &RunCell, mut attempt: AttemptSummary, out: &UpstreamOutco
     });
 }
 
-/// Exponential backoff with full jitter; Graph's `Retry-After` wins when it is given.
+/// Between attempts of one run: exponential from `actions.sync.retry_base_ms`, capped at
+/// [`MAX_BACKOFF`], with full jitter; Graph's `Retry-After` wins when it is given.
 fn backoff(tries: u32, base: Duration, retry_after_secs: Option<u64>) -> Duration {
-    if let Some(secs) = retry_after_secs {
-        return Duration::from_secs(secs);
-    }
-    let cap = base
-        .saturating_mul(2u32.saturating_pow(tries.saturating_sub(1)))
-        .min(MAX_BACKOFF);
-    let millis = rand::rng().random_range(0..=cap.as_millis() as u64);
-    Duration::from_millis(millis)
+    Backoff::exponential(base, MAX_BACKOFF)
+        .with_full_jitter()
+        .delay_or(tries, retry_after_secs)
 }
 
 /// After a 429: the last manual trigger plus the cooldown; if that has passed (plain
 /// throttling), Graph's `Retry-After`; failing both, a whole cooldown from now.
 async fn next_allowed_after_429(
-    inner: &Inner,
+    inner: &impl Host,
     token: &DelegatedToken,
     retry_after_secs: Option<u64>,
 ) -> DateTime<Utc> {
-    let now = inner.clock.now();
+    let now = inner.clock().now();
     let fallback = retry_after_secs
         .map(|s| after(now, Duration::from_secs(s)))
-        .unwrap_or_else(|| after(now, inner.policy.cooldown));
+        .unwrap_or_else(|| after(now, inner.policy().cooldown));
     match inner
-        .graph
-        .read_settings(&inner.policy.status_path, token)
+        .graph()
+        .read_settings(&inner.policy().status_path, token)
         .await
     {
         Ok(s) => match s.last_manual_sync_trigger {
-            Some(t) if inner.policy.cooldown_after(t) > now => inner.policy.cooldown_after(t),
+            Some(t) if inner.policy().cooldown_after(t) > now => inner.policy().cooldown_after(t),
             _ => fallback,
         },
         Err(e) => {
@@ -238,11 +267,15 @@ async fn next_allowed_after_429(
 
 /// After a 409: polls until Graph no longer reports a sync in progress (bounded), then the
 /// cooldown from the last manual trigger applies.
-async fn wait_out_sync_in_progress(inner: &Inner, token: &DelegatedToken) -> DateTime<Utc> {
-    let policy = &inner.policy;
+async fn wait_out_sync_in_progress(inner: &impl Host, token: &DelegatedToken) -> DateTime<Utc> {
+    let policy = inner.policy();
     let mut last = None;
     for _ in 0..policy.status_poll_limit.max(1) {
-        match inner.graph.read_settings(&policy.status_path, token).await {
+        match inner
+            .graph()
+            .read_settings(&policy.status_path, token)
+            .await
+        {
             Ok(s) if s.in_progress() => {
                 last = s.last_manual_sync_trigger;
                 tokio::time::sleep(policy.status_poll).await;
@@ -258,7 +291,7 @@ async fn wait_out_sync_in_progress(inner: &Inner, token: &DelegatedToken) -> Dat
         }
     }
     // Never sooner than one poll interval: Graph said 409 a moment ago.
-    let soonest = after(inner.clock.now(), policy.status_poll);
+    let soonest = after(inner.clock().now(), policy.status_poll);
     last.map(|t| policy.cooldown_after(t))
         .filter(|t| *t > soonest)
         .unwrap_or(soonest)

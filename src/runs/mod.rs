@@ -318,6 +318,40 @@ impl RunCell {
     }
 }
 
+/// How one action's runs behave (from `[actions.sync]`).
+#[derive(Debug, Clone)]
+pub struct RunPolicy {
+    /// The action's name, as recorded.
+    pub action: &'static str,
+    /// The Graph path of the action.
+    pub upstream_path: String,
+    /// The Graph path of the settings that say when the last sync was triggered.
+    pub status_path: String,
+    /// The delegated scope the action needs.
+    pub graph_scope: String,
+    /// Runs of one tenant start at least this far apart.
+    pub cooldown: Duration,
+    /// How long one run may keep retrying transient failures.
+    pub retry_budget: Duration,
+    /// Attempts per execution at most.
+    pub max_attempts: u32,
+    /// The first backoff step.
+    pub retry_base: Duration,
+    /// After a 409, how often `syncStatus` is polled.
+    pub status_poll: Duration,
+    /// After a 409, how many polls at most.
+    pub status_poll_limit: u32,
+    /// How long finished runs stay readable.
+    pub retention: Duration,
+    /// How many finished runs stay readable at most.
+    pub max_finished: u64,
+}
+
+/// `t` plus `d`, saturating.
+pub(super) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

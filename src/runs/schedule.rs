@@ -7,7 +7,7 @@
 //! `not_before` = the end of the cooldown. The cooldown is learned from Graph too: read once per
 //! tenant at first use (so a restart does not fire early), and again whenever Graph answers 429.
 
-use super::{execute, Actor, OutcomeRecord, Run, RunCell, RunState};
+use super::{after, execute, Actor, OutcomeRecord, Run, RunCell, RunPolicy, RunState};
 use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
 use crate::clock::Clock;
 use crate::credentials::{Credentials, DelegatedToken};
@@ -25,35 +25,6 @@ use uuid::Uuid;
 
 /// How often one run may be sent back to wait by Graph's 409/429 before it fails.
 pub const MAX_REQUEUES: u32 = 6;
-
-/// How one action's runs behave (from `[actions.sync]`).
-#[derive(Debug, Clone)]
-pub struct RunPolicy {
-    /// The action's name, as recorded.
-    pub action: &'static str,
-    /// The Graph path of the action.
-    pub upstream_path: String,
-    /// The Graph path of the settings that say when the last sync was triggered.
-    pub status_path: String,
-    /// The delegated scope the action needs.
-    pub graph_scope: String,
-    /// Runs of one tenant start at least this far apart.
-    pub cooldown: Duration,
-    /// How long one run may keep retrying transient failures.
-    pub retry_budget: Duration,
-    /// Attempts per execution at most.
-    pub max_attempts: u32,
-    /// The first backoff step.
-    pub retry_base: Duration,
-    /// After a 409, how often `syncStatus` is polled.
-    pub status_poll: Duration,
-    /// After a 409, how many polls at most.
-    pub status_poll_limit: u32,
-    /// How long finished runs stay readable.
-    pub retention: Duration,
-    /// How many finished runs stay readable at most.
-    pub max_finished: u64,
-}
 
 /// Added to times learned from Graph: its stored timestamps may be truncated and its clock
 /// is not ours, and a run that arrives a moment early costs a whole 429 round trip.
@@ -122,10 +93,6 @@ pub(super) struct Inner {
 #[derive(Clone)]
 pub struct Scheduler {
     inner: Arc<Inner>,
-}
-
-pub(super) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
 }
 
 impl Scheduler {
@@ -275,7 +242,7 @@ async fn drive(inner: Arc<Inner>, cell: Arc<RunCell>, started: bool) {
         if !my_turn && !wait_for_turn(&inner, &cell).await {
             return;
         }
-        match execute::run(&inner, &cell).await {
+        match execute::run(inner.as_ref(), &cell).await {
             execute::Outcome::Done => return,
             execute::Outcome::Requeue(_, busy) if requeues >= MAX_REQUEUES => {
                 // Graph keeps saying "not now" beyond any cooldown: stop and say so.
@@ -597,5 +564,34 @@ fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: RunEvent, show:
                 }
             });
         }
+    }
+}
+
+impl execute::Host for Inner {
+    fn policy(&self) -> &RunPolicy {
+        &self.policy
+    }
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+    async fn finish(&self, cell: &Arc<RunCell>, state: RunState, failure: Option<GatewayError>) {
+        Inner::finish(self, cell, state, failure).await
+    }
+    async fn hold_until(&self, tenant: &str, t: DateTime<Utc>) {
+        Inner::hold_until(self, tenant, t).await
+    }
+    async fn record(
+        &self,
+        cell: &RunCell,
+        event: RunEvent,
+        attempt: Option<AttemptSummary>,
+    ) -> Result<(), crate::audit::AuditError> {
+        Inner::record(self, cell, event, attempt).await
     }
 }
