@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use sync_gateway::credentials::service_identity::{login, RealTime};
+use sync_gateway::credentials::login::{login, RealTime};
 use sync_gateway::telemetry::{self, LogFormat};
 use sync_gateway::{Application, Config};
 

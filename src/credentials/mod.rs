@@ -16,6 +16,7 @@
 pub mod client_auth;
 pub mod endpoint;
 mod file_stamp;
+pub mod login;
 pub mod obo;
 pub mod service_identity;
 pub mod store;

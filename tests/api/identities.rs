@@ -7,7 +7,7 @@ use base64::Engine;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
-use sync_gateway::credentials::service_identity::{login, LoginError, LoginOutcome, Pacer};
+use sync_gateway::credentials::login::{login, LoginError, LoginOutcome, Pacer};
 use sync_gateway::credentials::store::{SessionStore, StoreKey};
 use sync_gateway::sim::entra::{
     DeviceOutcome, DeviceScript, DeviceUser, Failure, FailureScope, TokenSpec,
