@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod preflight;
 pub mod problem;
 pub mod runs;
 pub mod secret;
