@@ -68,9 +68,9 @@ impl Visitor<'_> for DurationVisitor {
         if let Ok(n) = v.trim().parse::<u64>() {
             return Ok(n);
         }
-        let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        let d = humantime::parse_duration(v.trim()).map_err(|_| {
             E::custom(format!(
-                "{v:?} is not a duration ({e}); write {}",
+                "{v:?} is not a duration: write {}",
                 self.0.example()
             ))
         })?;

@@ -27,6 +27,8 @@ pub(super) struct Loaded {
     pub raw: RawConfig,
     pub origins: Origins,
     pub azure: AzureEnv,
+    /// Unknown top-level tables, reported with validation's findings.
+    pub unknown: Vec<ConfigError>,
 }
 
 /// Parses `text` (named `file` in errors) and the environment `env` into raw sections.
@@ -44,9 +46,11 @@ pub(super) fn load(
             }
             None => file.to_string(),
         };
+        // One line: the parser's message spans several ("invalid table header\nexpected ...").
+        let message: Vec<&str> = e.message().lines().map(str::trim).collect();
         return Err(vec![ConfigError::new(
             at,
-            format!("not valid TOML: {}", e.message().trim()),
+            format!("not valid TOML: {}", message.join("; ")),
         )]);
     }
     let mut azure = AzureEnv::default();
@@ -63,15 +67,14 @@ pub(super) fn load(
         .merge(EnvVars(vars));
     let origins = Origins::new(figment.clone(), file, text);
 
-    let mut errors = Vec::new();
-    match figment.extract::<figment::value::Dict>() {
-        Ok(root) => {
-            for key in root.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
-                errors.push(unknown_key(&origins, "", key, &SECTIONS));
-            }
+    // An unknown table leaves the known ones intact: reported beside validation's findings.
+    let mut unknown = Vec::new();
+    if let Ok(root) = figment.extract::<figment::value::Dict>() {
+        for key in root.keys().filter(|k| !SECTIONS.contains(&k.as_str())) {
+            unknown.push(unknown_key(&origins, "", key, &SECTIONS));
         }
-        Err(e) => errors.extend(figment_errors(e, "", &origins)),
     }
+    let mut errors = Vec::new();
     let raw = RawConfig {
         server: section(&figment, "server", &origins, &mut errors),
         entra: section(&figment, "entra", &origins, &mut errors),
@@ -85,12 +88,14 @@ pub(super) fn load(
     // A value that did not parse left its section at the defaults; validating those would
     // add errors about values nobody wrote.
     if !errors.is_empty() {
-        return Err(errors);
+        unknown.extend(errors);
+        return Err(unknown);
     }
     Ok(Loaded {
         raw,
         origins,
         azure,
+        unknown,
     })
 }
 
@@ -115,13 +120,21 @@ fn figment_errors(e: figment::Error, section: &str, origins: &Origins) -> Vec<Co
     e.into_iter()
         .map(|e| {
             let mut path = e.path.clone();
-            if !section.is_empty() && path.first().map(String::as_str) != Some(section) {
+            // figment's `extract_inner` appends the section to the path instead of putting
+            // it first.
+            if !section.is_empty() {
+                if path.last().map(String::as_str) == Some(section) {
+                    path.pop();
+                }
                 path.insert(0, section.to_string());
             }
             let key = path.join(".");
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    return unknown_key(origins, &key, field, expected);
+                    if path.last() == Some(field) {
+                        path.pop();
+                    }
+                    return unknown_key(origins, &path.join("."), field, expected);
                 }
                 Kind::InvalidType(actual, expected) => {
                     format!("must be {}, found {actual}", expected_in_words(expected))
@@ -181,10 +194,7 @@ fn unknown_key(origins: &Origins, parent: &str, field: &str, known: &[&str]) -> 
         .filter(|(d, k)| *d <= 2.max(k.len() / 4));
     let hint = match closest {
         Some((_, k)) => format!("; did you mean {}?", full(k)),
-        None => format!(
-            "; {table} has {}",
-            known.iter().map(|k| full(k)).collect::<Vec<_>>().join(", ")
-        ),
+        None => format!("; {table} has {}", known.join(", ")),
     };
     ConfigError::at(
         &full(field),

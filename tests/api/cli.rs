@@ -116,6 +116,38 @@ fn the_shipped_example_configuration_is_valid() {
     assert!(ok, "{stderr}");
 }
 
+#[test]
+fn check_config_names_the_variable_the_file_and_the_line_of_each_bad_value() {
+    let text = VALID.replace("base_url =", "base_ur =");
+    let (ok, _, stderr) = check_config_with(
+        &text,
+        &[
+            ("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s"),
+            ("SYNC_GATEWAY__CALLERS__LEEWAY_SECONDS", "abc"),
+        ],
+    );
+    assert!(!ok);
+    let line = text.lines().position(|l| l.starts_with("base_ur")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!(
+            "graph.base_ur: is not a key of [graph]; did you mean graph.base_url? ({}, line {line})",
+            path_of(&stderr)
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("callers.leeway_seconds: \"abc\" is not a duration: write whole seconds (30) or a duration (\"30s\", \"5m\", \"1h\") (environment variable SYNC_GATEWAY__CALLERS__LEEWAY_SECONDS)"),
+        "{stderr}"
+    );
+}
+
+/// The configuration file's path as `check-config` printed it (the temporary `gateway.toml`).
+fn path_of(stderr: &str) -> &str {
+    let end = stderr.find("gateway.toml").expect("the file is named") + "gateway.toml".len();
+    let start = stderr[..end].rfind('(').unwrap() + 1;
+    &stderr[start..end]
+}
+
 /// `sync-gateway dev` writing into `dir`: the child and what it printed up to "Ctrl-C".
 fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)

@@ -92,9 +92,10 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
         raw,
         origins,
         azure,
+        unknown,
     } = loaded;
     let mut c = Check {
-        errors: Vec::new(),
+        errors: unknown,
         origins,
     };
     let server = c.server(raw.server);
