@@ -117,6 +117,36 @@ fn the_shipped_example_configuration_is_valid() {
 }
 
 #[test]
+fn the_command_in_the_example_header_checks_the_example_and_passes() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/gateway.example.toml")).unwrap();
+    let line = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find(|l| l.contains("cargo run -- check-config"))
+        .expect("the header shows the command");
+    // `VAR=value ... cargo run -- ARGS`: the variables, then the binary's arguments.
+    let words: Vec<&str> = line.trim_start_matches('#').split_whitespace().collect();
+    let run = words.iter().position(|w| *w == "cargo").unwrap();
+    assert_eq!(&words[run..run + 3], ["cargo", "run", "--"], "{line}");
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(root).args(&words[run + 3..]);
+    for v in sync_gateway::config::AZURE_ENV {
+        cmd.env_remove(v);
+    }
+    for w in &words[..run] {
+        let (k, v) = w.split_once('=').expect("VAR=value");
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_config_names_the_variable_the_file_and_the_line_of_each_bad_value() {
     let text = VALID.replace("base_url =", "base_ur =");
     let (ok, _, stderr) = check_config_with(
