@@ -101,14 +101,18 @@ impl Check {
         );
         let hmac_key = match self.secret(&HMAC_KEY, raw.hmac_key, raw.hmac_key_file) {
             Ok(Some((k, source))) if k.expose().len() < MIN_HMAC_KEY_BYTES => {
-                self.err(
-                    if source.starts_with("file ") {
-                        "audit.hmac_key_file"
-                    } else {
-                        "audit.hmac_key"
-                    },
-                    format!("the key must be at least {MIN_HMAC_KEY_BYTES} bytes (from {source})"),
-                );
+                // The error's origin names the variable or the `hmac_key_file` line; a file
+                // key's message also names the file it read.
+                match source.strip_prefix("file ") {
+                    Some(path) => self.err(
+                        "audit.hmac_key_file",
+                        format!("the key in {path} must be at least {MIN_HMAC_KEY_BYTES} bytes"),
+                    ),
+                    None => self.err(
+                        "audit.hmac_key",
+                        format!("the key must be at least {MIN_HMAC_KEY_BYTES} bytes"),
+                    ),
+                }
                 ok = false;
                 None
             }
