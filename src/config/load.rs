@@ -191,7 +191,8 @@ fn unknown_key(origins: &Origins, parent: &str, field: &str, known: &[&str]) -> 
         .iter()
         .map(|k| (strsim::damerau_levenshtein(field, k), *k))
         .min()
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4));
+        // Close enough to be a slip (a letter or a suffix like `_id`), not another key.
+        .filter(|(d, k)| *d <= if k.len() >= 6 { 3 } else { 2 });
     let hint = match closest {
         Some((_, k)) => format!("; did you mean {}?", full(k)),
         None => format!("; {table} has {}", known.join(", ")),

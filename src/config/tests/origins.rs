@@ -182,3 +182,16 @@ fn every_secret_key_follows_one_rule() {
         "{e}"
     );
 }
+
+#[test]
+fn a_mistyped_key_of_a_named_table_names_the_table() {
+    let text = full_toml() + "[identities.bot]\ntenant = \"x\"\n";
+    let (e, file) = load_error(&text, secret_env());
+    let line = line_of(&text, "tenant =");
+    assert!(
+        e.contains(&format!(
+            "identities.bot.tenant: is not a key of [identities.bot]; did you mean identities.bot.tenant_id? ({file}, line {line})"
+        )),
+        "{e}"
+    );
+}
