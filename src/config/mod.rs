@@ -1,10 +1,10 @@
 //! Typed configuration: a TOML file plus `SYNC_GATEWAY__SECTION__KEY` environment overrides,
 //! parsed once at start into values that cannot be invalid.
 //!
-//! Three steps, one file each: [`load`](self::load) reads the file and the environment through
-//! figment into the `Raw*` shapes of `raw.rs` (where every default lives); `validate/` checks
-//! each section and builds the [`Config`] of `model.rs`, which the rest of the gateway uses
-//! without re-checking anything. Every error names its key and where the value came from (the
+//! Three steps: `load.rs` reads the file and the environment through figment into the `Raw*`
+//! shapes of `raw.rs` (where every default lives); `validate/` checks each section and builds
+//! the [`Config`] of `model.rs`, which the rest of the gateway uses without re-checking
+//! anything. Every error names its key and where the value came from (the
 //! file and line, or the environment variable), and one pass reports every problem.
 //!
 //! `config` reads data only: it never loads a key or a certificate. The steps that use them
