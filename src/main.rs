@@ -122,6 +122,9 @@ fn main() -> ExitCode {
             Ok((c, checked)) => {
                 println!("# configuration is valid; effective values (secrets masked):");
                 println!("# client authentication: {}", checked.client_auth);
+                for note in &checked.notes {
+                    println!("# note: {note}");
+                }
                 for filled in &c.entra.filled_from_environment {
                     println!("# {filled}");
                 }

@@ -3,14 +3,18 @@
 //! credential, the federated token, the audit signing key). `config` itself reads no key or
 //! certificate, so it imports neither `credentials` nor `audit`.
 
-use crate::config::{ClientAuthConfig, Config, ConfigError, ConfigErrors};
+use crate::config::{AuditSinkKind, ClientAuthConfig, Config, ConfigError, ConfigErrors};
 use crate::credentials::client_auth::{self, ClientAuth};
+use std::path::Path;
 
 /// What the loaded files say, for the operator.
 #[derive(Debug)]
 pub struct Preflight {
     /// The client credential in use, with the certificate's thumbprint when it is one.
     pub client_auth: String,
+    /// What will stop `serve` on this machine but may be right where the gateway runs (a
+    /// directory the deployment creates): said, not refused.
+    pub notes: Vec<String>,
 }
 
 /// Loads every file `config` names that the gateway loads at start; errors name the key.
@@ -44,9 +48,21 @@ pub fn check(config: &Config) -> Result<Preflight, ConfigErrors> {
             errors.push(ConfigError::new("audit.signing_key_file", e.to_string()));
         }
     }
+    let mut notes = Vec::new();
+    if config.audit.durable_sink() == AuditSinkKind::File {
+        let dir = config.audit.path.as_deref().and_then(Path::parent);
+        if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            notes.push(format!(
+                "audit.path's directory {} does not exist here: create it (e.g. `mkdir -p {}`) before `serve`",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(Preflight {
             client_auth: client,
+            notes,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -171,6 +171,29 @@ fn check_config_names_the_variable_the_file_and_the_line_of_each_bad_value() {
     );
 }
 
+#[test]
+fn check_config_names_a_missing_audit_directory_to_create_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("audit-dir");
+    let text = VALID.replace(
+        "path = \"/var/lib/sync-gateway/audit.jsonl\"",
+        &format!("path = {}", toml_path(&missing.join("audit.jsonl"))),
+    );
+    let (ok, stdout, stderr) = check_config(&text, Some("s"));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "# note: audit.path's directory {} does not exist here: create it (e.g. `mkdir -p {}`)",
+            missing.display(),
+            missing.display()
+        )),
+        "{stdout}"
+    );
+    std::fs::create_dir(&missing).unwrap();
+    let (ok, stdout, _) = check_config(&text, Some("s"));
+    assert!(ok && !stdout.contains("# note:"), "{stdout}");
+}
+
 /// The configuration file's path as `check-config` printed it (the temporary `gateway.toml`).
 fn path_of(stderr: &str) -> &str {
     let end = stderr.find("gateway.toml").expect("the file is named") + "gateway.toml".len();
