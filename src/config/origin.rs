@@ -30,8 +30,17 @@ impl Provider for EnvVars {
         // Untagged values: figment tags them with this provider, so `find_metadata` names it.
         let mut dict = Dict::new();
         for (name, value) in &self.0 {
-            let value: figment::value::Value = value.parse().expect("infallible");
-            if let Some(nested) = figment::util::nest(&env_key(name), value).into_dict() {
+            let key = env_key(name);
+            // A secret is text whatever it looks like: parsed, `0012345` would become 12345.
+            let secret = SECRET_KEYS
+                .iter()
+                .any(|k| key.rsplit('.').next() == Some(*k));
+            let value: figment::value::Value = if secret {
+                value.trim().into()
+            } else {
+                value.parse().expect("infallible")
+            };
+            if let Some(nested) = figment::util::nest(&key, value).into_dict() {
                 merge(&mut dict, nested);
             }
         }
@@ -52,6 +61,9 @@ fn merge(old: &mut Dict, new: Dict) {
         }
     }
 }
+
+/// The last part of every secret key (`entra.client_secret`, `identities.NAME.store_key`, ...).
+const SECRET_KEYS: [&str; 4] = ["client_secret", "store_key", "hmac_key", "postgres_url"];
 
 /// `SYNC_GATEWAY__GRAPH__TIMEOUT_SECONDS` → `graph.timeout_seconds`.
 pub(super) fn env_key(var: &str) -> String {

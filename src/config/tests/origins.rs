@@ -195,3 +195,29 @@ fn a_mistyped_key_of_a_named_table_names_the_table() {
         "{e}"
     );
 }
+
+#[test]
+fn a_secret_from_the_environment_is_taken_as_written_but_for_surrounding_spaces() {
+    // Spaces around it are dropped, as around a secret file's contents.
+    for (given, secret) in [
+        ("ab[c]d", "ab[c]d"),
+        ("a,b", "a,b"),
+        ("x{y}=", "x{y}="),
+        ("p~q.r_s-t", "p~q.r_s-t"),
+        ("  padded ", "padded"),
+        ("0012345", "0012345"),
+        ("true", "true"),
+    ] {
+        let env = vec![(
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            given.to_string(),
+        )];
+        let c = Config::from_toml_and_env(&full_toml(), env).unwrap();
+        match c.entra.client_auth {
+            crate::config::ClientAuthConfig::Secret { secret: s, .. } => {
+                assert_eq!(s.expose(), secret)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
