@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
 pub mod policy;
+pub mod preflight;
 pub mod problem;
 pub mod retry;
 pub mod runs;

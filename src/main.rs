@@ -115,13 +115,16 @@ enum AuditCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::CheckConfig { config } => match Config::load(&config).and_then(|c| {
+            // The files the configuration names, loaded as `serve` loads them at start.
+            sync_gateway::preflight::check(&c).map(|p| (c, p))
+        }) {
+            Ok((c, checked)) => {
                 println!("# configuration is valid; effective values (secrets masked):");
-                println!(
-                    "# client authentication: {}",
-                    c.entra.client_auth.describe()
-                );
+                println!("# client authentication: {}", checked.client_auth);
+                for note in &checked.notes {
+                    println!("# note: {note}");
+                }
                 for filled in &c.entra.filled_from_environment {
                     println!("# {filled}");
                 }

@@ -2,6 +2,7 @@
 //! cannot reach a log line, an error body or an audit record by accident: code that needs the
 //! value must call `expose()`, which is easy to find in review.
 
+use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -87,5 +88,46 @@ mod tests {
     fn numeric_secret_from_environment_is_kept_as_text() {
         let s: Secret = serde_json::from_str("12345").unwrap();
         assert_eq!(s.expose(), "12345");
+    }
+}
+
+/// The 256-bit key of a session store. Redacted in `Debug`, masked when serialized.
+#[derive(Clone)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The key bytes, for the store's cipher.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parses 32 bytes written in base64 (standard or URL-safe alphabet).
+    pub fn from_base64(text: &str) -> Result<StoreKey, String> {
+        let text = text.trim();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+            .map_err(|_| {
+                "is not base64 (generate one with `openssl rand -base64 32`)".to_string()
+            })?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!(
+                "must be 32 bytes once decoded, got {} (generate one with `openssl rand -base64 32`)",
+                b.len()
+            )
+        })?;
+        Ok(StoreKey(key))
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreKey(********)")
+    }
+}
+
+impl Serialize for StoreKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
     }
 }

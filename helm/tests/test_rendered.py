@@ -197,16 +197,16 @@ def test_the_optional_objects_are_shaped_for_the_gateway():
 
 
 def raw_keys() -> dict[str, set[str]]:
-    """The keys the gateway reads, from src/config.rs's Raw* structs (section -> keys)."""
-    src = (ROOT / "src" / "config.rs").read_text()
+    """The keys the gateway reads, from src/config/raw.rs's Raw* structs (section -> keys)."""
+    src = (ROOT / "src" / "config" / "raw.rs").read_text()
     sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
                 "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
                 "RawSyncAction": "actions.sync", "RawIdentity": "identities"}
     out = {}
     for struct, section in sections.items():
         body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
-        assert body, f"src/config.rs has no struct {struct}"
-        out[section] = set(re.findall(r"^\s+(\w+): ", body.group(1), re.M))
+        assert body, f"src/config/raw.rs has no struct {struct}"
+        out[section] = set(re.findall(r"^\s+(?:pub(?:\([\w:]+\))? )?(\w+): ", body.group(1), re.M))
     return out
 
 

@@ -112,11 +112,18 @@ impl FileSink {
                 ));
             }
         }
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
-            .open(&self.path)?;
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(missing_directory(&self.path, e))
+            }
+            Err(e) => return Err(e),
+        };
         let meta = file.metadata()?;
         self.device = !meta.is_file();
         self.identity = (!self.device).then(|| (meta.dev(), meta.ino()));
@@ -434,6 +441,26 @@ fn last_complete_line(file: &mut File) -> io::Result<(u64, Option<Vec<u8>>)> {
         }
     }
     Ok((0, None))
+}
+
+/// The gateway does not create the audit file's directory (its owner and mode are the
+/// operator's choice): the error says which one to create.
+pub(crate) fn missing_directory(path: &Path, e: io::Error) -> io::Error {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if dir.is_dir() {
+        return e;
+    }
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "audit.path's directory {} does not exist: create it (e.g. `mkdir -p {}`) and let the gateway's user write to it",
+            dir.display(),
+            dir.display()
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -409,6 +409,17 @@ pub async fn open_configured(
         ),
         (None, _) => {
             let path = c.path.clone().unwrap_or_default();
+            // Checked first: recovery lists the directory before anything opens the file.
+            if let Some(dir) = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                let e = io::Error::new(io::ErrorKind::NotFound, dir.display().to_string());
+                return Err((
+                    path.display().to_string(),
+                    file::missing_directory(&path, e),
+                ));
+            }
             (
                 path.display().to_string(),
                 Box::new(FileSink::new(

@@ -34,15 +34,8 @@ impl std::fmt::Debug for PostgresOptions {
     }
 }
 
-/// True for a schema name the sink accepts: lower-case letters, digits and `_`, at most 63
-/// bytes, not starting with a digit (so it needs no quoting beyond the double quotes used).
-pub fn valid_schema_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
+// Defined in `config`, which checks `audit.postgres_schema` without importing `audit`.
+pub use crate::config::valid_schema_name;
 
 /// The migrations, in order; `migrations.version` records which ran.
 fn migrations(schema: &str) -> Vec<String> {

@@ -14,7 +14,7 @@ pub const SENSITIVE_FIELDS: &[&str] = &["client_ip", "upn", "reason"];
 pub const PREFIX: &str = "hmac-sha256:";
 
 /// The shortest key accepted, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
+pub const MIN_KEY_BYTES: usize = crate::config::MIN_HMAC_KEY_BYTES;
 
 /// An HMAC-SHA256 key. Its `Debug` never shows the key.
 pub struct ValueHasher {

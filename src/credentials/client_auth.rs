@@ -15,7 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
-use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,26 +38,8 @@ const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
 /// Certificate and key files larger than this are refused unread.
 const MAX_PEM_FILE_BYTES: u64 = 256 * 1024;
 
-/// The signature algorithm of certificate client assertions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum AssertionAlg {
-    /// RSASSA-PSS with SHA-256; the header names the certificate by `x5t#S256` (current docs).
-    #[serde(rename = "PS256")]
-    Ps256,
-    /// RSASSA-PKCS1-v1_5 with SHA-256; the header names the certificate by `x5t` (SHA-1).
-    #[serde(rename = "RS256")]
-    Rs256,
-}
-
-impl AssertionAlg {
-    /// `PS256` or `RS256`.
-    pub fn name(self) -> &'static str {
-        match self {
-            AssertionAlg::Ps256 => "PS256",
-            AssertionAlg::Rs256 => "RS256",
-        }
-    }
-}
+// Defined in `config` (it is a configured value); re-exported where assertions are signed.
+pub use crate::config::AssertionAlg;
 
 /// Which file of a certificate credential a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

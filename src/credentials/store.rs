@@ -12,10 +12,10 @@
 use super::file_stamp::FileStamp;
 use crate::secret::Secret;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,41 +31,8 @@ const MAX_STORE_BYTES: u64 = 64 * 1024;
 /// A temporary file older than this is debris of a crash, not a write in progress.
 const DEBRIS_AGE: Duration = Duration::from_secs(60);
 
-/// The 256-bit key of a session store. Redacted in `Debug`, masked when serialized.
-#[derive(Clone)]
-pub struct StoreKey([u8; 32]);
-
-impl StoreKey {
-    /// Parses 32 bytes written in base64 (standard or URL-safe alphabet).
-    pub fn from_base64(text: &str) -> Result<StoreKey, String> {
-        let text = text.trim();
-        let bytes = STANDARD
-            .decode(text)
-            .or_else(|_| URL_SAFE.decode(text))
-            .map_err(|_| {
-                "is not base64 (generate one with `openssl rand -base64 32`)".to_string()
-            })?;
-        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            format!(
-                "must be 32 bytes once decoded, got {} (generate one with `openssl rand -base64 32`)",
-                b.len()
-            )
-        })?;
-        Ok(StoreKey(key))
-    }
-}
-
-impl fmt::Debug for StoreKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StoreKey(********)")
-    }
-}
-
-impl Serialize for StoreKey {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("********")
-    }
-}
+// Defined beside `Secret` so `config` can parse it without importing `credentials`.
+pub use crate::secret::StoreKey;
 
 /// A refresh token: opaque, and a credential for the account until it is used. Redacted in
 /// `Debug`; it has no `Serialize`, so it can only reach disk through the encrypted store.
@@ -179,7 +146,7 @@ impl SessionStore {
     /// temporary files that a crash left behind.
     pub fn new(path: PathBuf, key: &StoreKey, identity: &str, tenant_id: &str) -> SessionStore {
         let key = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, &key.0).expect("AES-256-GCM takes a 32-byte key"),
+            UnboundKey::new(&AES_256_GCM, key.bytes()).expect("AES-256-GCM takes a 32-byte key"),
         );
         let store = SessionStore {
             path,

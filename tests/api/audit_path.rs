@@ -32,6 +32,40 @@ async fn an_audit_path_that_is_a_directory_stops_the_gateway_from_starting() {
 }
 
 #[tokio::test]
+async fn a_missing_audit_directory_stops_the_gateway_naming_the_directory_to_create() {
+    let world = start_world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet").join("audit");
+    let config = Config::from_toml_and_env(
+        &config_toml(&world, &missing.join("audit.jsonl"), &[]),
+        [(
+            "SYNC_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
+            world.secret.clone(),
+        )],
+    )
+    .unwrap();
+    match Application::build(config).await {
+        Err(e @ StartError::Audit { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!(
+                    "audit.path's directory {} does not exist: create it (e.g. `mkdir -p {}`)",
+                    missing.display(),
+                    missing.display()
+                )),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the gateway started without its audit directory"),
+    }
+    assert!(
+        !missing.exists(),
+        "the gateway created the directory itself"
+    );
+}
+
+#[tokio::test]
 async fn an_audit_file_replaced_by_a_directory_fails_closed_and_is_never_rotated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -116,6 +116,91 @@ fn the_shipped_example_configuration_is_valid() {
     assert!(ok, "{stderr}");
 }
 
+#[test]
+fn the_command_in_the_example_header_checks_the_example_and_passes() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/gateway.example.toml")).unwrap();
+    let line = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find(|l| l.contains("cargo run -- check-config"))
+        .expect("the header shows the command");
+    // `VAR=value ... cargo run -- ARGS`: the variables, then the binary's arguments.
+    let words: Vec<&str> = line.trim_start_matches('#').split_whitespace().collect();
+    let run = words.iter().position(|w| *w == "cargo").unwrap();
+    assert_eq!(&words[run..run + 3], ["cargo", "run", "--"], "{line}");
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(root).args(&words[run + 3..]);
+    for v in sync_gateway::config::AZURE_ENV {
+        cmd.env_remove(v);
+    }
+    for w in &words[..run] {
+        let (k, v) = w.split_once('=').expect("VAR=value");
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_the_variable_the_file_and_the_line_of_each_bad_value() {
+    let text = VALID.replace("base_url =", "base_ur =");
+    let (ok, _, stderr) = check_config_with(
+        &text,
+        &[
+            ("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s"),
+            ("SYNC_GATEWAY__CALLERS__LEEWAY_SECONDS", "abc"),
+        ],
+    );
+    assert!(!ok);
+    let line = text.lines().position(|l| l.starts_with("base_ur")).unwrap() + 1;
+    assert!(
+        stderr.contains(&format!(
+            "graph.base_ur: is not a key of [graph]; did you mean graph.base_url? ({}, line {line})",
+            path_of(&stderr)
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("callers.leeway_seconds: \"abc\" is not a duration: write whole seconds (30) or a duration (\"30s\", \"5m\", \"1h\") (environment variable SYNC_GATEWAY__CALLERS__LEEWAY_SECONDS)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_names_a_missing_audit_directory_to_create_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("audit-dir");
+    let text = VALID.replace(
+        "path = \"/var/lib/sync-gateway/audit.jsonl\"",
+        &format!("path = {}", toml_path(&missing.join("audit.jsonl"))),
+    );
+    let (ok, stdout, stderr) = check_config(&text, Some("s"));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "# note: audit.path's directory {} does not exist here: create it (e.g. `mkdir -p {}`)",
+            missing.display(),
+            missing.display()
+        )),
+        "{stdout}"
+    );
+    std::fs::create_dir(&missing).unwrap();
+    let (ok, stdout, _) = check_config(&text, Some("s"));
+    assert!(ok && !stdout.contains("# note:"), "{stdout}");
+}
+
+/// The configuration file's path as `check-config` printed it (the temporary `gateway.toml`).
+fn path_of(stderr: &str) -> &str {
+    let end = stderr.find("gateway.toml").expect("the file is named") + "gateway.toml".len();
+    let start = stderr[..end].rfind('(').unwrap() + 1;
+    &stderr[start..end]
+}
+
 /// `sync-gateway dev` writing into `dir`: the child and what it printed up to "Ctrl-C".
 fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)

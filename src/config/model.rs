@@ -1,0 +1,361 @@
+//! The validated configuration: what the rest of the gateway reads, never re-checking it.
+
+use super::cloud::Cloud;
+use super::SYNC_PERMISSION;
+use crate::secret::{Secret, StoreKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use url::Url;
+
+/// The validated configuration of one gateway process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// HTTP listener settings.
+    pub server: ServerConfig,
+    /// The gateway's own application registration in Entra ID.
+    pub entra: EntraConfig,
+    /// Which inbound callers are accepted.
+    pub callers: CallersConfig,
+    /// Microsoft Graph.
+    pub graph: GraphConfig,
+    /// Rate limits.
+    pub limits: LimitsConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// The upstream actions the gateway exposes.
+    pub actions: ActionsConfig,
+    /// `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
+    pub identities: BTreeMap<String, IdentityConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// `server.listen`: address and port to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// `server.workers`: actix worker threads (default: number of cores).
+    pub workers: Option<usize>,
+    /// `server.shutdown_timeout_seconds`: how long in-flight requests may finish on SIGTERM.
+    pub shutdown_timeout_seconds: u64,
+    /// `server.request_timeout_seconds`: a request's body must have arrived this long after its
+    /// headers, or the answer is 408 (the headers themselves are bounded by actix: 5 s).
+    pub request_timeout_seconds: u64,
+    /// `server.max_connections`: open client connections at most, all workers together; more
+    /// wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// `server.expose_openapi`: serve the OpenAPI document at `GET /openapi.yaml` (default off;
+    /// `dev` turns it on).
+    pub expose_openapi: bool,
+}
+
+/// The default of `server.max_connections`: well below the common soft limit of 1024 open
+/// files, leaving room for the audit files, the upstream connections and the runtime's own.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 768;
+
+/// Open files the gateway keeps for itself beside client connections (audit files, upstream
+/// connections, the runtime): the start-up warns when the open-file limit leaves less.
+pub const RESERVED_FILES: u64 = 256;
+
+/// `[entra]`
+#[derive(Debug, Clone, Serialize)]
+pub struct EntraConfig {
+    /// `entra.cloud`, when set: the national cloud the hosts below were derived from.
+    pub cloud: Option<Cloud>,
+    /// `entra.authority_host`, e.g. `https://login.microsoftonline.com`.
+    pub authority_host: Url,
+    /// `entra.tenant_id`: the gateway application's home tenant.
+    pub tenant_id: String,
+    /// `entra.client_id`: the gateway application's client id.
+    pub client_id: String,
+    /// How the gateway proves itself to Entra ID: exactly one of secret, certificate, federated token.
+    pub client_auth: ClientAuthConfig,
+    /// Keys filled from the platform's environment (`AZURE_*`), for `check-config`.
+    #[serde(skip)]
+    pub filled_from_environment: Vec<String>,
+    /// `entra.timeout_seconds`: timeout of each call to Entra ID (discovery, keys, token).
+    pub timeout_seconds: u64,
+    /// `entra.token_cache_capacity`: cap on cached exchanged tokens.
+    pub token_cache_capacity: u64,
+}
+
+/// `[callers]`
+#[derive(Debug, Clone, Serialize)]
+pub struct CallersConfig {
+    /// `callers.required_app_role`: the app role an app-only token must carry in `roles` to act
+    /// as a service identity (required when `callers.apps` maps any application).
+    pub required_app_role: Option<String>,
+    /// `[callers.apps."<app id>"]`: app-only callers (by client id, lower case) and the service
+    /// identity each acts as.
+    pub apps: BTreeMap<String, AppConfig>,
+    /// `callers.audiences`: accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// `callers.allowed_tenants`: accepted `tid` values.
+    pub allowed_tenants: Vec<String>,
+    /// `callers.required_scope`: the delegated scope a user token must carry.
+    pub required_scope: String,
+    /// `callers.leeway_seconds`: clock leeway for `exp` / `nbf`.
+    pub leeway_seconds: u64,
+    /// `callers.verified_cache_capacity`: cap on remembered verified tokens.
+    pub verified_cache_capacity: u64,
+    /// `callers.keys_refresh_seconds`: background refresh period of signing keys.
+    pub keys_refresh_seconds: u64,
+    /// `callers.unknown_kid_cooldown_seconds`: at most one refresh per this period for a `kid`
+    /// that a freshly fetched key set already lacked.
+    pub unknown_kid_cooldown_seconds: u64,
+    /// `callers.new_kid_refresh_seconds`: at most one refresh per this period for a `kid` not
+    /// yet checked against a fresh key set (default 30), so a storm of random `kid`s cannot keep
+    /// a key Entra has just published refused for the whole cooldown.
+    pub new_kid_refresh_seconds: u64,
+}
+
+/// `[graph]`
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphConfig {
+    /// `graph.base_url`, e.g. `https://graph.microsoft.com`.
+    pub base_url: Url,
+    /// `graph.timeout_seconds`: timeout of each upstream call.
+    pub timeout_seconds: u64,
+    /// The Graph resource named in exchanged scopes: `entra.cloud`'s Graph host when a cloud is
+    /// set (so a proxy or simulator in `base_url` does not change the resource), else the origin
+    /// of `base_url`.
+    pub scope_resource: String,
+    /// `graph.status_permission`: the delegated permission `GET /sync/status` asks for. `None`
+    /// (the default) reuses the sync's own permission, whose token the gateway already holds and
+    /// which Graph accepts for the read, so a tenant that consented only to the sync can read.
+    pub status_permission: Option<String>,
+}
+
+impl GraphConfig {
+    /// The Graph resource identifier (no trailing slash), e.g. `https://graph.microsoft.us`.
+    pub fn resource(&self) -> String {
+        self.scope_resource.clone()
+    }
+
+    /// The delegated scope to request for `permission`, e.g.
+    /// `https://graph.microsoft.com/DeviceManagementServiceConfig.ReadWrite.All`.
+    pub fn scope(&self, permission: &str) -> String {
+        format!("{}/{}", self.resource(), permission)
+    }
+
+    /// The scope `GET /sync/status` reads with: `graph.status_permission`, else the sync's.
+    pub fn status_scope(&self) -> String {
+        self.scope(self.status_permission.as_deref().unwrap_or(SYNC_PERMISSION))
+    }
+}
+
+/// `[callers.apps."<app id>"]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// `run_as`: the name of the `[identities.NAME]` the application acts as.
+    pub run_as: String,
+}
+
+/// `[identities.NAME]`: a dedicated user account whose delegated session the gateway holds, for
+/// callers that are not users (reference §5).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityConfig {
+    /// The table's name: what `run_as` and `login --identity` refer to.
+    pub name: String,
+    /// `tenant_id`: the account's tenant (one of `callers.allowed_tenants`).
+    pub tenant_id: String,
+    /// `scopes`: the delegated Graph scopes of the session (default: the sync action's scope).
+    pub scopes: Vec<String>,
+    /// `store_path`: the encrypted session file.
+    pub store_path: PathBuf,
+    /// `store_key` (environment only) or the contents of `store_key_file`: 32 bytes, base64.
+    pub store_key: StoreKey,
+    /// Where the key came from, for `check-config`.
+    pub store_key_source: String,
+}
+
+/// How the gateway authenticates to Entra ID's token endpoint (reference §3).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClientAuthConfig {
+    /// `client_secret`: the secret from the environment or `entra.client_secret_file`.
+    Secret {
+        /// The secret.
+        secret: Secret,
+        /// Where it came from.
+        source: String,
+    },
+    /// A client assertion signed with the certificate's private key on every token request.
+    Certificate {
+        /// `entra.certificate_file`: the PEM certificate registered on the app.
+        certificate_file: PathBuf,
+        /// `entra.private_key_file`: its PEM RSA private key.
+        private_key_file: PathBuf,
+        /// `entra.assertion_alg`: `PS256` (with `x5t#S256`, default) or `RS256` (with `x5t`).
+        assertion_alg: AssertionAlg,
+    },
+    /// A workload identity federation token (e.g. a projected Kubernetes service account token).
+    Federated {
+        /// `entra.federated_token_file`, or `AZURE_FEDERATED_TOKEN_FILE`.
+        token_file: PathBuf,
+        /// Which of the two it came from.
+        source: String,
+    },
+}
+
+impl ClientAuthConfig {
+    /// One line for `check-config`: which kind is in use and where it comes from.
+    pub fn describe(&self) -> String {
+        match self {
+            ClientAuthConfig::Secret { source, .. } => format!("client secret from {source}"),
+            // The thumbprint is the credential's to tell (`preflight`): config reads no files.
+            ClientAuthConfig::Certificate {
+                certificate_file,
+                assertion_alg,
+                ..
+            } => format!(
+                "certificate {}, client assertions signed {}",
+                certificate_file.display(),
+                assertion_alg.name()
+            ),
+            ClientAuthConfig::Federated { token_file, source } => format!(
+                "workload identity federation: token file {} (from {source})",
+                token_file.display()
+            ),
+        }
+    }
+}
+
+/// The signature algorithm of certificate client assertions (`entra.assertion_alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssertionAlg {
+    /// RSASSA-PSS with SHA-256; the header names the certificate by `x5t#S256` (current docs).
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256; the header names the certificate by `x5t` (SHA-1).
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+impl AssertionAlg {
+    /// `PS256` or `RS256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AssertionAlg::Ps256 => "PS256",
+            AssertionAlg::Rs256 => "RS256",
+        }
+    }
+}
+
+/// A rate: sustained requests per minute and the burst allowed on top.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per minute.
+    pub per_minute: u32,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsConfig {
+    /// `limits.per_caller`: per user (`tid` + `oid`).
+    pub per_caller: Rate,
+    /// `limits.per_tenant`: per tenant, all callers together.
+    pub per_tenant: Rate,
+    /// `limits.max_tracked_callers`: cap on remembered callers.
+    pub max_tracked_callers: usize,
+    /// `limits.eviction_seconds`: how often idle limiter keys are dropped.
+    pub eviction_seconds: u64,
+    /// `limits.max_in_flight_per_caller`: `POST /sync` requests one caller (`tid` + `oid`) may
+    /// have in progress at once, body read included; below `server.max_connections`.
+    pub max_in_flight_per_caller: usize,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// `audit.path`: the active audit file (JSON lines); required with the `file` sink.
+    pub path: Option<PathBuf>,
+    /// `audit.write_timeout_ms`: a record not durable within this answers 503.
+    pub write_timeout_ms: u64,
+    /// `audit.sinks`: exactly one durable sink (`file` or `postgres`), plus `stdout` as a copy.
+    pub sinks: Vec<AuditSinkKind>,
+    /// `audit.rotate_bytes`: rotate the active file at this size (0: never by size).
+    pub rotate_bytes: u64,
+    /// `audit.rotate_seconds`: rotate the active file at this age (0: never by age).
+    pub rotate_seconds: u64,
+    /// `audit.retain_files`: rotated files kept, oldest deleted first (0: keep all).
+    pub retain_files: usize,
+    /// `audit.postgres_url` (environment `SYNC_GATEWAY__AUDIT__POSTGRES_URL`; may carry a password).
+    pub postgres_url: Option<Secret>,
+    /// `audit.postgres_schema`: the schema holding the `records` table.
+    pub postgres_schema: String,
+    /// `audit.signing_key_file`: Ed25519 PKCS#8 PEM that signs checkpoints (off when absent).
+    pub signing_key_file: Option<PathBuf>,
+    /// `audit.checkpoint_every_records`: a signed checkpoint after at most this many records...
+    pub checkpoint_every_records: u64,
+    /// `audit.checkpoint_every_seconds`: ...or this many seconds, whichever comes first.
+    pub checkpoint_every_seconds: u64,
+    /// The HMAC key from `audit.hmac_key_file` or `SYNC_GATEWAY__AUDIT__HMAC_KEY` (off when absent).
+    pub hmac_key: Option<Secret>,
+}
+
+/// One entry of `audit.sinks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    /// The rotated, fsynced files at `audit.path` (durable).
+    File,
+    /// A table in PostgreSQL at `audit.postgres_url` (durable).
+    Postgres,
+    /// A copy on standard output for log shippers (not durable: never alone).
+    Stdout,
+}
+
+impl AuditConfig {
+    /// The durable sink: `File` or `Postgres` (validation guarantees exactly one).
+    pub fn durable_sink(&self) -> AuditSinkKind {
+        if self.sinks.contains(&AuditSinkKind::Postgres) {
+            AuditSinkKind::Postgres
+        } else {
+            AuditSinkKind::File
+        }
+    }
+
+    /// True when committed records are also copied to stdout.
+    pub fn stdout_copy(&self) -> bool {
+        self.sinks.contains(&AuditSinkKind::Stdout)
+    }
+}
+
+/// `[actions]`
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionsConfig {
+    /// `[actions.sync]`
+    pub sync: SyncActionConfig,
+}
+
+/// `[actions.sync]`
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncActionConfig {
+    /// `actions.sync.upstream_path`: the Graph path of the sync action.
+    pub upstream_path: String,
+    /// `actions.sync.status_path`: the Graph path of the Autopilot settings (last sync, status).
+    pub status_path: String,
+    /// `actions.sync.cooldown_seconds`: runs of one tenant start at least this far apart
+    /// (Intune's rule: one manual sync per 10 minutes).
+    pub cooldown_seconds: u64,
+    /// `actions.sync.retry_budget_seconds`: how long one run may keep retrying 503/504/connection failures.
+    pub retry_budget_seconds: u64,
+    /// `actions.sync.max_attempts`: upstream attempts per run at most.
+    pub max_attempts: u32,
+    /// `actions.sync.retry_base_ms`: the first backoff step (doubled per retry, full jitter).
+    pub retry_base_ms: u64,
+    /// `actions.sync.status_poll_ms`: after a 409, how often `syncStatus` is polled.
+    pub status_poll_ms: u64,
+    /// `actions.sync.status_poll_limit`: after a 409, how many polls at most before rescheduling anyway.
+    pub status_poll_limit: u32,
+    /// `actions.sync.run_retention_seconds`: how long finished runs stay readable.
+    pub run_retention_seconds: u64,
+    /// `actions.sync.max_finished_runs`: how many finished runs stay readable at most.
+    pub max_finished_runs: u64,
+}

@@ -1,0 +1,143 @@
+//! `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
+
+use super::secret::SecretKey;
+use super::Check;
+use crate::config::model::IdentityConfig;
+use crate::config::raw::RawIdentity;
+use crate::secret::StoreKey;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+impl Check {
+    /// Every table; `allowed_tenants` and `sync_scope` are `None` when their own keys are wrong.
+    pub(super) fn identities(
+        &mut self,
+        raw: BTreeMap<String, RawIdentity>,
+        allowed_tenants: Option<&[String]>,
+        sync_scope: Option<&str>,
+    ) -> BTreeMap<String, IdentityConfig> {
+        let mut out = BTreeMap::new();
+        for (name, raw) in raw {
+            if let Some(id) = self.identity(&name, raw, allowed_tenants, sync_scope) {
+                out.insert(name, id);
+            }
+        }
+        out
+    }
+
+    fn identity(
+        &mut self,
+        name: &str,
+        raw: RawIdentity,
+        allowed_tenants: Option<&[String]>,
+        sync_scope: Option<&str>,
+    ) -> Option<IdentityConfig> {
+        let key = |k: &str| format!("identities.{name}.{k}");
+        if !valid_identity_name(name) {
+            self.err(
+                &format!("identities.{name}"),
+                "a name is 1 to 64 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit",
+            );
+            return None;
+        }
+        let tenant_id = self.guid(&key("tenant_id"), raw.tenant_id);
+        if let (Some(t), Some(allowed)) = (&tenant_id, allowed_tenants) {
+            if !allowed.contains(t) {
+                self.err(
+                    &key("tenant_id"),
+                    "must be one of callers.allowed_tenants (only callers of the account's own tenant act as it)",
+                );
+            }
+        }
+        let scopes = match raw.scopes {
+            None => sync_scope.map(|s| vec![s.to_string()]),
+            Some(v) if v.is_empty() || v.iter().any(|s| s.is_empty() || s.contains(' ')) => {
+                self.err(&key("scopes"), "must list scopes, each without spaces");
+                None
+            }
+            Some(v) => Some(v),
+        };
+        if let (Some(scopes), Some(sync)) = (&scopes, sync_scope) {
+            if !scopes.iter().any(|s| s == sync) {
+                self.err(
+                    &key("scopes"),
+                    format!("must include {sync}: the sync action needs it"),
+                );
+            }
+        }
+        let store_path = self.required(&key("store_path"), raw.store_path);
+        if let Some(p) = &store_path {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                self.err(
+                    &key("store_path"),
+                    format!(
+                        "the directory {} does not exist: create it (mkdir -p {})",
+                        dir.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
+        let (store_key, store_key_source) =
+            self.store_key(name, raw.store_key, raw.store_key_file)?;
+        Some(IdentityConfig {
+            name: name.to_string(),
+            tenant_id: tenant_id?,
+            scopes: scopes?,
+            store_path: store_path?,
+            store_key,
+            store_key_source,
+        })
+    }
+
+    /// The session store's key, parsed into a [`StoreKey`] here so a bad one is named at start.
+    fn store_key(
+        &mut self,
+        name: &str,
+        value: Option<crate::secret::Secret>,
+        file: Option<std::path::PathBuf>,
+    ) -> Option<(StoreKey, String)> {
+        let key = format!("identities.{name}.store_key");
+        let file_key = format!("identities.{name}.store_key_file");
+        let rule = SecretKey {
+            key: &key,
+            file_key: Some(&file_key),
+            harmless: |_| false,
+        };
+        let (encoded, source) = match self.secret(&rule, value, file) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.err_plain(
+                    &key,
+                    format!(
+                        "is required: set {} or {file_key} (32 random bytes, base64, e.g. `openssl rand -base64 32`)",
+                        rule.env_var()
+                    ),
+                );
+                return None;
+            }
+            Err(()) => return None,
+        };
+        match StoreKey::from_base64(encoded.expose()) {
+            Ok(k) => Some((k, source)),
+            Err(e) => {
+                self.err(&key, format!("{e} (from {source})"));
+                None
+            }
+        }
+    }
+}
+
+/// Identity names appear in commands, file names and environment variable names.
+fn valid_identity_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
