@@ -2,9 +2,10 @@
 //! figment; each section deserialized into its `Raw*` shape. Every error names its key and
 //! where the value came from (file and line, or the variable).
 
+use super::error::ConfigError;
+use super::names::{AZURE_ENV, ENV_PREFIX};
 use super::origin::{line_col, EnvVars, Origins, TomlFile};
 use super::raw::{RawConfig, SECTIONS};
-use super::{ConfigError, AZURE_ENV, ENV_PREFIX};
 use figment::error::Kind;
 use figment::Figment;
 use serde::de::DeserializeOwned;

@@ -1,7 +1,7 @@
 //! The validated configuration: what the rest of the gateway reads, never re-checking it.
 
 use super::cloud::Cloud;
-use super::SYNC_PERMISSION;
+use super::names::SYNC_PERMISSION;
 use crate::secret::{Secret, StoreKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! names what to edit. figment tags each value with the provider that set it
 //! ([`Figment::find_metadata`]); the line comes from the TOML document's spans.
 
-use super::ENV_PREFIX;
+use super::names::ENV_PREFIX;
 use figment::value::Dict;
 use figment::{Figment, Metadata, Profile, Provider};
 use std::collections::BTreeMap;

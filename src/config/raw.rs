@@ -7,8 +7,9 @@
 //! `helm/tests/test_rendered.py` reads them from this file.
 
 use super::duration::{Millis, Seconds};
+use super::model::DEFAULT_MAX_CONNECTIONS;
 use super::model::{AppConfig, AuditSinkKind, Rate};
-use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_STATUS_PATH, DEFAULT_SYNC_PATH};
+use super::names::{DEFAULT_STATUS_PATH, DEFAULT_SYNC_PATH};
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! `[actions.sync]`: the upstream paths, the cooldown, retries and the finished-run archive.
 
-use super::Check;
+use super::check::Check;
 use crate::config::model::SyncActionConfig;
 use crate::config::raw::RawSyncAction;
 

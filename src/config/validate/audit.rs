@@ -1,11 +1,11 @@
 //! `[audit]`: one durable sink, rotation, checkpoints, hashing. The signing key is only a path
 //! here: the trail loads it when it opens (and `check-config` through `preflight`).
 
+use super::check::Check;
 use super::secret::SecretKey;
-use super::Check;
 use crate::config::model::{AuditConfig, AuditSinkKind};
+use crate::config::names::ENV_PREFIX;
 use crate::config::raw::RawAudit;
-use crate::config::ENV_PREFIX;
 
 /// The shortest HMAC key `audit.hmac_key` accepts, in bytes.
 pub const MIN_HMAC_KEY_BYTES: usize = 16;

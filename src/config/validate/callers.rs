@@ -1,7 +1,7 @@
 //! `[callers]` and `[callers.apps]`: which tokens are accepted, and which applications act as
 //! which service identity.
 
-use super::Check;
+use super::check::Check;
 use crate::config::model::CallersConfig;
 use crate::config::raw::RawCallers;
 use std::collections::BTreeMap;

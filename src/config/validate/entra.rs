@@ -1,12 +1,12 @@
 //! `[entra]`: the gateway's application, its cloud, and exactly one client credential.
 
+use super::check::Check;
 use super::secret::SecretKey;
-use super::Check;
 use crate::config::cloud::Cloud;
 use crate::config::load::AzureEnv;
 use crate::config::model::{AssertionAlg, ClientAuthConfig, EntraConfig};
+use crate::config::names::ENV_PREFIX;
 use crate::config::raw::RawEntra;
-use crate::config::ENV_PREFIX;
 use std::path::PathBuf;
 use url::Url;
 

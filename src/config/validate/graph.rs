@@ -1,8 +1,8 @@
 //! `[graph]`: where Graph is, which resource its scopes name, and that it belongs to the same
 //! cloud as the login host.
 
+use super::check::Check;
 use super::entra::Entra;
-use super::Check;
 use crate::config::cloud::cloud_mismatch;
 use crate::config::model::GraphConfig;
 use crate::config::raw::RawGraph;

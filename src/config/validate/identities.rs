@@ -1,7 +1,7 @@
 //! `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
 
+use super::check::Check;
 use super::secret::SecretKey;
-use super::Check;
 use crate::config::model::IdentityConfig;
 use crate::config::raw::RawIdentity;
 use crate::secret::StoreKey;

@@ -3,8 +3,8 @@
 //! never from the configuration file itself, which is read by more people and tools than a
 //! secret should be.
 
-use super::Check;
-use crate::config::ENV_PREFIX;
+use super::check::Check;
+use crate::config::names::ENV_PREFIX;
 use crate::secret::Secret;
 use std::path::PathBuf;
 

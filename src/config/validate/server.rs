@@ -1,7 +1,7 @@
 //! `[server]` and `[limits]`: the listener, the connection cap, and the per-caller caps that
 //! must stay below it.
 
-use super::Check;
+use super::check::Check;
 use crate::config::model::{LimitsConfig, ServerConfig};
 use crate::config::raw::{RawLimits, RawServer};
 use std::net::SocketAddr;

@@ -1,0 +1,27 @@
+//! Names and fixed values the configuration refers to: the environment prefix, Graph's paths
+//! and permissions, the workload identity variables.
+
+/// The prefix of environment overrides; levels are separated by a double underscore.
+pub const ENV_PREFIX: &str = "SYNC_GATEWAY__";
+
+/// The default upstream path of the sync action (a beta endpoint, hence configuration).
+pub const DEFAULT_SYNC_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings/sync";
+
+/// The default path of the Autopilot settings, read for the sync status and the last trigger.
+pub const DEFAULT_STATUS_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings";
+
+/// The narrower Graph delegated permission that reads the settings, for operators who name it in
+/// `graph.status_permission`; by default `GET /sync/status` reads with [`SYNC_PERMISSION`].
+pub const STATUS_PERMISSION: &str = "DeviceManagementServiceConfig.Read.All";
+
+/// The Graph delegated permission the sync action needs.
+pub const SYNC_PERMISSION: &str = "DeviceManagementServiceConfig.ReadWrite.All";
+
+/// Environment variables the Azure Workload Identity webhook injects into a pod
+/// (`Azure/azure-workload-identity`, `pkg/webhook/consts.go`).
+pub const AZURE_ENV: [&str; 4] = [
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+];
