@@ -139,3 +139,73 @@ pub struct CallerSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
 }
+
+/// An Entra ID tenant id: a GUID, in the lower-case hyphenated form Entra writes in tokens
+/// (`tid`). Only [`TenantId::parse`] makes one, so a value of this type is always well formed
+/// (parse, don't validate).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// `text` as a tenant id, or `None` when it is not a GUID.
+    pub fn parse(text: &str) -> Option<TenantId> {
+        let id = uuid::Uuid::parse_str(text.trim()).ok()?;
+        Some(TenantId(id.hyphenated().to_string()))
+    }
+
+    /// The id as Entra writes it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TenantId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for TenantId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for TenantId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for TenantId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> String {
+        t.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_id_is_a_guid_in_entras_lower_case_form() {
+        let t = TenantId::parse(" 11111111-AAAA-1111-1111-111111111111 ").unwrap();
+        assert_eq!(t.as_str(), "11111111-aaaa-1111-1111-111111111111");
+        assert!(TenantId::parse("contoso.onmicrosoft.com").is_none());
+        assert!(TenantId::parse("").is_none());
+    }
+}

@@ -29,7 +29,7 @@ impl CallerPolicy {
                 let id = config.identities.get(&app.run_as)?;
                 let identity = ServiceIdentityRef {
                     name: id.name.as_str().into(),
-                    tenant_id: id.tenant_id.clone(),
+                    tenant_id: id.tenant_id.to_string(),
                 };
                 Some((app_id.clone(), identity))
             })

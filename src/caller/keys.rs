@@ -13,6 +13,7 @@
 //!   header is never trusted to choose it.
 
 use crate::background::Background;
+use crate::domain::TenantId;
 use crate::retry::Backoff;
 use jsonwebtoken::DecodingKey;
 use parking_lot::RwLock;
@@ -107,7 +108,7 @@ impl KeyStore {
     pub fn new(
         http: reqwest::Client,
         authority_host: &url::Url,
-        tenants: &[String],
+        tenants: &[TenantId],
         unknown_kid_cooldown: Duration,
         new_kid_interval: Duration,
         refresh_period: Duration,
@@ -120,7 +121,7 @@ impl KeyStore {
                 (TokenVersion::V2, "v2.0/.well-known/openid-configuration"),
             ] {
                 issuers.push(Arc::new(Issuer {
-                    tenant_id: t.clone(),
+                    tenant_id: t.to_string(),
                     version,
                     discovery_url: format!("{base}/{t}/{suffix}"),
                     current: RwLock::new(None),

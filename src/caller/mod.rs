@@ -8,7 +8,7 @@
 
 pub mod keys;
 
-use crate::domain::CallerSummary;
+use crate::domain::{CallerSummary, TenantId};
 use crate::error::{GatewayError, TokenRejection};
 use crate::secret::BearerToken;
 use base64::Engine;
@@ -202,14 +202,14 @@ impl Authenticator {
     pub fn new(
         keys: Arc<KeyStore>,
         audiences: Vec<String>,
-        allowed_tenants: &[String],
+        allowed_tenants: &[TenantId],
         leeway_seconds: u64,
         cache_capacity: u64,
     ) -> Self {
         Authenticator {
             keys,
             audiences,
-            allowed_tenants: allowed_tenants.iter().cloned().collect(),
+            allowed_tenants: allowed_tenants.iter().map(|t| t.to_string()).collect(),
             leeway: leeway_seconds,
             verified: moka::sync::Cache::builder()
                 .max_capacity(cache_capacity)

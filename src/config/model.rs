@@ -2,6 +2,7 @@
 
 use super::cloud::Cloud;
 use super::names::SYNC_PERMISSION;
+use crate::domain::TenantId;
 use crate::secret::{Secret, StoreKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,7 +67,7 @@ pub struct EntraConfig {
     /// `entra.authority_host`, e.g. `https://login.microsoftonline.com`.
     pub authority_host: Url,
     /// `entra.tenant_id`: the gateway application's home tenant.
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     /// `entra.client_id`: the gateway application's client id.
     pub client_id: String,
     /// How the gateway proves itself to Entra ID: exactly one of secret, certificate, federated token.
@@ -92,7 +93,7 @@ pub struct CallersConfig {
     /// `callers.audiences`: accepted `aud` values.
     pub audiences: Vec<String>,
     /// `callers.allowed_tenants`: accepted `tid` values.
-    pub allowed_tenants: Vec<String>,
+    pub allowed_tenants: Vec<TenantId>,
     /// `callers.required_scope`: the delegated scope a user token must carry.
     pub required_scope: String,
     /// `callers.leeway_seconds`: clock leeway for `exp` / `nbf`.
@@ -160,7 +161,7 @@ pub struct IdentityConfig {
     /// The table's name: what `run_as` and `login --identity` refer to.
     pub name: String,
     /// `tenant_id`: the account's tenant (one of `callers.allowed_tenants`).
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     /// `scopes`: the delegated Graph scopes of the session (default: the sync action's scope).
     pub scopes: Vec<String>,
     /// `store_path`: the encrypted session file.

@@ -105,7 +105,7 @@ impl ServiceIdentity {
         let stamp = store.stamp();
         let mut id = ServiceIdentity {
             name: cfg.name.as_str().into(),
-            tenant_id: cfg.tenant_id.clone(),
+            tenant_id: cfg.tenant_id.to_string(),
             scopes: cfg.scopes.clone(),
             store,
             entra,

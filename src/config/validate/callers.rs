@@ -4,6 +4,7 @@
 use super::check::Check;
 use crate::config::model::CallersConfig;
 use crate::config::raw::RawCallers;
+use crate::domain::TenantId;
 use std::collections::BTreeMap;
 
 impl Check {
@@ -105,7 +106,7 @@ impl Check {
     }
 
     /// `callers.allowed_tenants`: GUIDs, lower case, sorted, each once.
-    fn tenants(&mut self, ts: Vec<String>) -> Option<Vec<String>> {
+    fn tenants(&mut self, ts: Vec<String>) -> Option<Vec<TenantId>> {
         if ts.is_empty() {
             self.err(
                 "callers.allowed_tenants",
@@ -115,9 +116,9 @@ impl Check {
         }
         let mut out = Vec::new();
         for t in ts {
-            match uuid::Uuid::parse_str(&t) {
-                Ok(id) => out.push(id.hyphenated().to_string()),
-                Err(_) => {
+            match TenantId::parse(&t) {
+                Some(id) => out.push(id),
+                None => {
                     self.err(
                         "callers.allowed_tenants",
                         format!("{t:?} is not a tenant id (GUID)"),

@@ -3,6 +3,7 @@
 
 use crate::config::error::ConfigError;
 use crate::config::origin::Origins;
+use crate::domain::TenantId;
 use std::net::IpAddr;
 use url::Url;
 
@@ -42,6 +43,18 @@ impl Check {
     }
 
     /// A GUID, in the lower case Entra writes in tokens (`tid`, `appid`).
+    pub(super) fn tenant(&mut self, key: &str, v: Option<String>) -> Option<TenantId> {
+        let v = self.required(key, v)?;
+        match TenantId::parse(&v) {
+            Some(id) => Some(id),
+            None => {
+                self.err(key, format!("must be a GUID, got {v:?}"));
+                None
+            }
+        }
+    }
+
+    /// A GUID, in the lower case Entra writes in tokens (`appid`).
     pub(super) fn guid(&mut self, key: &str, v: Option<String>) -> Option<String> {
         let v = self.required(key, v)?;
         match uuid::Uuid::parse_str(&v) {

@@ -64,7 +64,7 @@ impl Check {
             self.err_plain("entra.authority_host", "is required (or set entra.cloud)");
         }
         let authority_host = authority_host.and_then(|v| self.url("entra.authority_host", Some(v)));
-        let tenant_id = self.guid("entra.tenant_id", tenant_id);
+        let tenant_id = self.tenant("entra.tenant_id", tenant_id);
         let client_id = self.guid("entra.client_id", client_id);
         let timeout_seconds = self.positive("entra.timeout_seconds", raw.timeout_seconds.0);
         let config = (|| {

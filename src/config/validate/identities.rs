@@ -4,6 +4,7 @@ use super::check::Check;
 use super::secret::SecretKey;
 use crate::config::model::IdentityConfig;
 use crate::config::raw::RawIdentity;
+use crate::domain::TenantId;
 use crate::secret::StoreKey;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ impl Check {
     pub(super) fn identities(
         &mut self,
         raw: BTreeMap<String, RawIdentity>,
-        allowed_tenants: Option<&[String]>,
+        allowed_tenants: Option<&[TenantId]>,
         sync_scope: Option<&str>,
     ) -> BTreeMap<String, IdentityConfig> {
         let mut out = BTreeMap::new();
@@ -29,7 +30,7 @@ impl Check {
         &mut self,
         name: &str,
         raw: RawIdentity,
-        allowed_tenants: Option<&[String]>,
+        allowed_tenants: Option<&[TenantId]>,
         sync_scope: Option<&str>,
     ) -> Option<IdentityConfig> {
         let key = |k: &str| format!("identities.{name}.{k}");
@@ -40,7 +41,7 @@ impl Check {
             );
             return None;
         }
-        let tenant_id = self.guid(&key("tenant_id"), raw.tenant_id);
+        let tenant_id = self.tenant(&key("tenant_id"), raw.tenant_id);
         if let (Some(t), Some(allowed)) = (&tenant_id, allowed_tenants) {
             if !allowed.contains(t) {
                 self.err(
