@@ -479,6 +479,16 @@ impl TestApp {
             .expect("gateway answers")
     }
 
+    /// `GET path` on the gateway as the caller holding `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
     /// The value of metric line `name` (`sync_gateway_...` with labels) in `/metrics`, or 0.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.unwrap();

@@ -314,13 +314,7 @@ async fn a_status_read_shares_the_callers_in_flight_cap_but_a_run_read_does_not(
     wait_in_flight(&app, 1.0).await;
 
     // GET /sync/status calls Graph, so it needs a slot the slow body holds.
-    let status = app
-        .http
-        .get(format!("{}/sync/status", app.address))
-        .bearer_auth(&hog)
-        .send()
-        .await
-        .unwrap();
+    let status = app.get_as("/sync/status", &hog).await;
     assert_eq!(status.status(), 429);
     let problem = crate::helpers::problem_of(status).await;
     assert_eq!(problem["type"], problem_type("too-many-in-flight"));

@@ -198,13 +198,7 @@ async fn a_status_read_graph_cannot_answer_is_a_502_naming_its_audit_record() {
     let app = spawn_app().await;
     let token = app.token();
     app.sims.graph.stop().await;
-    let resp = app
-        .http
-        .get(format!("{}/sync/status", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/sync/status", &token).await;
     assert_eq!(resp.status(), 502);
     let p = problem_of(resp).await;
     assert_eq!(p["type"], problem_type("upstream-failed"));

@@ -23,12 +23,7 @@ const STORM_COOLDOWN: u64 = 5;
 
 /// `GET /sync/runs/{id}` with `token`.
 pub async fn get_run(app: &TestApp, token: &str, id: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}/sync/runs/{id}", app.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    app.get_as(&format!("/sync/runs/{id}"), token).await
 }
 
 /// Polls the run until it reaches a final state (at most 30 s).
@@ -359,12 +354,8 @@ async fn a_request_while_the_first_run_is_running_is_scheduled_a_cooldown_after_
     }
     assert_eq!(app.sims.graph.sync_calls(), 1, "the first run called Graph");
     let status: Value = app
-        .http
-        .get(format!("{}/sync/status", app.address))
-        .bearer_auth(&token)
-        .send()
+        .get_as("/sync/status", &token)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -727,13 +718,7 @@ async fn sync_status_shows_graphs_view_and_the_gateways_runs() {
     let token = app.token();
     let first = post(&app, &token).await;
     let scheduled = post(&app, &token).await;
-    let resp = app
-        .http
-        .get(format!("{}/sync/status", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/sync/status", &token).await;
     assert_eq!(resp.status(), 200);
     let status: Value = resp.json().await.unwrap();
     assert_eq!(status["tenant_id"], app.tenant.as_str());

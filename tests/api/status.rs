@@ -14,12 +14,7 @@ fn consented_to_the_sync_only() -> Setup {
 }
 
 async fn get_status(app: &TestApp, token: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}/sync/status", app.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    app.get_as("/sync/status", token).await
 }
 
 #[tokio::test]
