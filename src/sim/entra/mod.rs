@@ -5,9 +5,14 @@
 //! tokens for the gateway's own API.
 
 mod credentials;
+mod discovery;
+mod errors;
+mod form;
+mod mint;
 mod sessions;
 
 pub use credentials::{ClientAuthSeen, FederatedTokenSpec, TOKEN_EXCHANGE_AUDIENCE};
+pub use mint::{TokenSpec, TokenVersion, DEFAULT_CLIENT_APP_ID};
 pub use sessions::{DeviceOutcome, DeviceScript, DeviceUser};
 
 use std::collections::HashMap;
@@ -21,10 +26,12 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Header};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use errors::{AadError, Ctx};
+use form::{parse_form, Form};
 
 use super::keys::{KeyStore, VerifyError};
 use super::{ServerSlot, SimOptions};
@@ -45,10 +52,6 @@ pub const PERMISSION_READ: &str = "DeviceManagementServiceConfig.Read.All";
 const PERMISSIONS: [&str; 2] = [PERMISSION_READ_WRITE, PERMISSION_READ];
 /// Scopes that name no resource and are always allowed alongside a resource's scopes.
 const OIDC_SCOPES: [&str; 4] = ["offline_access", "openid", "profile", "email"];
-/// The client application that `TokenSpec::user` tokens were issued to (any fixed GUID).
-pub const DEFAULT_CLIENT_APP_ID: &str = "4e1c7b0a-8f6d-4c5e-9b2a-3d7f1e6a9c21";
-/// Tenants Entra serves discovery for without being real tenants (multi-tenant metadata).
-const MULTI_TENANT_ALIASES: [&str; 2] = ["common", "organizations"];
 
 /// A fault the token endpoint injects after it has validated a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,86 +82,6 @@ pub enum FailureScope {
     Global,
     /// Exchanges whose assertion carries this `oid`.
     User(String),
-}
-
-/// Access-token format version; follows the API app's `accessTokenAcceptedVersion`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenVersion {
-    /// `iss = https://sts.windows.net/{tid}/`, `ver = "1.0"`, caller app in `appid`.
-    V1,
-    /// `iss = {base}/{tid}/v2.0`, `ver = "2.0"`, caller app in `azp`.
-    V2,
-}
-
-/// Describes a caller token, as Entra would issue it to a client for the gateway's API.
-#[derive(Debug, Clone)]
-pub struct TokenSpec {
-    /// `tid`.
-    pub tenant_id: String,
-    /// `oid`: the user's (or service principal's) object id.
-    pub object_id: String,
-    /// `upn` (and `preferred_username` on v2, `unique_name` on v1); users only.
-    pub upn: Option<String>,
-    /// Delegated scopes (`scp`, space-separated); omitted for app-only tokens.
-    pub scopes: Vec<String>,
-    /// App roles (`roles`, an array); omitted when empty.
-    pub roles: Vec<String>,
-    /// App-only token: no `scp`, `idtyp = "app"`.
-    pub app_only: bool,
-    /// The client application the token was issued to (`appid` / `azp`).
-    pub app_id: String,
-    /// v1 or v2 token format.
-    pub version: TokenVersion,
-    /// `aud`; `None` means the first of `SimOptions::api_audiences`.
-    pub audience: Option<String>,
-    /// Lifetime from issuance (`exp - iat`).
-    pub lifetime: Duration,
-    /// `nbf` override (unix seconds); default is issuance time.
-    pub not_before: Option<i64>,
-    /// `exp` override (unix seconds); overrides `lifetime` and may be in the past.
-    pub expires_at: Option<i64>,
-}
-
-impl TokenSpec {
-    /// A v2 user token: scopes `["Sync.Trigger"]`, 1 h, upn `<oid>@example.test`, issued to a
-    /// fixed client application.
-    pub fn user(tenant_id: impl Into<String>, object_id: impl Into<String>) -> Self {
-        let object_id = object_id.into();
-        TokenSpec {
-            tenant_id: tenant_id.into(),
-            upn: Some(format!("{object_id}@example.test")),
-            object_id,
-            scopes: vec!["Sync.Trigger".to_string()],
-            roles: Vec::new(),
-            app_only: false,
-            app_id: DEFAULT_CLIENT_APP_ID.to_string(),
-            version: TokenVersion::V2,
-            audience: None,
-            lifetime: Duration::from_secs(3600),
-            not_before: None,
-            expires_at: None,
-        }
-    }
-
-    /// A v2 app-only token (client credentials): no `scp`, no roles, `idtyp = "app"`, and `oid`
-    /// = the app's service-principal id (a GUID derived from `app_id`, stable across runs).
-    pub fn app(tenant_id: impl Into<String>, app_id: impl Into<String>) -> Self {
-        let app_id = app_id.into();
-        TokenSpec {
-            tenant_id: tenant_id.into(),
-            object_id: derived_guid("service-principal", &app_id),
-            upn: None,
-            scopes: Vec::new(),
-            roles: Vec::new(),
-            app_only: true,
-            app_id,
-            version: TokenVersion::V2,
-            audience: None,
-            lifetime: Duration::from_secs(3600),
-            not_before: None,
-            expires_at: None,
-        }
-    }
 }
 
 /// One POST to a token endpoint, as the simulator saw it.
@@ -258,17 +181,23 @@ impl SimEntra {
             App::new()
                 .wrap_fn(move |req, srv| super::refuse_when_stopped(&gate, req, srv))
                 .app_data(data.clone())
-                .route("/_sim/tokens", web::post().to(sim_mint))
+                .route("/_sim/tokens", web::post().to(mint::sim_mint))
                 .route(
                     "/{tenant}/v2.0/.well-known/openid-configuration",
-                    web::get().to(discovery_v2),
+                    web::get().to(discovery::discovery_v2),
                 )
                 .route(
                     "/{tenant}/.well-known/openid-configuration",
-                    web::get().to(discovery_v1),
+                    web::get().to(discovery::discovery_v1),
                 )
-                .route("/{tenant}/discovery/v2.0/keys", web::get().to(jwks_v2))
-                .route("/{tenant}/discovery/keys", web::get().to(jwks_v1))
+                .route(
+                    "/{tenant}/discovery/v2.0/keys",
+                    web::get().to(discovery::jwks_v2),
+                )
+                .route(
+                    "/{tenant}/discovery/keys",
+                    web::get().to(discovery::jwks_v1),
+                )
                 .route("/{tenant}/oauth2/v2.0/token", web::post().to(token))
                 .route(
                     "/{tenant}/oauth2/v2.0/devicecode",
@@ -311,12 +240,12 @@ impl SimEntra {
     /// The claims a real caller token of that spec carries (v1: `iss` sts.windows.net, `ver`
     /// "1.0", `appid`; v2: `iss` `{base}/{tid}/v2.0`, `ver` "2.0", `azp`).
     pub fn claims_for(&self, spec: &TokenSpec) -> Value {
-        self.state.claims_for(spec)
+        mint::claims_for(&self.state, spec)
     }
 
     /// A signed caller token of that spec: header `{alg RS256, typ JWT, kid, x5t}`.
     pub fn mint(&self, spec: &TokenSpec) -> String {
-        self.state.mint(spec)
+        mint::mint(&self.state, spec)
     }
 
     /// The header Entra puts on tokens signed with the active key (`RS256`, `JWT`, `kid`,
@@ -545,78 +474,6 @@ impl EntraState {
             .push(secret.to_string());
     }
 
-    fn claims_for(&self, spec: &TokenSpec) -> Value {
-        let now = now_unix();
-        let lifetime = i64::try_from(spec.lifetime.as_secs()).unwrap_or(i64::MAX / 2);
-        let exp = spec.expires_at.unwrap_or(now.saturating_add(lifetime));
-        // A token that expired in the past was also issued in the past.
-        let iat = now.min(exp.saturating_sub(lifetime));
-        let nbf = spec.not_before.unwrap_or(iat);
-        let aud = spec
-            .audience
-            .clone()
-            .unwrap_or_else(|| self.api_audiences[0].clone());
-        let mut c = Map::new();
-        c.insert("aud".into(), json!(aud));
-        match spec.version {
-            TokenVersion::V1 => {
-                c.insert("iss".into(), json!(issuer_v1(&spec.tenant_id)));
-            }
-            TokenVersion::V2 => {
-                c.insert("iss".into(), json!(self.issuer_v2(&spec.tenant_id)));
-            }
-        }
-        c.insert("iat".into(), json!(iat));
-        c.insert("nbf".into(), json!(nbf));
-        c.insert("exp".into(), json!(exp));
-        match spec.version {
-            TokenVersion::V1 => {
-                c.insert("appid".into(), json!(spec.app_id));
-                c.insert("appidacr".into(), json!("1"));
-            }
-            TokenVersion::V2 => {
-                c.insert("azp".into(), json!(spec.app_id));
-                c.insert("azpacr".into(), json!("1"));
-            }
-        }
-        if spec.app_only {
-            c.insert("idtyp".into(), json!("app"));
-        }
-        c.insert("oid".into(), json!(spec.object_id));
-        if !spec.roles.is_empty() {
-            c.insert("roles".into(), json!(spec.roles));
-        }
-        if !spec.app_only && !spec.scopes.is_empty() {
-            c.insert("scp".into(), json!(spec.scopes.join(" ")));
-        }
-        // `sub` is pairwise: unique per user *and* app, so never a user id.
-        let sub = URL_SAFE_NO_PAD.encode(Sha256::digest(
-            format!("{}:{}", spec.object_id, spec.app_id).as_bytes(),
-        ));
-        c.insert("sub".into(), json!(sub));
-        c.insert("tid".into(), json!(spec.tenant_id));
-        if !spec.app_only {
-            if let Some(upn) = &spec.upn {
-                c.insert("upn".into(), json!(upn));
-                match spec.version {
-                    TokenVersion::V1 => c.insert("unique_name".into(), json!(upn)),
-                    TokenVersion::V2 => c.insert("preferred_username".into(), json!(upn)),
-                };
-            }
-        }
-        c.insert("uti".into(), json!(random_b64url(16)));
-        let ver = match spec.version {
-            TokenVersion::V1 => "1.0",
-            TokenVersion::V2 => "2.0",
-        };
-        c.insert("ver".into(), json!(ver));
-        Value::Object(c)
-    }
-
-    fn mint(&self, spec: &TokenSpec) -> String {
-        self.sign_active(&self.claims_for(spec))
-    }
-
     fn sign_active(&self, claims: &Value) -> String {
         let key = self.keys.active();
         let token = jsonwebtoken::encode(&key.header(), claims, &key.encoding).expect("RS256");
@@ -632,319 +489,7 @@ impl EntraState {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Error bodies
-
-/// Per-request ids as Entra reports them: `trace_id` is Entra's own request id,
-/// `correlation_id` echoes the client's `client-request-id` when it is a GUID.
-struct Ctx {
-    trace_id: String,
-    correlation_id: String,
-    client_request_id: Option<String>,
-}
-
-impl Ctx {
-    fn new(req: &HttpRequest) -> Ctx {
-        let client_request_id = req
-            .headers()
-            .get("client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let correlation_id = client_request_id
-            .as_deref()
-            .and_then(|c| uuid::Uuid::parse_str(c).ok())
-            .unwrap_or_else(uuid::Uuid::new_v4)
-            .to_string();
-        Ctx {
-            trace_id: uuid::Uuid::new_v4().to_string(),
-            correlation_id,
-            client_request_id,
-        }
-    }
-
-    fn response(&self, status: StatusCode) -> actix_web::HttpResponseBuilder {
-        let mut b = HttpResponse::build(status);
-        b.insert_header(("x-ms-request-id", self.trace_id.clone()));
-        if let Some(c) = &self.client_request_id {
-            b.insert_header(("client-request-id", c.clone()));
-        }
-        b
-    }
-}
-
-/// An Entra error answer: status, OAuth `error`, AADSTS code, message and extra members.
-struct AadError {
-    status: StatusCode,
-    error: &'static str,
-    code: u32,
-    message: String,
-    extra: Vec<(&'static str, Value)>,
-    retry_after: Option<u64>,
-}
-
-impl AadError {
-    fn new(status: u16, error: &'static str, code: u32, message: impl Into<String>) -> AadError {
-        AadError {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            error,
-            code,
-            message: message.into(),
-            extra: Vec::new(),
-            retry_after: None,
-        }
-    }
-
-    fn with(mut self, key: &'static str, value: Value) -> AadError {
-        self.extra.push((key, value));
-        self
-    }
-
-    fn missing(param: &str) -> AadError {
-        AadError::new(
-            400,
-            "invalid_request",
-            900144,
-            format!("The request body must contain the following parameter: '{param}'."),
-        )
-    }
-
-    fn tenant_not_found(error: &'static str, tenant: &str) -> AadError {
-        AadError::new(
-            400,
-            error,
-            90002,
-            format!(
-                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
-                 and are signing into the correct cloud. Check with your subscription \
-                 administrator, this may happen if there are no active subscriptions for the \
-                 tenant."
-            ),
-        )
-    }
-
-    fn into_response(self, ctx: &Ctx, base: &str) -> HttpResponse {
-        let ts = chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
-        let description = format!(
-            "AADSTS{}: {}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {ts}",
-            self.code, self.message, ctx.trace_id, ctx.correlation_id
-        );
-        let mut body = Map::new();
-        body.insert("error".into(), json!(self.error));
-        body.insert("error_description".into(), json!(description));
-        body.insert("error_codes".into(), json!([self.code]));
-        body.insert("timestamp".into(), json!(ts));
-        body.insert("trace_id".into(), json!(ctx.trace_id));
-        body.insert("correlation_id".into(), json!(ctx.correlation_id));
-        body.insert(
-            "error_uri".into(),
-            json!(format!("{base}/error?code={}", self.code)),
-        );
-        for (k, v) in self.extra {
-            body.insert(k.into(), v);
-        }
-        let mut b = ctx.response(self.status);
-        b.insert_header(("cache-control", "no-store, no-cache"));
-        b.insert_header(("pragma", "no-cache"));
-        if let Some(s) = self.retry_after {
-            b.insert_header(("retry-after", s.to_string()));
-        }
-        b.json(Value::Object(body))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Discovery and JWKS
-
-fn metadata_response(body: Value) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("cache-control", "max-age=86400, private"))
-        .insert_header(("access-control-allow-origin", "*"))
-        .json(body)
-}
-
-/// Known tenants plus the multi-tenant aliases, whose metadata carries a `{tenantid}` template.
-fn metadata_tenant(state: &EntraState, tenant: &str) -> Option<(String, bool)> {
-    if state.knows_tenant(tenant) {
-        Some((tenant.to_string(), false))
-    } else if MULTI_TENANT_ALIASES.contains(&tenant) {
-        Some(("{tenantid}".to_string(), true))
-    } else {
-        None
-    }
-}
-
-fn msgraph_host(graph_resource: &str) -> String {
-    graph_resource
-        .split_once("://")
-        .map_or(graph_resource, |(_, rest)| rest)
-        .to_string()
-}
-
-async fn discovery_v2(
-    state: web::Data<EntraState>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> HttpResponse {
-    state.discovery_requests.fetch_add(1, Ordering::SeqCst);
-    let tenant = path.into_inner();
-    let ctx = Ctx::new(&req);
-    let Some((iss_tenant, alias)) = metadata_tenant(&state, &tenant) else {
-        return AadError::tenant_not_found("invalid_tenant", &tenant)
-            .into_response(&ctx, &state.base);
-    };
-    let b = &state.base;
-    metadata_response(json!({
-        "token_endpoint": format!("{b}/{tenant}/oauth2/v2.0/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-        "jwks_uri": format!("{b}/{tenant}/discovery/v2.0/keys"),
-        "response_modes_supported": ["query", "fragment", "form_post"],
-        "subject_types_supported": ["pairwise"],
-        "id_token_signing_alg_values_supported": ["RS256"],
-        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-        "scopes_supported": ["openid", "profile", "email", "offline_access"],
-        "issuer": format!("{b}/{iss_tenant}/v2.0"),
-        "request_uri_parameter_supported": false,
-        "userinfo_endpoint": format!("{}/oidc/userinfo", state.graph_resource),
-        "authorization_endpoint": format!("{b}/{tenant}/oauth2/v2.0/authorize"),
-        "device_authorization_endpoint": format!("{b}/{tenant}/oauth2/v2.0/devicecode"),
-        "http_logout_supported": true,
-        "frontchannel_logout_supported": true,
-        "end_session_endpoint": format!("{b}/{tenant}/oauth2/v2.0/logout"),
-        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-            "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr",
-            "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
-        "kerberos_endpoint": format!("{b}/{tenant}/kerberos"),
-        "tenant_region_scope": if alias { Value::Null } else { json!("NA") },
-        "cloud_instance_name": state.cloud_instance_name,
-        "cloud_graph_host_name": "graph.windows.net",
-        "msgraph_host": msgraph_host(&state.graph_resource),
-        "rbac_url": "https://pas.windows.net",
-    }))
-}
-
-async fn discovery_v1(
-    state: web::Data<EntraState>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> HttpResponse {
-    state.discovery_requests.fetch_add(1, Ordering::SeqCst);
-    let tenant = path.into_inner();
-    let ctx = Ctx::new(&req);
-    let Some((iss_tenant, alias)) = metadata_tenant(&state, &tenant) else {
-        return AadError::tenant_not_found("invalid_tenant", &tenant)
-            .into_response(&ctx, &state.base);
-    };
-    let b = &state.base;
-    metadata_response(json!({
-        "token_endpoint": format!("{b}/{tenant}/oauth2/token"),
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-        "jwks_uri": format!("{b}/{tenant}/discovery/keys"),
-        "response_modes_supported": ["query", "fragment", "form_post"],
-        "subject_types_supported": ["pairwise"],
-        "id_token_signing_alg_values_supported": ["RS256"],
-        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
-        "scopes_supported": ["openid"],
-        // v1 issuer is host independent: Entra always names sts.windows.net.
-        "issuer": issuer_v1(&iss_tenant),
-        "microsoft_multi_refresh_token": true,
-        "authorization_endpoint": format!("{b}/{tenant}/oauth2/authorize"),
-        "device_authorization_endpoint": format!("{b}/{tenant}/oauth2/devicecode"),
-        "http_logout_supported": true,
-        "frontchannel_logout_supported": true,
-        "end_session_endpoint": format!("{b}/{tenant}/oauth2/logout"),
-        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-            "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr",
-            "amr", "nonce", "email", "given_name", "family_name", "nickname"],
-        "check_session_iframe": format!("{b}/{tenant}/oauth2/checksession"),
-        "userinfo_endpoint": format!("{b}/{tenant}/openid/userinfo"),
-        "kerberos_endpoint": format!("{b}/{tenant}/kerberos"),
-        "tenant_region_scope": if alias { Value::Null } else { json!("NA") },
-        "cloud_instance_name": state.cloud_instance_name,
-        "cloud_graph_host_name": "graph.windows.net",
-        "msgraph_host": msgraph_host(&state.graph_resource),
-        "rbac_url": "https://pas.windows.net",
-    }))
-}
-
-/// The JWKS; v2 keys carry an `issuer` with the literal `{tenantid}` template. Like Entra's,
-/// no key has an `alg` member.
-fn jwks(state: &EntraState, tenant: &str, req: &HttpRequest, v2: bool) -> HttpResponse {
-    state.jwks_requests.fetch_add(1, Ordering::SeqCst);
-    let ctx = Ctx::new(req);
-    if metadata_tenant(state, tenant).is_none() {
-        return AadError::tenant_not_found("invalid_tenant", tenant)
-            .into_response(&ctx, &state.base);
-    }
-    let keys: Vec<Value> = state
-        .keys
-        .published()
-        .iter()
-        .map(|k| {
-            let mut m = Map::new();
-            m.insert("kty".into(), json!("RSA"));
-            m.insert("use".into(), json!("sig"));
-            m.insert("kid".into(), json!(k.kid));
-            m.insert("x5t".into(), json!(k.x5t));
-            m.insert("n".into(), json!(k.n));
-            m.insert("e".into(), json!(k.e));
-            m.insert("x5c".into(), json!([k.x5c]));
-            if v2 {
-                m.insert(
-                    "cloud_instance_name".into(),
-                    json!(state.cloud_instance_name),
-                );
-                m.insert(
-                    "issuer".into(),
-                    json!(format!("{}/{{tenantid}}/v2.0", state.base)),
-                );
-            }
-            Value::Object(m)
-        })
-        .collect();
-    metadata_response(json!({ "keys": keys }))
-}
-
-async fn jwks_v2(
-    state: web::Data<EntraState>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> HttpResponse {
-    jwks(&state, &path.into_inner(), &req, true)
-}
-
-async fn jwks_v1(
-    state: web::Data<EntraState>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> HttpResponse {
-    jwks(&state, &path.into_inner(), &req, false)
-}
-
-// ---------------------------------------------------------------------------------------------
 // Token endpoint
-
-/// Form fields; the first occurrence of a name wins.
-type Form = HashMap<String, String>;
-
-fn parse_form(req: &HttpRequest, body: &[u8]) -> Form {
-    let is_form = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    // Entra reads parameters only from a form body; anything else looks like missing fields.
-    let mut form = Form::new();
-    if is_form {
-        for (k, v) in url::form_urlencoded::parse(body) {
-            form.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-        }
-    }
-    form
-}
 
 /// `Authorization: Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 section 2.3.1).
 fn basic_credentials(req: &HttpRequest) -> Option<(String, String)> {
@@ -1367,16 +912,13 @@ async fn injected_failure(state: &EntraState, oid: Option<&str>) -> Result<(), A
         .with("suberror", json!("basic_action"))
         .with("claims", json!(claims))),
         Some(Failure::ConsentRequired) => Err(consent_required(state)),
-        Some(Failure::Throttle { retry_after_secs }) => {
-            let mut e = AadError::new(
-                429,
-                "temporarily_unavailable",
-                90055,
-                "There are too many incoming requests. Please retry later.",
-            );
-            e.retry_after = Some(retry_after_secs);
-            Err(e)
-        }
+        Some(Failure::Throttle { retry_after_secs }) => Err(AadError::new(
+            429,
+            "temporarily_unavailable",
+            90055,
+            "There are too many incoming requests. Please retry later.",
+        )
+        .retry_after(retry_after_secs)),
         Some(Failure::ServerError) => Err(AadError::new(
             500,
             "server_error",
@@ -1474,67 +1016,6 @@ fn fmt_unix(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
         .map(|d| d.format("%m/%d/%Y %H:%M:%S").to_string())
         .unwrap_or_else(|| t.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dev-only minting endpoint
-
-#[derive(Deserialize)]
-struct MintRequest {
-    tenant_id: String,
-    object_id: String,
-    upn: Option<String>,
-    scopes: Option<Vec<String>>,
-    roles: Option<Vec<String>>,
-    lifetime_seconds: Option<u64>,
-    version: Option<String>,
-    audience: Option<String>,
-}
-
-/// `POST /_sim/tokens`: lets a developer running `dev` mint caller tokens with curl.
-async fn sim_mint(
-    state: web::Data<EntraState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> HttpResponse {
-    let ctx = Ctx::new(&req);
-    let bad = |msg: String| {
-        ctx.response(StatusCode::BAD_REQUEST)
-            .json(json!({"error": "invalid_request", "error_description": msg}))
-    };
-    let r: MintRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad(format!("invalid JSON body: {e}")),
-    };
-    if !state.knows_tenant(&r.tenant_id) {
-        return AadError::tenant_not_found("invalid_tenant", &r.tenant_id)
-            .into_response(&ctx, &state.base);
-    }
-    let mut spec = TokenSpec::user(r.tenant_id, r.object_id);
-    if let Some(upn) = r.upn {
-        spec.upn = Some(upn);
-    }
-    if let Some(scopes) = r.scopes {
-        spec.scopes = scopes;
-    }
-    if let Some(roles) = r.roles {
-        spec.roles = roles;
-    }
-    if let Some(s) = r.lifetime_seconds {
-        spec.lifetime = Duration::from_secs(s);
-    }
-    spec.audience = r.audience;
-    spec.version = match r.version.as_deref() {
-        None | Some("v2") | Some("2.0") => TokenVersion::V2,
-        Some("v1") | Some("1.0") => TokenVersion::V1,
-        Some(other) => return bad(format!("unknown version '{other}', expected v1 or v2")),
-    };
-    let token = state.mint(&spec);
-    ctx.response(StatusCode::OK).json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": spec.lifetime.as_secs(),
-    }))
 }
 
 // ---------------------------------------------------------------------------------------------
