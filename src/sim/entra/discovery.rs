@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::errors::{AadError, Ctx};
-use super::{issuer_v1, EntraState};
+use super::state::{issuer_v1, EntraState};
 
 /// Tenants Entra serves discovery for without being real tenants (multi-tenant metadata).
 const MULTI_TENANT_ALIASES: [&str; 2] = ["common", "organizations"];
@@ -182,4 +182,123 @@ pub(super) async fn jwks_v1(
     req: HttpRequest,
 ) -> HttpResponse {
     jwks(&state, &path.into_inner(), &req, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mint::TokenSpec;
+    use super::super::test_support::{error_code, sims, TENANT};
+    use super::*;
+
+    #[actix_rt::test]
+    async fn discovery_and_jwks_shape() {
+        let s = sims().await;
+        let base = s.entra.base_url();
+        let c = reqwest::Client::new();
+        let v2: Value = c
+            .get(format!(
+                "{base}/{TENANT}/v2.0/.well-known/openid-configuration"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v2["issuer"], json!(format!("{base}/{TENANT}/v2.0")));
+        assert_eq!(
+            v2["jwks_uri"],
+            json!(format!("{base}/{TENANT}/discovery/v2.0/keys"))
+        );
+        assert_eq!(
+            v2["token_endpoint"],
+            json!(format!("{base}/{TENANT}/oauth2/v2.0/token"))
+        );
+        assert_eq!(
+            v2["id_token_signing_alg_values_supported"],
+            json!(["RS256"])
+        );
+        let v1: Value = c
+            .get(format!("{base}/{TENANT}/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            v1["issuer"],
+            json!(format!("https://sts.windows.net/{TENANT}/"))
+        );
+        assert_eq!(
+            v1["jwks_uri"],
+            json!(format!("{base}/{TENANT}/discovery/keys"))
+        );
+
+        let unknown = c
+            .get(format!(
+                "{base}/not-a-tenant/v2.0/.well-known/openid-configuration"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status().as_u16(), 400);
+        let body: Value = unknown.json().await.unwrap();
+        assert_eq!(error_code(&body), 90002);
+
+        let jwks: Value = c
+            .get(v2["jwks_uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1);
+        let k = &keys[0];
+        assert!(k.get("alg").is_none(), "Entra publishes no alg");
+        assert_eq!(k["kty"], "RSA");
+        assert_eq!(k["use"], "sig");
+        assert_eq!(k["kid"], json!(s.entra.active_kid()));
+        assert!(k["x5t"].is_string() && k["n"].is_string() && k["e"] == "AQAB");
+        assert_eq!(k["issuer"], json!(format!("{base}/{{tenantid}}/v2.0")));
+        let v1keys: Value = c
+            .get(v1["jwks_uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v1keys["keys"][0].get("issuer").is_none());
+        assert!(v1keys["keys"][0].get("alg").is_none());
+        assert_eq!(s.entra.discovery_requests(), 3);
+        assert_eq!(s.entra.jwks_requests(), 2);
+
+        // Rotation keeps the old key published and signs with the new one.
+        let old = s.entra.active_kid();
+        let new = s.entra.rotate_keys();
+        assert_ne!(old, new);
+        let jwks: Value = c
+            .get(v2["jwks_uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids, vec![old.as_str(), new.as_str()]);
+        let t = s.entra.mint(&TokenSpec::user(TENANT, "u1"));
+        assert_eq!(
+            jsonwebtoken::decode_header(&t).unwrap().kid.as_deref(),
+            Some(new.as_str())
+        );
+    }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::errors::{AadError, Ctx};
-use super::{derived_guid, issuer_v1, now_unix, random_b64url, EntraState};
+use super::state::{derived_guid, issuer_v1, now_unix, random_b64url, EntraState};
 
 /// The client application that `TokenSpec::user` tokens were issued to (any fixed GUID).
 pub const DEFAULT_CLIENT_APP_ID: &str = "4e1c7b0a-8f6d-4c5e-9b2a-3d7f1e6a9c21";
@@ -230,4 +230,76 @@ pub(super) async fn sim_mint(
         "token_type": "Bearer",
         "expires_in": spec.lifetime.as_secs(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{obo_form, post_token, sims, TENANT};
+    use super::*;
+
+    #[actix_rt::test]
+    async fn claims_follow_token_version() {
+        let s = sims().await;
+        let v2 = s.entra.claims_for(&TokenSpec::user(TENANT, "u1"));
+        assert_eq!(v2["ver"], "2.0");
+        assert_eq!(v2["azp"], DEFAULT_CLIENT_APP_ID);
+        assert_eq!(v2["aud"], "gw-client-id");
+        assert_eq!(v2["scp"], "Sync.Trigger");
+        assert_eq!(v2["preferred_username"], "u1@example.test");
+        assert!(v2.get("xms_cc").is_none() && v2.get("idtyp").is_none());
+        let mut spec = TokenSpec::user(TENANT, "u1");
+        spec.version = TokenVersion::V1;
+        let v1 = s.entra.claims_for(&spec);
+        assert_eq!(
+            v1["iss"],
+            json!(format!("https://sts.windows.net/{TENANT}/"))
+        );
+        assert_eq!(v1["ver"], "1.0");
+        assert_eq!(v1["appid"], DEFAULT_CLIENT_APP_ID);
+        let app = s.entra.claims_for(&TokenSpec::app(TENANT, "some-app"));
+        assert_eq!(app["idtyp"], "app");
+        assert!(app.get("scp").is_none() && app.get("upn").is_none());
+        let mut expired = TokenSpec::user(TENANT, "u1");
+        expired.expires_at = Some(now_unix() - 60);
+        let c = s.entra.claims_for(&expired);
+        assert!(c["iat"].as_i64().unwrap() < c["exp"].as_i64().unwrap());
+    }
+
+    #[actix_rt::test]
+    async fn mint_endpoint_and_stop() {
+        let s = sims().await;
+        let c = reqwest::Client::new();
+        let r: Value = c
+            .post(format!("{}/_sim/tokens", s.entra.base_url()))
+            .json(&json!({"tenant_id": TENANT, "object_id": "u9", "version": "v1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = r["access_token"].as_str().unwrap();
+        assert!(s.entra.issued_secrets().iter().any(|x| x == t));
+        assert!(s
+            .entra
+            .issued_secrets()
+            .iter()
+            .any(|x| x == "gw-secret-value"));
+        let (status, _, _) = post_token(&s, &obo_form(&s, t)).await;
+        assert_eq!(status, 200);
+
+        s.entra.stop().await;
+        // A fresh client: pooled connections to a stopped server fail differently.
+        let addr = s.entra.base_url().trim_start_matches("http://").to_string();
+        assert!(std::net::TcpStream::connect(addr).is_err());
+        let err = reqwest::Client::new()
+            .get(format!(
+                "{}/{TENANT}/v2.0/.well-known/openid-configuration",
+                s.entra.base_url()
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+    }
 }
