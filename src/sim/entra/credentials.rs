@@ -6,7 +6,7 @@
 //! for `api://AzureADTokenExchange`, and match a registered federated credential.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,8 +14,9 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
-use super::super::keys::SigningKey;
-use super::{fmt_unix, now_unix, AadError, EntraState};
+use super::super::keys::{unverified_claims, SigningKey};
+use super::errors::AadError;
+use super::state::{fmt_unix, now_unix, EntraState};
 
 /// The audience of workload identity federation tokens.
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -76,23 +77,29 @@ pub enum ClientAuthSeen {
     },
 }
 
-pub(super) struct RegisteredCertificate {
+/// A certificate uploaded to the app registration.
+struct RegisteredCertificate {
     x5t: String,
     x5t_s256: String,
     key: DecodingKey,
 }
 
+/// The app registration's certificates and federated credentials, the simulated OIDC issuer,
+/// and the client assertions seen (for replay detection).
 #[derive(Default)]
-pub(super) struct Credentials {
-    pub(super) certificates: Vec<RegisteredCertificate>,
+pub(super) struct Credentials(Mutex<Registry>);
+
+#[derive(Default)]
+struct Registry {
+    certificates: Vec<RegisteredCertificate>,
     /// (subject, audience) pairs of federated credentials; the issuer is the simulated one.
-    pub(super) federated: Vec<(String, String)>,
-    pub(super) issuer_key: Option<Arc<SigningKey>>,
+    federated: Vec<(String, String)>,
+    issuer_key: Option<Arc<SigningKey>>,
     /// `jti`s of federated tokens the test declared expired.
-    pub(super) expired_federated: HashSet<String>,
+    expired_federated: HashSet<String>,
     /// `jti`s of federated tokens minted so far.
-    pub(super) minted_federated: Vec<String>,
-    pub(super) seen_jtis: HashSet<String>,
+    minted_federated: Vec<String>,
+    seen_jtis: HashSet<String>,
 }
 
 /// base64url SHA-1 and SHA-256 thumbprints of a certificate, as `x5t` and `x5t#S256` carry them.
@@ -105,9 +112,37 @@ pub(crate) fn thumbprints(der: &[u8]) -> (String, String) {
     )
 }
 
-impl EntraState {
-    fn creds(&self) -> std::sync::MutexGuard<'_, Credentials> {
-        self.credentials.lock().expect("credentials lock")
+/// The simulated OIDC issuer (a Kubernetes service-account issuer) of federated tokens.
+pub(super) fn federated_issuer(state: &EntraState) -> String {
+    format!("{}/_sim/oidc", state.base)
+}
+
+/// What a `client_assertion` claims to be, read without verifying it; `None` when it is not a
+/// JWT.
+pub(super) fn presented(state: &EntraState, assertion: &str) -> Option<ClientAuthSeen> {
+    let header = jsonwebtoken::decode_header(assertion).ok()?;
+    let claims = unverified_claims(assertion)?;
+    let claim = |n: &str| {
+        claims
+            .get(n)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    Some(if claim("iss") == state.client_id {
+        ClientAuthSeen::Certificate {
+            alg: format!("{:?}", header.alg),
+            thumbprint: header.x5t_s256.or(header.x5t).unwrap_or_default(),
+            audience: claim("aud"),
+        }
+    } else {
+        ClientAuthSeen::Federated { jti: claim("jti") }
+    })
+}
+
+impl Credentials {
+    fn creds(&self) -> MutexGuard<'_, Registry> {
+        self.0.lock().expect("credentials lock")
     }
 
     /// Adds an RSA certificate (PEM) to the app registration; returns its `x5t#S256`.
@@ -131,10 +166,15 @@ impl EntraState {
         x5t_s256
     }
 
-    pub(super) fn federated_issuer(&self) -> String {
-        format!("{}/_sim/oidc", self.base)
+    /// Adds a federated identity credential: the simulated issuer, `subject`, audience
+    /// `api://AzureADTokenExchange`.
+    pub(super) fn add_federated(&self, subject: &str) {
+        self.creds()
+            .federated
+            .push((subject.to_string(), TOKEN_EXCHANGE_AUDIENCE.to_string()));
     }
 
+    /// The OIDC issuer's signing key.
     fn issuer_key(&self) -> Arc<SigningKey> {
         // Generated on first use: most simulators never federate.
         let existing = self.creds().issuer_key.clone();
@@ -145,7 +185,8 @@ impl EntraState {
         self.creds().issuer_key.get_or_insert(key).clone()
     }
 
-    pub(super) fn mint_federated(&self, spec: &FederatedTokenSpec) -> String {
+    /// A token of the simulated OIDC issuer, remembered so it can be expired.
+    pub(super) fn mint_federated(&self, state: &EntraState, spec: &FederatedTokenSpec) -> String {
         let now = now_unix();
         let lifetime = i64::try_from(spec.lifetime.as_secs()).unwrap_or(i64::MAX / 2);
         let exp = spec.expires_at.unwrap_or(now.saturating_add(lifetime));
@@ -153,7 +194,7 @@ impl EntraState {
         let jti = uuid::Uuid::new_v4().to_string();
         let claims = json!({
             "aud": [spec.audience],
-            "iss": self.federated_issuer(),
+            "iss": federated_issuer(state),
             "sub": spec.subject,
             "iat": iat,
             "nbf": iat,
@@ -164,47 +205,26 @@ impl EntraState {
         let key = self.issuer_key();
         let token = jsonwebtoken::encode(&key.header(), &claims, &key.encoding).expect("RS256");
         self.creds().minted_federated.push(jti);
-        self.record(&token);
+        state.record(&token);
         token
     }
 
+    /// Every federated token minted so far is past its `exp` from now on.
     pub(super) fn expire_federated_tokens(&self) {
         let mut c = self.creds();
         let minted = std::mem::take(&mut c.minted_federated);
         c.expired_federated.extend(minted);
     }
 
-    /// What a `client_assertion` claims to be, read without verifying it; `None` when it is
-    /// not a JWT.
-    pub(super) fn presented(&self, assertion: &str) -> Option<ClientAuthSeen> {
-        let header = jsonwebtoken::decode_header(assertion).ok()?;
-        let claims = super::super::keys::unverified_claims(assertion)?;
-        let claim = |n: &str| {
-            claims
-                .get(n)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        Some(if claim("iss") == self.client_id {
-            ClientAuthSeen::Certificate {
-                alg: format!("{:?}", header.alg),
-                thumbprint: header.x5t_s256.or(header.x5t).unwrap_or_default(),
-                audience: claim("aud"),
-            }
-        } else {
-            ClientAuthSeen::Federated { jti: claim("jti") }
-        })
-    }
-
     /// Entra's checks on `client_assertion` for `tenant`, in order.
     pub(super) fn check_client_assertion(
         &self,
+        state: &EntraState,
         tenant: &str,
         assertion: &str,
     ) -> Result<(), AadError> {
         // The gateway must never log it: the leak scan looks for it.
-        self.record(assertion);
+        state.record(assertion);
         let malformed = || {
             AadError::new(
                 401,
@@ -214,17 +234,18 @@ impl EntraState {
             )
         };
         let header = jsonwebtoken::decode_header(assertion).map_err(|_| malformed())?;
-        let claims = super::super::keys::unverified_claims(assertion).ok_or_else(malformed)?;
+        let claims = unverified_claims(assertion).ok_or_else(malformed)?;
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
-        if iss == self.client_id {
-            self.check_certificate_assertion(tenant, &header, &claims, assertion)
+        if iss == state.client_id {
+            self.check_certificate_assertion(state, tenant, &header, &claims, assertion)
         } else {
-            self.check_federated_assertion(&claims, assertion)
+            self.check_federated_assertion(state, &claims, assertion)
         }
     }
 
     fn check_certificate_assertion(
         &self,
+        state: &EntraState,
         tenant: &str,
         header: &jsonwebtoken::Header,
         claims: &Value,
@@ -253,7 +274,7 @@ impl EntraState {
                 700027,
                 format!(
                     "Client assertion failed signature validation. [Reason - The key was not found., Thumbprint of key used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{}'.]",
-                    self.client_id
+                    state.client_id
                 ),
             )
         };
@@ -283,7 +304,7 @@ impl EntraState {
             ));
         }
         let claim = |n: &str| claims.get(n).and_then(Value::as_str).unwrap_or("");
-        if claim("sub") != self.client_id {
+        if claim("sub") != state.client_id {
             return Err(AadError::new(
                 401,
                 "invalid_client",
@@ -291,7 +312,7 @@ impl EntraState {
                 "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .",
             ));
         }
-        let expected_aud = format!("{}/{tenant}/oauth2/v2.0/token", self.base);
+        let expected_aud = format!("{}/{tenant}/oauth2/v2.0/token", state.base);
         if claim("aud") != expected_aud {
             return Err(AadError::new(
                 401,
@@ -339,10 +360,15 @@ impl EntraState {
         Ok(())
     }
 
-    fn check_federated_assertion(&self, claims: &Value, assertion: &str) -> Result<(), AadError> {
+    fn check_federated_assertion(
+        &self,
+        state: &EntraState,
+        claims: &Value,
+        assertion: &str,
+    ) -> Result<(), AadError> {
         let claim = |n: &str| claims.get(n).and_then(Value::as_str).unwrap_or("");
         let iss = claim("iss");
-        if iss != self.federated_issuer() || self.creds().federated.is_empty() {
+        if iss != federated_issuer(state) || self.creds().federated.is_empty() {
             return Err(AadError::new(
                 401,
                 "invalid_client",
@@ -415,8 +441,9 @@ fn expired_assertion(now: i64, exp: i64) -> AadError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{obo_form, post_token, sims, OTHER_TENANT, TENANT};
-    use super::super::{TokenSpec, CLIENT_ASSERTION_TYPE};
+    use super::super::mint::TokenSpec;
+    use super::super::test_support::{obo_form, post_token, sims, OTHER_TENANT, TENANT};
+    use super::super::token::CLIENT_ASSERTION_TYPE;
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
 

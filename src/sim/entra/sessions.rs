@@ -1,19 +1,21 @@
 //! Delegated sessions without a user at the keyboard (reference §5): the device authorization
 //! endpoint and the device-code grant (RFC 8628, with Entra's error names), and the
-//! refresh-token grant with rotation. Unlike real Entra, a refresh token here is single use:
-//! once redeemed it is refused, so a gateway that loses the rotated token fails its tests.
+//! refresh-token grant with rotation; every refresh token a grant issues is minted and
+//! remembered here ([`Sessions`]). Unlike real Entra, a refresh token here is single use: once
+//! redeemed it is refused, so a gateway that loses the rotated token fails its tests.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::{
-    derived_guid, injected_failure, issue_tokens, now_unix, parse_form, parse_scopes,
-    random_b64url, AadError, AssertedUser, Ctx, EntraState, Form, Scopes,
-};
+use super::errors::{AadError, Ctx};
+use super::form::{parse_form, Form};
+use super::grant::{injected_failure, parse_scopes, token_response, AssertedUser, Scopes};
+use super::state::{derived_guid, now_unix, random_b64url, EntraState};
 
 /// How long a device code lives (Entra: 15 minutes).
 const DEVICE_CODE_LIFETIME: i64 = 900;
@@ -66,7 +68,8 @@ pub struct DeviceScript {
     pub outcome: DeviceOutcome,
 }
 
-pub(super) struct DeviceGrant {
+/// A device code issued, until it expires or is redeemed.
+struct DeviceGrant {
     tenant: String,
     user_code: String,
     scopes: Scopes,
@@ -84,7 +87,8 @@ enum RefreshState {
     IdleExpired,
 }
 
-pub(super) struct RefreshGrant {
+/// A refresh token issued, and whether it may still be redeemed.
+struct RefreshGrant {
     tenant: String,
     user: AssertedUser,
     permissions: Vec<&'static str>,
@@ -92,21 +96,44 @@ pub(super) struct RefreshGrant {
     issued: u64,
 }
 
+/// The device codes and refresh tokens issued, and the script for the next device logins.
 #[derive(Default)]
-pub(super) struct Sessions {
-    pub(super) devices: HashMap<String, DeviceGrant>,
-    pub(super) script: Option<DeviceScript>,
-    pub(super) refresh: HashMap<String, RefreshGrant>,
+pub(super) struct Sessions(Mutex<Table>);
+
+#[derive(Default)]
+struct Table {
+    devices: HashMap<String, DeviceGrant>,
+    script: Option<DeviceScript>,
+    refresh: HashMap<String, RefreshGrant>,
     next_serial: u64,
 }
 
-impl EntraState {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        self.sessions.lock().expect("sessions lock")
+impl Sessions {
+    fn sessions(&self) -> MutexGuard<'_, Table> {
+        self.0.lock().expect("sessions lock")
+    }
+
+    /// Issues tokens for `user` (see [`token_response`]); with `offline_access`, also a refresh
+    /// token, remembered here so the refresh grant can redeem it once.
+    pub(super) fn issue_tokens(
+        &self,
+        state: &EntraState,
+        tenant: &str,
+        user: &AssertedUser,
+        scopes: &Scopes,
+    ) -> Value {
+        let refresh_token = scopes.offline_access.then(|| {
+            // Opaque, as Entra's are; recorded so leak scans find it.
+            let rt = format!("1.SIM{}", random_b64url(96));
+            state.record(&rt);
+            self.register_refresh_token(&rt, tenant, user, scopes);
+            rt
+        });
+        token_response(state, user, scopes, refresh_token)
     }
 
     /// Remembers a refresh token issued to `user` so the refresh grant can redeem it once.
-    pub(super) fn register_refresh_token(
+    fn register_refresh_token(
         &self,
         token: &str,
         tenant: &str,
@@ -128,10 +155,12 @@ impl EntraState {
         );
     }
 
+    /// How polls of device codes issued from now on are answered.
     pub(super) fn set_device_script(&self, script: Option<DeviceScript>) {
         self.sessions().script = script;
     }
 
+    /// The person's decision on `user_code`; false for an unknown code.
     pub(super) fn decide_device_code(&self, user_code: &str, outcome: DeviceOutcome) -> bool {
         let mut s = self.sessions();
         let found = s
@@ -147,6 +176,7 @@ impl EntraState {
         }
     }
 
+    /// The newest unredeemed refresh token of the user `oid`.
     pub(super) fn newest_refresh_token(&self, oid: &str) -> Option<String> {
         self.sessions()
             .refresh
@@ -164,10 +194,12 @@ impl EntraState {
         }
     }
 
+    /// Revokes every unredeemed refresh token of `oid`.
     pub(super) fn revoke_sessions(&self, oid: &str) {
         self.end_sessions(oid, RefreshState::Revoked);
     }
 
+    /// Every unredeemed refresh token of `oid` expires for inactivity.
     pub(super) fn expire_sessions(&self, oid: &str) {
         self.end_sessions(oid, RefreshState::IdleExpired);
     }
@@ -180,6 +212,7 @@ fn invalid_grant(code: u32, message: &str) -> AadError {
 /// `grant_type=refresh_token`: redeems the token once and issues a new pair.
 pub(super) async fn refresh_token_grant(
     state: &EntraState,
+    sessions: &Sessions,
     tenant: &str,
     form: &Form,
 ) -> Result<Value, AadError> {
@@ -192,7 +225,7 @@ pub(super) async fn refresh_token_grant(
         None => None,
     };
     let (user, granted) = {
-        let s = state.sessions();
+        let s = sessions.sessions();
         let g = s
             .refresh
             .get(token)
@@ -216,7 +249,7 @@ pub(super) async fn refresh_token_grant(
         openid: false,
     });
     {
-        let mut s = state.sessions();
+        let mut s = sessions.sessions();
         let g = s.refresh.get_mut(token).expect("looked up above");
         if g.state != RefreshState::Active {
             // Another request redeemed it meanwhile.
@@ -225,12 +258,13 @@ pub(super) async fn refresh_token_grant(
         g.state = RefreshState::Used;
     }
     state.refreshes.fetch_add(1, Ordering::SeqCst);
-    Ok(issue_tokens(state, tenant, &user, &scopes))
+    Ok(sessions.issue_tokens(state, tenant, &user, &scopes))
 }
 
 /// `grant_type=urn:ietf:params:oauth:grant-type:device_code`: one poll.
 pub(super) async fn device_code_grant(
     state: &EntraState,
+    sessions: &Sessions,
     tenant: &str,
     form: &Form,
 ) -> Result<Value, AadError> {
@@ -264,7 +298,7 @@ pub(super) async fn device_code_grant(
         )
     };
     let (outcome, scopes) = {
-        let mut s = state.sessions();
+        let mut s = sessions.sessions();
         let d = s
             .devices
             .get_mut(code)
@@ -325,19 +359,20 @@ pub(super) async fn device_code_grant(
     };
     injected_failure(state, user.oid.as_deref()).await?;
     state.device_logins.fetch_add(1, Ordering::SeqCst);
-    Ok(issue_tokens(state, tenant, &user, &scopes))
+    Ok(sessions.issue_tokens(state, tenant, &user, &scopes))
 }
 
 /// `POST /{tenant}/oauth2/v2.0/devicecode`: starts a device-code flow (no client credential).
 pub(super) async fn device_authorization(
     state: web::Data<EntraState>,
+    sessions: web::Data<Sessions>,
     path: web::Path<String>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
     let ctx = Ctx::new(&req);
     let tenant = path.into_inner();
-    match start_device_flow(&state, &tenant, &parse_form(&req, &body)) {
+    match start_device_flow(&state, &sessions, &tenant, &parse_form(&req, &body)) {
         Ok(v) => ctx
             .response(StatusCode::OK)
             .insert_header(("cache-control", "no-store, no-cache"))
@@ -346,7 +381,13 @@ pub(super) async fn device_authorization(
     }
 }
 
-fn start_device_flow(state: &EntraState, tenant: &str, form: &Form) -> Result<Value, AadError> {
+/// Checks the request and issues a device code and its user code.
+fn start_device_flow(
+    state: &EntraState,
+    sessions: &Sessions,
+    tenant: &str,
+    form: &Form,
+) -> Result<Value, AadError> {
     if !state.knows_tenant(tenant) {
         return Err(AadError::tenant_not_found("invalid_request", tenant));
     }
@@ -371,8 +412,8 @@ fn start_device_flow(state: &EntraState, tenant: &str, form: &Form) -> Result<Va
     let user_code = user_code();
     let verification_uri = format!("{}/_sim/device", state.base);
     let interval = state.device_interval.as_secs();
-    let script = state.sessions().script.clone();
-    state.sessions().devices.insert(
+    let script = sessions.sessions().script.clone();
+    sessions.sessions().devices.insert(
         device_code.clone(),
         DeviceGrant {
             tenant: tenant.to_string(),
@@ -422,7 +463,7 @@ pub(super) async fn device_page() -> HttpResponse {
 
 /// `POST /_sim/device` (`user_code`, `action=approve|deny`): the person's decision.
 pub(super) async fn device_decision(
-    state: web::Data<EntraState>,
+    sessions: web::Data<Sessions>,
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
@@ -433,7 +474,7 @@ pub(super) async fn device_decision(
         _ => DeviceOutcome::Approve(DeviceUser::named("svc-sync@contoso.example")),
     };
     let approved = matches!(outcome, DeviceOutcome::Approve(_));
-    if state.decide_device_code(&code, outcome) {
+    if sessions.decide_device_code(&code, outcome) {
         HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(if approved {
@@ -450,7 +491,9 @@ pub(super) async fn device_decision(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{post_token, sims, TENANT};
+    use super::super::grant::PERMISSION_READ_WRITE;
+    use super::super::test_support::{post_token, sims, TENANT};
+    use super::super::token::GRANT_DEVICE_CODE;
     use super::*;
 
     fn refresh_form(token: &str) -> Vec<(&'static str, String)> {
@@ -475,7 +518,7 @@ mod tests {
                     format!(
                         "openid offline_access {}/{}",
                         s.entra.graph_resource(),
-                        super::super::PERMISSION_READ_WRITE
+                        PERMISSION_READ_WRITE
                     ),
                 ),
             ])
@@ -489,7 +532,7 @@ mod tests {
 
     fn poll_form(code: &Value) -> Vec<(&'static str, String)> {
         vec![
-            ("grant_type", super::super::GRANT_DEVICE_CODE.to_string()),
+            ("grant_type", GRANT_DEVICE_CODE.to_string()),
             ("client_id", "gw-client-id".to_string()),
             ("client_secret", "gw-secret-value".to_string()),
             (
