@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use super::entra::{PERMISSION_READ, PERMISSION_READ_WRITE};
 use super::keys::{unverified_claims, KeyStore, VerifyError};
-use super::{ServerSlot, SimOptions};
+use super::options::SimOptions;
+use super::server::{refuse_when_stopped, ServerSlot, StopFlag};
 use crate::clock::Clock;
 
 /// The sync action's path below the Graph base URL.
@@ -200,12 +201,12 @@ impl SimGraph {
             held: tokio::sync::watch::channel(false).0,
         });
         let data = web::Data::from(Arc::clone(&state));
-        let stopped = super::StopFlag::default();
+        let stopped = StopFlag::default();
         let gate = stopped.clone();
         let server = HttpServer::new(move || {
             let gate = gate.clone();
             App::new()
-                .wrap_fn(move |req, srv| super::refuse_when_stopped(&gate, req, srv))
+                .wrap_fn(move |req, srv| refuse_when_stopped(&gate, req, srv))
                 .app_data(data.clone())
                 .route(SYNC_PATH, web::post().to(sync))
                 .route(SETTINGS_PATH, web::get().to(settings))

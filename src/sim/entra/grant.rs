@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 use super::errors::AadError;
 use super::state::{issuer_v1, now_unix, random_b64url, EntraState, Failure};
 
-/// The Graph permission the sync action needs.
-pub const PERMISSION_READ_WRITE: &str = "DeviceManagementServiceConfig.ReadWrite.All";
 /// The Graph permission that allows reading the Autopilot settings.
-pub const PERMISSION_READ: &str = "DeviceManagementServiceConfig.Read.All";
+pub use crate::sim::options::PERMISSION_READ;
+/// The Graph permission the sync action needs.
+pub use crate::sim::options::PERMISSION_READ_WRITE;
 /// Permissions the gateway's app registration has been granted on the simulated Graph.
 const PERMISSIONS: [&str; 2] = [PERMISSION_READ_WRITE, PERMISSION_READ];
 /// Scopes that name no resource and are always allowed alongside a resource's scopes.

@@ -42,7 +42,8 @@ use state::EntraState;
 use token::TokenLog;
 
 use super::keys::KeyStore;
-use super::{ServerSlot, SimOptions};
+use super::options::SimOptions;
+use super::server::{refuse_when_stopped, ServerSlot, StopFlag};
 
 /// Handle to a running simulated Entra. Cheap to clone; the server stops when the last clone is
 /// dropped or on [`SimEntra::stop`].
@@ -73,12 +74,12 @@ impl SimEntra {
         let credentials_data = web::Data::from(Arc::clone(&credentials));
         let sessions_data = web::Data::from(Arc::clone(&sessions));
         let token_log_data = web::Data::from(Arc::clone(&token_log));
-        let stopped = super::StopFlag::default();
+        let stopped = StopFlag::default();
         let gate = stopped.clone();
         let server = HttpServer::new(move || {
             let gate = gate.clone();
             App::new()
-                .wrap_fn(move |req, srv| super::refuse_when_stopped(&gate, req, srv))
+                .wrap_fn(move |req, srv| refuse_when_stopped(&gate, req, srv))
                 .app_data(data.clone())
                 .app_data(credentials_data.clone())
                 .app_data(sessions_data.clone())

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::super::keys::KeyStore;
-use super::super::SimOptions;
+use super::super::options::SimOptions;
 
 /// A fault the token endpoint injects after it has validated a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
