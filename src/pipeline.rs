@@ -239,7 +239,7 @@ async fn record_durably(
         },
     };
     if let Some((e, joined)) = refused {
-        tracing::error!(audit_id = %id, error = %e, run = ?run_id, kept = joined.is_some_and(|(_, k)| k),
+        tracing::error!(audit_id = %id, error = %e, run = run_id.map(tracing::field::display), kept = joined.is_some_and(|(_, k)| k),
             "the request's audit record could not be made durable");
         return Err(match joined {
             // The run may have acted: the answer names it so the caller can check it.
@@ -266,9 +266,9 @@ async fn record_durably(
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {
-        tracing::debug!(audit_id = %id, route, status, run = ?run_id, duration_ms, "sync request");
+        tracing::debug!(audit_id = %id, route, status, run = run_id.map(tracing::field::display), duration_ms, "sync request");
     } else {
-        tracing::info!(audit_id = %id, route, status, code = code.unwrap_or(""), run = ?run_id,
+        tracing::info!(audit_id = %id, route, status, code = code.unwrap_or(""), run = run_id.map(tracing::field::display),
             duration_ms, "sync request");
     }
     Ok(())

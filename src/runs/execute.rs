@@ -121,10 +121,10 @@ pub(super) async fn run(inner: &impl Host, cell: &Arc<RunCell>) -> Outcome {
         note_attempt(cell, attempt, &out);
         // Every answer is in the run's audit records; the log keeps the ones worth a look.
         if matches!(out.class, AttemptClass::Succeeded) {
-            tracing::debug!(run = %cell.id(), attempt = number, status = ?out.status,
+            tracing::debug!(run = %cell.id(), attempt = number, status = out.status,
                 request_id = out.request_id.as_deref().unwrap_or(""), "Graph answered");
         } else {
-            tracing::info!(run = %cell.id(), attempt = number, status = ?out.status,
+            tracing::info!(run = %cell.id(), attempt = number, status = out.status,
                 request_id = out.request_id.as_deref().unwrap_or(""), "Graph answered");
         }
         match out.class {
