@@ -153,6 +153,9 @@ fn main() -> ExitCode {
                 let app = Application::build(config).await?;
                 tracing::info!(port = app.port(), "sync-gateway serving");
                 app.run_until_stopped().await?;
+                tracing::info!(
+                    "sync-gateway stopped: in-flight requests answered, the audit trail flushed"
+                );
                 Ok(())
             })
         }

@@ -30,6 +30,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,9 +73,11 @@ pub struct Application {
     keys: Arc<KeyStore>,
     runs: Scheduler,
     drain: Duration,
+    grace: Duration,
     audit: AuditLog,
     metrics: Arc<Metrics>,
     background: Background,
+    stopping: Arc<AtomicBool>,
 }
 
 /// What a caller (a test, an embedding) may put in place of what the configuration says.
@@ -97,6 +100,8 @@ struct Health {
     /// affect readiness.
     in_use: HashSet<String>,
     metrics: Arc<Metrics>,
+    /// Set when the process was told to stop: `/readyz` answers 503 from then on.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -242,6 +247,7 @@ impl Application {
         identities.spawn_keepalive(graph_scope, &background);
 
         let gateway = web::Data::new(gateway);
+        let stopping = Arc::new(AtomicBool::new(false));
         let health = web::Data::new(Health {
             keys: keys.clone(),
             audit: audit.clone(),
@@ -253,6 +259,7 @@ impl Application {
                 .map(|a| a.run_as.clone())
                 .collect(),
             metrics: metrics.clone(),
+            stopping: stopping.clone(),
         });
         let expose_openapi = config.server.expose_openapi;
         // actix caps connections per worker; the configured figure is for the whole process.
@@ -311,6 +318,9 @@ impl Application {
                 .default_service(web::to(pipeline::not_found))
         })
         .shutdown_timeout(config.server.shutdown_timeout_seconds)
+        // The gateway handles SIGTERM/SIGINT itself (`run_until_stopped`): readiness first,
+        // then a grace period, then the listener.
+        .disable_signals()
         .workers(workers)
         .max_connections(per_worker)
         .listen(listener)
@@ -324,9 +334,11 @@ impl Application {
             keys,
             runs,
             drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
+            grace: Duration::from_secs(config.server.shutdown_grace_seconds),
             audit,
             metrics,
             background,
+            stopping,
         })
     }
 
@@ -360,7 +372,15 @@ impl Application {
     /// `server.shutdown_timeout_seconds` to finish and records the scheduled runs that cannot
     /// start by then as abandoned; last, records the stop and a final checkpoint.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let signals = tokio::spawn(stop_on_signal(
+            self.server.handle(),
+            self.stopping.clone(),
+            self.grace,
+            self.drain,
+        ));
         let result = self.server.await;
+        signals.abort();
+        self.stopping.store(true, Ordering::SeqCst);
         self.background.shutdown(self.drain).await;
         self.runs.shutdown(self.drain).await;
         if let Err(e) = self.audit.admin(AdminEvent::Stop).await {
@@ -369,6 +389,41 @@ impl Application {
         self.audit.shutdown().await;
         result
     }
+}
+
+/// Waits for SIGTERM (what Kubernetes sends) or SIGINT, then stops in the order a load balancer
+/// needs: `/readyz` answers 503 at once, new connections are still accepted for `grace` (while
+/// endpoints are updated), then the listener closes and in-flight requests get `drain`.
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    stopping: Arc<AtomicBool>,
+    grace: Duration,
+    drain: Duration,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the gateway with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    stopping.store(true, Ordering::SeqCst);
+    tracing::info!(
+        signal = name,
+        grace_seconds = grace.as_secs(),
+        drain_seconds = drain.as_secs(),
+        "stopping: /readyz answers 503 now; new requests are still served for the grace period, \
+         then the listener closes, in-flight requests and runs due within the drain get it, \
+         runs due later are recorded as abandoned, and the audit trail is flushed"
+    );
+    tokio::time::sleep(grace).await;
+    tracing::info!("grace period over: the listener is closing");
+    server.stop(true).await;
 }
 
 /// A read-only resource: `GET` and `HEAD` (the same handler; actix-web sends no body for
@@ -461,6 +516,9 @@ async fn healthz() -> HttpResponse {
 /// `degraded` (still 200: user callers are served); every identity is listed with its state and
 /// whether it is in use.
 async fn readyz(h: web::Data<Health>) -> HttpResponse {
+    if h.stopping.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"}));
+    }
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
     let mut degraded = false;

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.shutdown_timeout_seconds`: how long in-flight requests may finish on SIGTERM.
     pub shutdown_timeout_seconds: u64,
+    /// `server.shutdown_grace_seconds`: after SIGTERM, `/readyz` answers 503 at once but new
+    /// connections are still accepted this long, so load balancers stop sending before the
+    /// listener closes (default 5).
+    pub shutdown_grace_seconds: u64,
     /// `server.request_timeout_seconds`: a request's body must have arrived this long after its
     /// headers, or the answer is 408 (the headers themselves are bounded by actix: 5 s).
     pub request_timeout_seconds: u64,

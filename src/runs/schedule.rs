@@ -87,6 +87,10 @@ pub(super) struct Inner {
     active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
     finished: super::archive::Archive<Arc<RunCell>>,
     shutting_down: AtomicBool,
+    /// The runtime the scheduler was built on (the process's own). Runs are spawned there, not
+    /// on the HTTP worker that took the request: a worker's runtime ends when the listener
+    /// closes, and with it any run still waiting for its turn.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The runs of one action.
@@ -116,6 +120,7 @@ impl Scheduler {
                 active: Mutex::new(HashMap::new()),
                 finished,
                 shutting_down: AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -160,7 +165,9 @@ impl Scheduler {
             );
             inner.start_locked(&mut slot, &cell, now);
             inner.track(&cell);
-            tokio::spawn(drive(self.inner.clone(), cell.clone(), true));
+            self.inner
+                .runtime
+                .spawn(drive(self.inner.clone(), cell.clone(), true));
             return Ok(Submitted::Started(cell));
         }
         let not_before = slot.next_allowed.map_or(now, |t| t.max(now));
@@ -178,7 +185,9 @@ impl Scheduler {
             .map_err(|_| not_recorded())?;
         slot.scheduled = Some(cell.clone());
         inner.track(&cell);
-        tokio::spawn(drive(self.inner.clone(), cell.clone(), false));
+        self.inner
+            .runtime
+            .spawn(drive(self.inner.clone(), cell.clone(), false));
         Ok(Submitted::Scheduled(cell))
     }
 
@@ -373,7 +382,7 @@ impl Inner {
             // Carries Graph's answers: an outcome record, kept if the trail cannot take it now.
             let record = self.run_record(cell, RunEvent::Merged, None, Some(target.id()));
             let write = self.audit.append_outcome(&record).await;
-            keep_outcome(cell, write, RunEvent::Merged, false);
+            keep_outcome(&self.runtime, cell, write, RunEvent::Merged, false);
             return false;
         }
         cell.update(|r| {
@@ -385,7 +394,7 @@ impl Inner {
         // Graph's 409/429 already happened: an outcome record, kept if the trail cannot take it.
         let record = self.run_record(cell, RunEvent::Rescheduled, None, None);
         let write = self.audit.append_outcome(&record).await;
-        keep_outcome(cell, write, RunEvent::Rescheduled, false);
+        keep_outcome(&self.runtime, cell, write, RunEvent::Rescheduled, false);
         true
     }
 
@@ -428,7 +437,7 @@ impl Inner {
         if cell.attempts_made() > 0 {
             // Graph was called: what it answered must reach the trail, late if need be.
             let write = self.audit.append_outcome(&record).await;
-            keep_outcome(cell, write, event, true);
+            keep_outcome(&self.runtime, cell, write, event, true);
         } else {
             // Nothing happened upstream: the record fails closed like any other.
             match self.audit.append(&record).await {
@@ -525,7 +534,13 @@ impl Inner {
 
 /// Follows an outcome record of `cell` that was not durable in time: logs it, and, when
 /// `show` (a final run's record), keeps the run's `outcome_record` current until it lands.
-fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: RunEvent, show: bool) {
+fn keep_outcome(
+    runtime: &tokio::runtime::Handle,
+    cell: &Arc<RunCell>,
+    write: OutcomeWrite,
+    event: RunEvent,
+    show: bool,
+) {
     let run = cell.id();
     match write {
         OutcomeWrite::Durable(_) => {
@@ -544,7 +559,7 @@ fn keep_outcome(cell: &Arc<RunCell>, write: OutcomeWrite, event: RunEvent, show:
                 "a run's outcome record is not durable yet; it is kept and written late once the audit trail recovers");
             // Its own task: the trail may stay down for long, and shutdown must not wait on it.
             let cell = cell.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let now = match landed.wait().await {
                     Ok(l) => {
                         tracing::info!(%run, event = event.as_str(), seq = l.seq, "a run's outcome record was written late");

@@ -29,7 +29,7 @@ fn served_port(log: &std::path::Path) -> Option<u16> {
 /// (the child, its base URL).
 // The caller waits for the child: it kills it, or stops it with SIGTERM, and then waits.
 #[allow(clippy::zombie_processes)]
-async fn serve(
+pub(crate) async fn serve(
     world: &World,
     dir: &std::path::Path,
     extra: &[(String, String)],
@@ -169,10 +169,14 @@ async fn the_stdout_copy_carries_every_committed_record_line_for_line() {
     let world = start_world().await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stdout.log");
-    let extra = [(
-        "audit.sinks".to_string(),
-        "[\"file\", \"stdout\"]".to_string(),
-    )];
+    let extra = [
+        (
+            "audit.sinks".to_string(),
+            "[\"file\", \"stdout\"]".to_string(),
+        ),
+        // It stops with SIGTERM below; no load balancer needs a grace period here.
+        ("server.shutdown_grace_seconds".to_string(), "0".to_string()),
+    ];
     let (mut child, base) = serve(
         &world,
         dir.path(),

@@ -18,6 +18,7 @@ mod postgres;
 mod protocol;
 mod records;
 mod runs;
+mod shutdown;
 mod status;
 mod sync;
 mod tenants;

@@ -49,6 +49,7 @@ impl Check {
             listen: listen?,
             workers: raw.workers,
             shutdown_timeout_seconds: raw.shutdown_timeout_seconds.0,
+            shutdown_grace_seconds: raw.shutdown_grace_seconds.0,
             request_timeout_seconds: request_timeout,
             max_connections,
             expose_openapi: raw.expose_openapi,
