@@ -21,6 +21,7 @@ mod event;
 mod file;
 mod postgres;
 mod redact;
+pub mod schema;
 mod sink;
 pub mod verify;
 mod writer;
