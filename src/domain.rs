@@ -1,11 +1,12 @@
 //! Plain domain values shared by the steps and the audit trail: states and decisions as types,
 //! so the compiler checks every match. This module imports nothing of the gateway.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::sync::Arc;
 
 /// The gateway's own verdict on a request: its checks (authentication, policy, limits) passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Authentication, policy and limits passed (the request may still fail later).
@@ -15,7 +16,7 @@ pub enum Decision {
 }
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Waiting for `not_before` (and for the running run of the tenant to finish).
@@ -52,7 +53,7 @@ impl RunState {
 }
 
 /// A change in a run's life: the `event` of a `run` audit record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunEvent {
     /// Created to start when the cooldown ends.
@@ -120,9 +121,11 @@ pub struct RateLimitStatus {
 }
 
 /// Who called, or whose identity was acted as, as far as it is known. Never carries a token.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CallerSummary {
     /// `user`, `app` or `service_identity`.
+    #[schemars(extend("enum" = ["user", "app", "service_identity"]))]
     pub kind: &'static str,
     /// The caller's `tid`.
     pub tenant_id: String,
@@ -131,6 +134,8 @@ pub struct CallerSummary {
     pub object_id: Option<String>,
     /// The user's UPN, when the token names one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    // A bound on what a token can carry; the schema also admits its `hmac-sha256:` hash.
+    #[schemars(length(max = 600))]
     pub upn: Option<String>,
     /// The client application that obtained the token (`azp` / `appid`).
     #[serde(skip_serializing_if = "Option::is_none")]

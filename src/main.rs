@@ -63,7 +63,8 @@ enum Command {
         #[arg(long)]
         identity: String,
     },
-    /// Work with the audit trail: verify it, compute a searchable hash, make a signing key.
+    /// Work with the audit trail: verify it, compute a searchable hash, make a signing key, print
+    /// its schema.
     #[command(subcommand)]
     Audit(AuditCommand),
 }
@@ -110,6 +111,9 @@ enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the JSON Schema of an audit line, generated from the record types; this is what
+    /// docs/audit.schema.json holds (a test checks that the committed file matches).
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -277,6 +281,13 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        AuditCommand::Schema => {
+            // Pretty and newline-terminated: the committed file is this output as is.
+            let text = serde_json::to_string_pretty(&audit::schema::generate())
+                .expect("a JSON value serializes");
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
         AuditCommand::Keygen { out } => match write_key_pair(&out) {
             Ok(public) => {
                 print!("{public}");

@@ -9,6 +9,7 @@
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use base64::Engine;
+use schemars::JsonSchema;
 use std::path::Path;
 
 /// The `prev` of the very first record.
@@ -33,6 +34,20 @@ pub fn hex(h: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0x0f)] as char);
     }
     s
+}
+
+/// The fields [`Tail::link_into`] puts first on every line, whatever its kind. Never built:
+/// `link_into` writes these bytes itself (it runs once per record on the writer thread), and
+/// this type describes them for the generated schema (`super::schema`).
+#[derive(JsonSchema)]
+#[allow(dead_code)] // read only by the schema derive
+pub(crate) struct ChainFields {
+    /// Position in the chain, from 1, continuing across files and restarts.
+    #[schemars(range(min = 1))]
+    seq: u64,
+    /// SHA-256 of the previous record's exact bytes (64 zeros before the first).
+    #[schemars(pattern(super::formats::SHA256_HEX))]
+    prev: String,
 }
 
 /// Where the chain stands: the last durable record.

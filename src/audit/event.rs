@@ -1,19 +1,20 @@
-//! The record format (`"v": 1`), documented in `docs/audit.md` and `docs/audit.schema.json`.
+//! The record format (`"v": 1`), documented in `docs/audit.md`; `docs/audit.schema.json` is
+//! generated from these types (`super::schema`), so their `schemars` attributes are the schema.
 //! One `request` record per caller request, `run` records for each change in a run's life (the
 //! pre-call ones made durable before Graph is called), and `admin` records for what happens to
 //! the gateway itself. The writer adds `seq` and `prev` to every record (see `chain.rs`);
 //! records here never carry them.
 
+pub use super::formats::FORMAT_VERSION;
+use super::formats::{format_version, ip_address, KEY_ID, PROBLEM_KIND, SHA256_HEX};
 pub use crate::domain::CallerSummary;
 use crate::domain::{Decision, RunEvent, RunState};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
 use uuid::Uuid;
-
-/// The version of the record format.
-pub const FORMAT_VERSION: u32 = 1;
 
 /// One line of the audit trail.
 #[derive(Debug, Clone, Serialize)]
@@ -27,10 +28,12 @@ pub enum AuditEvent {
     Admin(AdminRecord),
 }
 
-/// The record of an [`AdminEvent`].
-#[derive(Debug, Clone, Serialize)]
+/// Something that happened to the gateway itself: the record of an [`AdminEvent`], whose
+/// `event` names it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AdminRecord {
     /// Record format version.
+    #[schemars(schema_with = "format_version")]
     pub v: u32,
     /// This record's id.
     pub id: Uuid,
@@ -55,7 +58,7 @@ impl AdminRecord {
 
 /// What happened to the gateway (the `event` field of an `admin` record). Other modules record
 /// theirs with [`crate::audit::AuditLog::admin`]; the audit writer records the last four itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AdminEvent {
     /// The gateway started and its trail is open.
@@ -66,9 +69,11 @@ pub enum AdminEvent {
         sink: String,
         /// The id of the key signing checkpoints, when checkpoints are on.
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(pattern(KEY_ID))]
         signing_key_id: Option<String>,
         /// The id of the key hashing sensitive values, when hashing is on.
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schemars(pattern(KEY_ID))]
         hmac_key_id: Option<String>,
     },
     /// The gateway is stopping; nothing is recorded after this but a final checkpoint.
@@ -76,6 +81,7 @@ pub enum AdminEvent {
     /// The configuration the gateway runs with (secrets masked before hashing).
     ConfigLoaded {
         /// SHA-256 (hex) of the effective configuration as `check-config` prints it.
+        #[schemars(pattern(SHA256_HEX))]
         config_sha256: String,
     },
     /// A key changed: the checkpoint key, the hashing key, or a credential (issue 4).
@@ -106,8 +112,10 @@ pub enum AdminEvent {
         /// The file that ended in the torn line.
         file: String,
         /// How many bytes were cut.
+        #[schemars(range(min = 1))]
         torn_bytes: u64,
         /// SHA-256 (hex) of the cut bytes.
+        #[schemars(pattern(SHA256_HEX))]
         torn_sha256: String,
         /// The `seq` of the last complete record, which the chain continues from.
         resumed_after_seq: u64,
@@ -118,6 +126,7 @@ pub enum AdminEvent {
         /// The first error's kind, e.g. `StorageFull`.
         error: String,
         /// Group commits that failed.
+        #[schemars(range(min = 1))]
         failed_commits: u64,
     },
     /// Records became durable only after their callers had given up waiting (a commit that
@@ -126,6 +135,7 @@ pub enum AdminEvent {
     /// them still tells what had already happened).
     LateCommit {
         /// The `seq`s of those records.
+        #[schemars(length(min = 1), inner(range(min = 1)))]
         seqs: Vec<u64>,
     },
     /// Retention deleted rotated files.
@@ -133,12 +143,14 @@ pub enum AdminEvent {
         /// The deleted files' names.
         removed: Vec<String>,
         /// The `seq` of the first record still kept.
+        #[schemars(range(min = 1))]
         trail_starts_at_seq: u64,
     },
 }
 
 /// What Graph answered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct UpstreamSummary {
     /// Graph's HTTP status; absent when no answer came (timeout, connection failure).
     pub status: Option<u16>,
@@ -151,9 +163,10 @@ pub struct UpstreamSummary {
 }
 
 /// The record of one caller request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RequestRecord {
     /// Record format version.
+    #[schemars(schema_with = "format_version")]
     pub v: u32,
     /// This record's id; also the `instance` of an error answer.
     pub id: Uuid,
@@ -163,10 +176,12 @@ pub struct RequestRecord {
     pub action: &'static str,
     /// The HTTP method (`GET`, `POST`, ...; `other` for an extension method).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "other"]))]
     pub method: Option<&'static str>,
     /// The route the request matched, as a pattern (`/sync/runs/{id}`), or `unmatched`; never
     /// the raw path, which a client chooses.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub route: Option<&'static str>,
     /// Who called (the initiating principal), once known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,13 +192,16 @@ pub struct RequestRecord {
     pub acting_as: Option<Arc<CallerSummary>>,
     /// The TCP peer.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ip_address")]
     pub client_ip: Option<IpAddr>,
     /// `allowed` when the gateway's own checks passed (authentication, policy, limits), else `denied`.
     pub decision: Decision,
     /// The stable error kind when the answer was an error (the denial reason when denied).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(PROBLEM_KIND))]
     pub code: Option<&'static str>,
     /// The HTTP status answered.
+    #[schemars(range(min = 100, max = 599))]
     pub status: u16,
     /// The run this request joined.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +216,8 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     /// The caller's stated reason, if given.
     #[serde(skip_serializing_if = "Option::is_none")]
+    // Over `pipeline::MAX_REASON_CHARS`, with room; the schema also admits its hash.
+    #[schemars(length(max = 600))]
     pub reason: Option<String>,
 }
 
@@ -233,9 +253,11 @@ impl RequestRecord {
 
 /// A change in a run's life. The `started` and `attempt` records are made durable immediately
 /// before each Graph call, so no upstream call goes unrecorded even if the process dies.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(transform = super::formats::run_requirements)]
 pub struct RunRecord {
     /// Record format version.
+    #[schemars(schema_with = "format_version")]
     pub v: u32,
     /// This record's id.
     pub id: Uuid,
@@ -270,6 +292,7 @@ pub struct RunRecord {
     pub attempts: Vec<AttemptSummary>,
     /// Why the run failed or was abandoned (a problem kind).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(PROBLEM_KIND))]
     pub error: Option<&'static str>,
     /// The run this one's requests were moved into (`merged`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -277,9 +300,11 @@ pub struct RunRecord {
 }
 
 /// One upstream attempt of a run.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct AttemptSummary {
     /// 1 for the first attempt of the run.
+    #[schemars(range(min = 1))]
     pub number: u32,
     /// The `client-request-id` sent.
     pub client_request_id: String,

@@ -17,7 +17,9 @@ use super::event::{AdminEvent, AdminRecord, AuditEvent};
 use super::sink::{AuditSink, Batch, Opened};
 use crate::metrics::AuditMetrics;
 use crate::retry::Backoff;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
+use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::ops::Range;
@@ -433,18 +435,34 @@ fn keep_late(late: &mut VecDeque<Late>, l: Late, capacity: usize, shared: &Share
     shared.metrics.late_pending.set(late.len() as i64);
 }
 
+/// What the writer adds to an outcome record it writes late (see [`late_body`]); the schema of
+/// `request` and `run` lines includes it (`super::schema`).
+#[derive(Serialize, JsonSchema)]
+pub(crate) struct LateMark {
+    /// Written late: the trail could not take this outcome record when it happened (a write
+    /// failed or timed out), so it was kept and written once the trail recovered. `time` says
+    /// when it happened, `recorded_at` when it was written. A late `request` record's caller was
+    /// answered 503 `audit-unavailable` naming the run; its `status` and `code` are the answer
+    /// the gateway had decided on.
+    #[schemars(extend("const" = true))]
+    late: bool,
+    /// When a late record was written (only with `late`).
+    #[schemars(with = "DateTime<Utc>")]
+    recorded_at: String,
+}
+
 /// The record as written late: the same object with `"late": true` and when it was written.
 /// The record's own `time` stays: it says when it happened.
 fn late_body(body: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(mut m)) => {
-            m.insert("late".into(), serde_json::Value::Bool(true));
-            m.insert(
-                "recorded_at".into(),
-                Utc::now()
-                    .to_rfc3339_opts(SecondsFormat::Micros, true)
-                    .into(),
-            );
+            let mark = LateMark {
+                late: true,
+                recorded_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            };
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&mark) {
+                m.extend(fields);
+            }
             serde_json::to_vec(&m).unwrap_or_else(|_| body.to_vec())
         }
         // Records are checked to be objects before they are queued.
@@ -461,14 +479,33 @@ fn checkpoint_body(signer: &CheckpointSigner, tail: &Tail) -> Vec<u8> {
     let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
     let prev = hex(&tail.hash);
     let sig = signer.sign(tail.seq + 1, &prev, &time);
-    serde_json::to_vec(&serde_json::json!({
-        "v": super::event::FORMAT_VERSION,
-        "kind": "checkpoint",
-        "time": time,
-        "key_id": signer.key_id(),
-        "sig": sig,
-    }))
+    serde_json::to_vec(&Checkpoint {
+        v: super::formats::FORMAT_VERSION,
+        time: &time,
+        key_id: signer.key_id(),
+        sig: &sig,
+    })
     .unwrap_or_default()
+}
+
+/// A signed checkpoint: an Ed25519 signature by `key_id` over
+/// `sync-gateway audit checkpoint v1\n{seq}\n{prev}\n{time}\n{key_id}`, where `seq` and
+/// `prev` are the line's own (the chain puts them first, as on every line).
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "kind", rename = "checkpoint")]
+pub(crate) struct Checkpoint<'a> {
+    /// Record format version.
+    #[schemars(schema_with = "super::formats::format_version")]
+    v: u32,
+    /// When it was made (UTC).
+    #[schemars(with = "DateTime<Utc>")]
+    time: &'a str,
+    /// The signing key's id: the first 16 hex digits of the SHA-256 of the raw public key.
+    #[schemars(pattern(super::formats::KEY_ID))]
+    key_id: &'a str,
+    /// The signature, base64.
+    #[schemars(pattern(super::formats::SIGNATURE))]
+    sig: &'a str,
 }
 
 fn checkpoint_key_id(line: &[u8]) -> Option<String> {

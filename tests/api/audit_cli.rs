@@ -1,4 +1,4 @@
-//! `sync-gateway audit verify | hash | keygen`, run as an operator would run them.
+//! `sync-gateway audit verify | hash | keygen | schema`, run as an operator would run them.
 
 use crate::helpers::{spawn_app_with, Setup};
 use std::path::Path;
@@ -147,4 +147,22 @@ fn audit_hash_without_a_key_says_where_to_put_one() {
     let out = run(&["audit", "hash", "x"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--key-file"));
+}
+
+/// The command the docs give for regenerating `docs/audit.schema.json` prints exactly that file,
+/// byte for byte, so running it leaves nothing to commit.
+#[test]
+fn audit_schema_prints_the_committed_schema() {
+    let out = run(&["audit", "schema"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/audit.schema.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        committed,
+        "regenerate with `cargo run -- audit schema > docs/audit.schema.json`"
+    );
 }
