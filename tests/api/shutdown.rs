@@ -1,6 +1,7 @@
 //! Stopping as Kubernetes stops a pod: SIGTERM to the real binary under load. Readiness turns
 //! off at once, requests are still served through the grace period, a run due within the drain
-//! is started rather than abandoned, and the process exits 0 after flushing the trail.
+//! is started rather than abandoned, and the process exits 0 after flushing the trail; and what
+//! `serve` logs is JSON lines without a secret.
 
 use crate::crash::serve;
 use crate::helpers::start_world;
@@ -99,4 +100,55 @@ async fn sigterm_turns_readiness_off_serves_through_the_grace_starts_due_runs_an
     );
     let last = log.lines().last().unwrap_or_default();
     assert!(last.contains("sync-gateway stopped"), "last line: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_a_refusal_as_one_json_line_with_its_fields_and_no_secret() {
+    let world = start_world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [("server.shutdown_grace_seconds".to_string(), "0".to_string())];
+    let (mut child, base) = serve(&world, dir.path(), &extra, Stdio::null()).await;
+    // A token for a tenant the gateway does not allow: refused with 401.
+    let token = world.sims.entra.mint(&TokenSpec::user(
+        &world.foreign_tenant,
+        uuid::Uuid::new_v4().to_string(),
+    ));
+    let r = reqwest::Client::new()
+        .post(format!("{base}/sync"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let instance = r.json::<Value>().await.unwrap()["instance"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("urn:uuid:")
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every serve log line is JSON"))
+        .collect();
+    let refusal = lines
+        .iter()
+        .find(|l| l["audit_id"] == instance.as_str())
+        .expect("a line for the refused request");
+    assert_eq!(refusal["level"], "INFO");
+    assert_eq!(refusal["status"], 401);
+    assert_eq!(refusal["code"], "invalid-token");
+    assert_eq!(refusal["route"], "/sync");
+    assert!(refusal["timestamp"].is_string() && refusal["message"].is_string());
+    assert!(!log.contains(&token), "the caller's token is in the log");
+    assert!(
+        !log.contains(&world.secret),
+        "the client secret is in the log"
+    );
 }
