@@ -29,6 +29,7 @@ pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -53,6 +53,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The listener's certificate or key (`server.tls`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// An HTTP client could not be built (TLS roots, ...).
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -322,8 +325,11 @@ impl Application {
         // then a grace period, then the listener.
         .disable_signals()
         .workers(workers)
-        .max_connections(per_worker)
-        .listen(listener)
+        .max_connections(per_worker);
+        let server = match &config.server.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, crate::tls::server_config(tls)?),
+            None => server.listen(listener),
+        }
         .map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,

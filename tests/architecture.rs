@@ -195,7 +195,7 @@ fn layer(module: &Module) -> (u8, &'static str) {
         "config" => (1, "config"),
         "audit" | "metrics" | "background" | "retry" | "telemetry" | "clock" => (2, "runtime"),
         "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" => (3, "step"),
-        "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" => (4, "http"),
+        "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" | "tls" => (4, "http"),
         "sim" | "dev" => (5, "simulators"),
         other => panic!("src/{other} is in no layer: add it to ARCHITECTURE.md and this test"),
     }

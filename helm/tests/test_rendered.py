@@ -212,7 +212,9 @@ def raw_keys() -> dict[str, set[str]]:
 
 # Keys the chart sets itself, or that must never be values (secrets).
 CHART_SET = {
-    "server": {"listen"},
+    # The chart's pods sit behind a Service (and an ingress or a mesh) that terminates TLS: it
+    # renders plaintext_behind_proxy = true itself and does not offer server.tls.
+    "server": {"listen", "plaintext_behind_proxy", "tls"},
     "entra": {"client_secret", "client_secret_file", "certificate_file", "private_key_file", "federated_token_file"},
     "audit": {"path", "postgres_url", "signing_key_file", "hmac_key", "hmac_key_file"},
     "identities": {"store_path", "store_key", "store_key_file"},

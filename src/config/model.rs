@@ -53,6 +53,21 @@ pub struct ServerConfig {
     /// `server.expose_openapi`: serve the OpenAPI document at `GET /openapi.yaml` (default off;
     /// `dev` turns it on).
     pub expose_openapi: bool,
+    /// `server.tls`: serve HTTPS with this certificate and key (PEM files, read again when
+    /// they change); `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// `server.plaintext_behind_proxy`: a non-loopback listener without `server.tls` is
+    /// deliberate (a mesh or an ingress terminates TLS in front of the gateway).
+    pub plaintext_behind_proxy: bool,
+}
+
+/// `server.tls`
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// `server.tls.certificate_file`: the certificate chain, PEM, leaf first.
+    pub certificate_file: PathBuf,
+    /// `server.tls.private_key_file`: its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key_file: PathBuf,
 }
 
 /// The default of `server.max_connections`: well below the common soft limit of 1024 open

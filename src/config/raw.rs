@@ -50,6 +50,15 @@ pub(super) struct RawServer {
     pub request_timeout_seconds: Seconds,
     pub max_connections: usize,
     pub expose_openapi: bool,
+    pub tls: Option<RawTls>,
+    pub plaintext_behind_proxy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub certificate_file: PathBuf,
+    pub private_key_file: PathBuf,
 }
 
 impl Default for RawServer {
@@ -62,6 +71,8 @@ impl Default for RawServer {
             request_timeout_seconds: Seconds(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             expose_openapi: false,
+            tls: None,
+            plaintext_behind_proxy: false,
         }
     }
 }

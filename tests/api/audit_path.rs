@@ -81,16 +81,32 @@ async fn an_audit_file_replaced_by_a_directory_fails_closed_and_is_never_rotated
     let token = app.token();
     assert_eq!(app.post_sync(&token).await.status(), 202);
     let calls = app.sims.graph.sync_calls();
+    // The run's own `finished` record may still be on its way after the answer: let the trail
+    // settle so that the file is replaced between two commits, not during one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let finished_in_trail = || {
+        app.audit_files().iter().any(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("\"event\":\"finished\"")
+        })
+    };
+    while !finished_in_trail() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let moved = dir.path().join("moved-away.jsonl");
     std::fs::rename(&path, &moved).unwrap();
     std::fs::create_dir(&path).unwrap();
     let resp = app.post_sync(&token).await;
-    assert_eq!(resp.status(), 503);
-    assert_eq!(
-        problem_of(resp).await["type"],
-        problem_type("audit-unavailable")
-    );
+    let status = resp.status();
+    let problem = problem_of(resp).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], problem_type("audit-unavailable"));
     assert_eq!(app.sims.graph.sync_calls(), calls, "Graph was called");
     assert!(path.is_dir(), "the directory was renamed");
     let renamed: Vec<_> = std::fs::read_dir(dir.path())

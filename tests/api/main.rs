@@ -22,5 +22,6 @@ mod shutdown;
 mod status;
 mod sync;
 mod tenants;
+mod tls;
 mod trail;
 mod upstream;

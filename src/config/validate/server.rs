@@ -2,7 +2,7 @@
 //! must stay below it.
 
 use super::check::Check;
-use crate::config::model::{LimitsConfig, ServerConfig};
+use crate::config::model::{LimitsConfig, ServerConfig, TlsConfig};
 use crate::config::raw::{RawLimits, RawServer};
 use std::net::SocketAddr;
 
@@ -17,6 +17,24 @@ impl Check {
                 }
             }
         });
+        let tls = raw.tls.map(|t| TlsConfig {
+            certificate_file: t.certificate_file,
+            private_key_file: t.private_key_file,
+        });
+        // Plain HTTP beyond this machine carries bearer tokens in the clear: only on purpose.
+        if let Some(addr) = listen {
+            if tls.is_none() && !addr.ip().is_loopback() && !raw.plaintext_behind_proxy {
+                self.err(
+                    "server.listen",
+                    format!(
+                        "{addr} is not a loopback address and server.tls is not set, so tokens \
+                         would cross the network in clear; set server.tls, or \
+                         server.plaintext_behind_proxy = true when a mesh or an ingress \
+                         terminates TLS in front of the gateway"
+                    ),
+                );
+            }
+        }
         if raw.workers == Some(0) {
             self.err("server.workers", "must be greater than 0");
         }
@@ -53,6 +71,8 @@ impl Check {
             request_timeout_seconds: request_timeout,
             max_connections,
             expose_openapi: raw.expose_openapi,
+            tls,
+            plaintext_behind_proxy: raw.plaintext_behind_proxy,
         })
     }
 
