@@ -30,6 +30,7 @@ pub mod server;
 pub mod sim;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use config::Config;

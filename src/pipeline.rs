@@ -33,6 +33,7 @@ use crate::domain::RateLimitStatus;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
 use crate::runs::{Actor, Run, RunCell, RunState};
+use crate::trace::TraceContext;
 use crate::upstream::{AutopilotSettings, Graph};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -108,6 +109,16 @@ pub async fn post_sync(
     body: web::Payload,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
+    let trace = trace_of(&req);
+    crate::trace::scope(trace, post_sync_in_trace(req, body, gw)).await
+}
+
+/// The handler, inside the request's trace.
+async fn post_sync_in_trace(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync");
     let mut body = RequestBody::new(body);
@@ -166,7 +177,23 @@ fn new_record(gw: &Gateway, req: &HttpRequest, route: &'static str) -> RequestRe
     );
     record.method = Some(method_name(req.method()));
     record.route = Some(route);
+    record.trace_id = crate::trace::current().map(|t| t.trace_id());
     record
+}
+
+/// The caller's W3C trace (`traceparent`, `tracestate`), continued; a new one when there is
+/// none, or when the request carries more than one `traceparent` (ambiguous, so not trusted).
+fn trace_of(req: &HttpRequest) -> TraceContext {
+    let one = |name: &str| {
+        let mut values = req.headers().get_all(name);
+        let first = values.next().and_then(|v| v.to_str().ok());
+        if values.next().is_some() {
+            None
+        } else {
+            first
+        }
+    };
+    TraceContext::continue_or_start(one("traceparent"), one("tracestate"))
 }
 
 /// The method as the audit trail names it: the standard ones by name, any extension method
@@ -228,6 +255,7 @@ async fn record_durably(
         record.duration_ms,
         record.route.unwrap_or(""),
     );
+    let trace_id = record.trace_id.clone();
     let status = record.status;
     let event = AuditEvent::Request(record);
     let refused = match acted {
@@ -266,10 +294,11 @@ async fn record_durably(
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {
-        tracing::debug!(audit_id = %id, route, status, run = run_id.map(tracing::field::display), duration_ms, "sync request");
+        tracing::debug!(audit_id = %id, route, status, run = run_id.map(tracing::field::display),
+            trace_id = trace_id.as_deref().unwrap_or(""), duration_ms, "sync request");
     } else {
         tracing::info!(audit_id = %id, route, status, code = code.unwrap_or(""), run = run_id.map(tracing::field::display),
-            duration_ms, "sync request");
+            trace_id = trace_id.as_deref().unwrap_or(""), duration_ms, "sync request");
     }
     Ok(())
 }
@@ -290,6 +319,15 @@ pub async fn method_not_allowed(
 }
 
 async fn refuse(
+    gw: &Gateway,
+    req: &HttpRequest,
+    route: &'static str,
+    e: GatewayError,
+) -> HttpResponse {
+    crate::trace::scope(trace_of(req), refuse_in_trace(gw, req, route, e)).await
+}
+
+async fn refuse_in_trace(
     gw: &Gateway,
     req: &HttpRequest,
     route: &'static str,
@@ -380,6 +418,16 @@ pub async fn get_run(
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
+    let trace = trace_of(&req);
+    crate::trace::scope(trace, get_run_in_trace(req, id, gw)).await
+}
+
+/// The handler, inside the request's trace.
+async fn get_run_in_trace(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync/runs/{id}");
     let answer = async {
@@ -427,6 +475,12 @@ pub struct SyncStatus {
 
 /// `GET /sync/status`: Graph's view of the tenant's Autopilot sync plus the gateway's runs.
 pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
+    let trace = trace_of(&req);
+    crate::trace::scope(trace, get_status_in_trace(req, gw)).await
+}
+
+/// The handler, inside the request's trace.
+async fn get_status_in_trace(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
     let started = Instant::now();
     let mut record = new_record(&gw, &req, "/sync/status");
     let answer = async {

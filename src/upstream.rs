@@ -156,10 +156,12 @@ impl Graph {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        match self.endpoint(path) {
+        let request = match self.endpoint(path) {
             Ok(u) => self.http.request(method, u),
             Err(text) => self.http.request(method, text),
-        }
+        };
+        // Beside Graph's own client-request-id: the caller's trace, a span further.
+        crate::trace::propagate(request)
     }
 
     /// Triggers the action at `path` with `token`, sending `client_request_id`; `attempt`

@@ -191,11 +191,13 @@ fn graph() -> BTreeMap<Module, BTreeSet<Module>> {
 /// The layer of a file, bottom first. See `ARCHITECTURE.md`, "Layers".
 fn layer(module: &Module) -> (u8, &'static str) {
     match module[0].as_str() {
-        "domain" | "error" | "secret" => (0, "domain"),
+        "domain" | "error" | "secret" | "trace" => (0, "domain"),
         "config" => (1, "config"),
         "audit" | "metrics" | "background" | "retry" | "telemetry" | "clock" => (2, "runtime"),
         "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" => (3, "step"),
-        "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" | "tls" => (4, "http"),
+        "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" | "tls" => {
+            (4, "http")
+        }
         "sim" | "dev" => (5, "simulators"),
         other => panic!("src/{other} is in no layer: add it to ARCHITECTURE.md and this test"),
     }

@@ -183,6 +183,10 @@ pub struct RequestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub route: Option<&'static str>,
+    /// The W3C trace this request belongs to (the caller's `traceparent`, or a new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{32}$"))]
+    pub trace_id: Option<String>,
     /// Who called (the initiating principal), once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerSummary>,
@@ -236,6 +240,7 @@ impl RequestRecord {
             action,
             method: None,
             route: None,
+            trace_id: None,
             caller: None,
             acting_as: None,
             client_ip,

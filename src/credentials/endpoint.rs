@@ -231,9 +231,7 @@ impl EntraClient {
         let mut form: Vec<(&str, &str)> = grant.to_vec();
         form.push(("client_id", self.client_id.as_str()));
         form.extend(credential.iter().map(|(k, v)| (*k, v.expose())));
-        let sent = self
-            .http
-            .post(&endpoint)
+        let sent = crate::trace::propagate(self.http.post(&endpoint))
             .header("Accept", "application/json")
             .form(&form)
             .send()

@@ -100,6 +100,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Runs `run` on the scheduler's runtime, inside the trace of the request that created it,
+    /// so its calls to Entra and Graph carry that trace.
+    fn spawn_run(&self, run: impl std::future::Future<Output = ()> + Send + 'static) {
+        match crate::trace::current() {
+            Some(trace) => drop(self.inner.runtime.spawn(crate::trace::scope(trace, run))),
+            None => drop(self.inner.runtime.spawn(run)),
+        }
+    }
+
     /// A scheduler for one action's runs, deciding by the time `clock` gives.
     pub fn new(
         policy: RunPolicy,
@@ -165,9 +174,7 @@ impl Scheduler {
             );
             inner.start_locked(&mut slot, &cell, now);
             inner.track(&cell);
-            self.inner
-                .runtime
-                .spawn(drive(self.inner.clone(), cell.clone(), true));
+            self.spawn_run(drive(self.inner.clone(), cell.clone(), true));
             return Ok(Submitted::Started(cell));
         }
         let not_before = slot.next_allowed.map_or(now, |t| t.max(now));
@@ -185,9 +192,7 @@ impl Scheduler {
             .map_err(|_| not_recorded())?;
         slot.scheduled = Some(cell.clone());
         inner.track(&cell);
-        self.inner
-            .runtime
-            .spawn(drive(self.inner.clone(), cell.clone(), false));
+        self.spawn_run(drive(self.inner.clone(), cell.clone(), false));
         Ok(Submitted::Scheduled(cell))
     }
 

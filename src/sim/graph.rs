@@ -69,6 +69,8 @@ pub struct ReceivedCall {
     pub client_request_id: Option<String>,
     /// The `Retry-Attempt` header (the Graph SDKs' retry count), if sent.
     pub retry_attempt: Option<u32>,
+    /// The W3C `traceparent` header, if sent.
+    pub traceparent: Option<String>,
     /// Whether the bearer token was accepted (signature, audience, lifetime, permission).
     pub authorization_ok: bool,
     /// The status answered; 0 for a `Hang` (no answer).
@@ -595,6 +597,11 @@ async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
             tenant_id: caller.tenant_id.clone(),
             object_id: caller.object_id.clone(),
             client_request_id: ctx.client_request_id.clone(),
+            traceparent: req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             retry_attempt: req
                 .headers()
                 .get("retry-attempt")

@@ -23,5 +23,6 @@ mod status;
 mod sync;
 mod tenants;
 mod tls;
+mod trace;
 mod trail;
 mod upstream;
