@@ -133,7 +133,9 @@ A ticketing webhook (app-only token, app {DEV_WEBHOOK_APP}) acts as the service 
 '{DEV_IDENTITY}'. Sign the identity in first (in another terminal; open the page it prints and
 approve the code):
 
-  sync-gateway login --config {config} --identity {DEV_IDENTITY}
+  cargo run --release -- login --config {config} --identity {DEV_IDENTITY}
+
+(or `sync-gateway login ...` with an installed binary)
 
 then trigger a sync as the webhook:
 

@@ -529,8 +529,8 @@ fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
             .to_string()
     };
     let app_token = find("export APP_TOKEN=")["export APP_TOKEN=".len()..].to_string();
-    let login = find("sync-gateway login --config ");
-    let config = login.split_whitespace().nth(3).unwrap().to_string();
+    let login = find("cargo run --release -- login --config ");
+    let config = login.split_whitespace().nth(6).unwrap().to_string();
     let url = find("curl -i -H \"Authorization: Bearer $APP_TOKEN\" -X POST")
         .split_whitespace()
         .last()

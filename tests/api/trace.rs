@@ -1,5 +1,5 @@
 //! W3C Trace Context: a caller's trace is continued into the audit record, the log line and
-//! the call to Graph; a request without one starts a new trace.
+//! the calls to Entra ID and Graph; a request without one starts a new trace.
 
 use crate::helpers::spawn_app;
 
@@ -29,6 +29,19 @@ async fn a_callers_trace_reaches_the_audit_record_the_log_and_graph() {
     // A span of the gateway's own, not the caller's.
     assert!(!sent.contains("00f067aa0ba902b7"), "{sent}");
     assert!(sent.ends_with("-01"), "{sent}");
+    // The on-behalf-of exchange at Entra ID carries it too.
+    let exchange = app
+        .sims
+        .entra
+        .token_request_log()
+        .into_iter()
+        .find(|t| t.grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer")
+        .expect("an exchange");
+    let sent_to_entra = exchange.traceparent.expect("Entra got a traceparent");
+    assert!(
+        sent_to_entra.starts_with(&format!("00-{TRACE}-")),
+        "{sent_to_entra}"
+    );
     let audit_id = record["id"].as_str().unwrap();
     assert!(
         crate::helpers::logs()

@@ -42,6 +42,8 @@ pub struct TokenRequestSeen {
     pub client_auth: Option<ClientAuthSeen>,
     /// The status answered.
     pub status: u16,
+    /// The W3C `traceparent` header, if sent.
+    pub traceparent: Option<String>,
 }
 
 /// Token requests remembered at most (the oldest are dropped).
@@ -104,6 +106,11 @@ pub(super) async fn token(
         grant_type: String::new(),
         client_auth: None,
         status: 0,
+        traceparent: req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     let resp = match token_inner(
         &state,
