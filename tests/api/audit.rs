@@ -436,6 +436,9 @@ async fn outcome_records_the_trail_could_not_take_are_written_late_once_it_recov
         .unwrap()
         .trim_start_matches("urn:uuid:")
         .to_string();
+    // The caller is answered once the run is final, which can be just before the run's own
+    // `finished` record reaches the writer: wait until the trail has refused that one too.
+    wait_for_outcome_record(&app, &run_id, "pending").await;
 
     fault.set(Mode::Pass);
     wait_for_outcome_record(&app, &run_id, "recorded_late").await;
