@@ -5,6 +5,18 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::sync::Arc;
 
+/// Lower-case hex of bytes (hashes, trace and span ids).
+pub fn hex(h: &[u8]) -> String {
+    // By table: `write!` per byte was 1% of a proxied request's CPU (one `prev` per record).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(h.len() * 2);
+    for b in h {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
 /// The gateway's own verdict on a request: its checks (authentication, policy, limits) passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

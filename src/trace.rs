@@ -6,6 +6,7 @@
 //! HTTP clients of the steps add it without every signature carrying it; a run, which lives on
 //! its own task, runs inside the context of the request that created it.
 
+use crate::domain::hex;
 use rand::Rng;
 use std::future::Future;
 
@@ -125,10 +126,6 @@ fn random_span() -> [u8; 8] {
             return s;
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Lower-case hex only, as the specification requires.

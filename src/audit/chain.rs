@@ -24,17 +24,7 @@ pub fn hash(line: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Lower-case hex of a hash.
-pub fn hex(h: &[u8]) -> String {
-    // By table: `write!` per byte was 1% of a proxied request's CPU (one `prev` per record).
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(h.len() * 2);
-    for b in h {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    s
-}
+pub use crate::domain::hex;
 
 /// The fields [`Tail::link_into`] puts first on every line, whatever its kind. Never built:
 /// `link_into` writes these bytes itself (it runs once per record on the writer thread), and
