@@ -357,7 +357,7 @@ fn graph_error_code(body: &[u8]) -> Option<String> {
     .then(|| code.to_string())
 }
 
-pub use crate::retry::parse_retry_after;
+use crate::retry::parse_retry_after;
 
 #[cfg(test)]
 mod tests {

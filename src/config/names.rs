@@ -10,10 +10,6 @@ pub const DEFAULT_SYNC_PATH: &str = "/beta/deviceManagement/windowsAutopilotSett
 /// The default path of the Autopilot settings, read for the sync status and the last trigger.
 pub const DEFAULT_STATUS_PATH: &str = "/beta/deviceManagement/windowsAutopilotSettings";
 
-/// The narrower Graph delegated permission that reads the settings, for operators who name it in
-/// `graph.status_permission`; by default `GET /sync/status` reads with [`SYNC_PERMISSION`].
-pub const STATUS_PERMISSION: &str = "DeviceManagementServiceConfig.Read.All";
-
 /// The Graph delegated permission the sync action needs.
 pub const SYNC_PERMISSION: &str = "DeviceManagementServiceConfig.ReadWrite.All";
 
