@@ -117,6 +117,17 @@ WRK_VERSION=$({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $2 }')
 # ---------------------------------------------------------------------------------------------
 # CPUs: the contender alone on one core; wrk, nginx and the simulated Entra on the other.
 
+# File descriptors: haproxy refuses to start when it cannot raise its limit to what `maxconn`
+# needs (about two per connection; "strict-limits" is on by default since 2.3), and a CI runner's
+# hard limit may be far below this machine's. Use all the hard limit allows, and size maxconn to it.
+HARD_NOFILE=$(ulimit -Hn)
+[[ $HARD_NOFILE == unlimited ]] && HARD_NOFILE=1048576
+ulimit -Sn "$HARD_NOFILE" 2>/dev/null || true
+HAPROXY_MAXCONN=$(((HARD_NOFILE - 100) / 2))
+((HAPROXY_MAXCONN > 8000)) && HAPROXY_MAXCONN=8000
+((HAPROXY_MAXCONN >= 4 * CONNS)) ||
+  die "the hard limit on open files ($HARD_NOFILE) leaves haproxy $HAPROXY_MAXCONN connections; $((4 * CONNS)) needed for -c $CONNS"
+
 NPROC=$(nproc)
 CONTENDER_CPU=${BENCH_CONTENDER_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
@@ -207,12 +218,19 @@ free_port() {
   die "no free loopback port"
 }
 
+# wait_port PORT WHAT [PID LOG]: with PID and LOG, a process that exits early is reported at once,
+# with the tail of what it printed (a bare "did not listen" tells CI nothing).
 wait_port() {
-  local port=$1 what=$2
+  local port=$1 what=$2 pid=${3:-} out=${4:-}
   for _ in $(seq 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      [[ -n $out ]] && tail -n 20 "$out" >&2
+      die "$what exited before it listened on $port"
+    fi
     sleep 0.05
   done
+  [[ -n $out ]] && tail -n 20 "$out" >&2
   die "$what did not listen on $port within 15 s"
 }
 
@@ -422,7 +440,7 @@ EOF
   cat >"$1" <<EOF
 global
     nbthread 1
-    maxconn 8000
+    maxconn $HAPROXY_MAXCONN
 defaults
     mode http
     timeout connect 5s
@@ -458,7 +476,7 @@ scenario_proxy() {
           haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejected its configuration"
           start_bg "$WORK/haproxy-$round.out" taskset -c "$CONTENDER_CPU" haproxy -f "$WORK/haproxy.cfg"
           pid=$LAST_PID
-          wait_port "$hap_port" haproxy
+          wait_port "$hap_port" haproxy "$pid" "$WORK/haproxy-$round.out"
           url=http://127.0.0.1:$hap_port$SYNC_PATH
           ;;
         gateway)
