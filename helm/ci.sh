@@ -104,6 +104,15 @@ else
     for id in $(sed -n 's/^\[identities\.\(.*\)\]$/\1/p' "$toml"); do
       openssl rand -base64 32 >"$S/identities/$id.key"
     done
+    # Each hook source's signing secret, in the form its kind takes (base64 suits every kind
+    # but standard-webhooks, whose secrets are whsec_<base64>).
+    mkdir -p "$S/hooks"
+    while read -r hook kind; do
+      case $kind in
+        standard-webhooks) printf 'whsec_%s\n' "$(openssl rand -base64 32)" ;;
+        *) openssl rand -base64 32 ;;
+      esac >"$S/hooks/$hook.secrets"
+    done < <(awk '/^\[hooks\./ {h = substr($0, 8, length($0) - 8)} h != "" && /^kind = / {gsub(/"/, "", $3); print h, $3; h = ""}' "$toml")
     # The environment the rendered Deployment gives the container, with dummy values: a
     # secretKeyRef'd PostgreSQL URL, and the workload identity webhook's token file.
     envs=(PATH="$PATH")
@@ -121,6 +130,10 @@ else
       *) fail "check-config $name: add the credential it expects to helm/ci.sh" ;;
     esac
     grep -q "^# client authentication: $want" <<<"$out" || { echo "$out"; fail "check-config $name: not $want"; }
+    # Every hook source the values configure is loaded, with its secrets or key.
+    for hook in $(sed -n 's/^\[hooks\.\(.*\)\]$/\1/p' "$toml"); do
+      grep -q "^# hook source $hook: " <<<"$out" || { echo "$out"; fail "check-config $name: hook source $hook not listed"; }
+    done
     ok "check-config $name: $(grep -m1 '^# client authentication' <<<"$out" | sed "s#$WORK#\$WORK#g")"
   done
 fi

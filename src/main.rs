@@ -139,6 +139,25 @@ fn main() -> ExitCode {
                         id.store_key_source
                     );
                 }
+                for (name, h) in &c.hooks {
+                    // The count and where they came from, never the secrets: enough to see a
+                    // rotation in progress (two) or a file that was not mounted.
+                    let proof = match h.public_key {
+                        Some(_) => "Ed25519 public key, no secrets".to_string(),
+                        None => format!(
+                            "{} secret{} from {}",
+                            h.secrets.len(),
+                            if h.secrets.len() == 1 { "" } else { "s" },
+                            h.secrets_source
+                        ),
+                    };
+                    println!(
+                        "# hook source {name}: kind {}, runs as {} in tenant {}, {proof}",
+                        h.kind.as_str(),
+                        h.run_as,
+                        h.tenant_id
+                    );
+                }
                 print!("{}", c.to_masked_toml());
                 ExitCode::SUCCESS
             }

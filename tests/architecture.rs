@@ -194,7 +194,9 @@ fn layer(module: &Module) -> (u8, &'static str) {
         "domain" | "error" | "secret" | "trace" => (0, "domain"),
         "config" => (1, "config"),
         "audit" | "metrics" | "background" | "retry" | "telemetry" | "clock" => (2, "runtime"),
-        "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" => (3, "step"),
+        "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" | "hooks" => {
+            (3, "step")
+        }
         "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" | "tls" => {
             (4, "http")
         }

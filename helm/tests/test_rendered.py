@@ -128,6 +128,7 @@ def test_no_secret_is_created_or_written_into_the_configmap(name):
     assert "client_secret" not in config["entra"]
     assert "hmac_key" not in config["audit"] and "postgres_url" not in config["audit"]
     assert all("store_key" not in i for i in config.get("identities", {}).values())
+    assert all("secrets" not in h for h in config.get("hooks", {}).values())
     _, container = pod(values_of(name))
     for env in container.get("env", []):
         assert "value" not in env or not env["name"].startswith("SYNC_GATEWAY__"), env
@@ -146,6 +147,7 @@ def test_every_file_the_config_names_is_mounted_from_a_secret(name):
     config = tomllib.loads(render.gateway_toml(objects(values_of(name))))
     named = [v for s in config.values() for k, v in s.items() if k.endswith("_file")]
     named += [i["store_key_file"] for i in config.get("identities", {}).values()]
+    named += [h["secrets_file"] for h in config.get("hooks", {}).values() if "secrets_file" in h]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
     assert mount["readOnly"] is True
     volume = next(v for v in spec["volumes"] if v["name"] == "secrets")
@@ -201,7 +203,7 @@ def raw_keys() -> dict[str, set[str]]:
     src = (ROOT / "src" / "config" / "raw.rs").read_text()
     sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
                 "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
-                "RawSyncAction": "actions.sync", "RawIdentity": "identities"}
+                "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks"}
     out = {}
     for struct, section in sections.items():
         body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
@@ -218,6 +220,8 @@ CHART_SET = {
     "entra": {"client_secret", "client_secret_file", "certificate_file", "private_key_file", "federated_token_file"},
     "audit": {"path", "postgres_url", "signing_key_file", "hmac_key", "hmac_key_file"},
     "identities": {"store_path", "store_key", "store_key_file"},
+    # Signing secrets only ever come from a referenced Secret (secretsSecret), mounted as the file.
+    "hooks": {"secrets", "secrets_file"},
 }
 
 
@@ -232,6 +236,7 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
     offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit")}
     offered["actions.sync"] = keys(config["actions"]["properties"]["sync"])
     offered["identities"] = set(schema["properties"]["identities"]["additionalProperties"]["properties"]) - {"storeKeySecret"}
+    offered["hooks"] = set(schema["properties"]["hooks"]["additionalProperties"]["properties"]) - {"secretsSecret"}
     for section, read in raw_keys().items():
         missing = read - offered[section] - CHART_SET.get(section, set())
         assert not missing, (
@@ -258,3 +263,29 @@ def test_the_notes_show_sync_login_and_audit_verify_for_the_release():
     assert "'sync-gateway audit verify /data/audit.jsonl*'" in text
     missing = notes({})
     assert "NOT READY" in missing and "config.entra.tenant_id" in missing and "a client credential" in missing
+
+
+def test_hook_sources_render_with_their_secrets_mounted_and_discord_without():
+    config = tomllib.loads(render.gateway_toml(objects(values_of("values-all"))))
+    hooks = config["hooks"]
+    assert set(hooks) == {"servicedesk", "chat", "discord"}
+    assert hooks["servicedesk"]["secrets_file"] == "/var/run/secrets/sync-gateway/hooks/servicedesk.secrets"
+    assert hooks["servicedesk"]["when"] == {"pointer": "/transition/to_status", "equals": "Ready for Autopilot"}
+    assert hooks["chat"]["allow"] == {"teams": ["T0123"], "channels": ["C0456"], "users": []}
+    assert "secrets_file" not in hooks["discord"] and len(hooks["discord"]["public_key"]) == 64
+    # Only Discord sources: no Secret to mount.
+    only_discord = {"hooks": {"d": {"kind": "discord", "run_as": "x", "public_key": "ab" * 32}}}
+    spec, _ = pod(only_discord)
+    assert not [v for v in spec["volumes"] if v["name"] == "secrets"]
+
+
+@pytest.mark.parametrize("hook", [
+    {"kind": "github", "run_as": "x"},  # no secretsSecret
+    {"kind": "github", "run_as": "x", "secrets": "s3cret", "secretsSecret": {"name": "n", "key": "k"}},
+    {"kind": "discord", "run_as": "x"},  # no public_key
+    {"kind": "discord", "run_as": "x", "public_key": "ab" * 32, "secretsSecret": {"name": "n", "key": "k"}},
+    {"kind": "bitbucket", "run_as": "x", "secretsSecret": {"name": "n", "key": "k"}},
+])
+def test_a_hook_source_without_its_proof_or_with_a_secret_value_is_refused(hook):
+    with pytest.raises(helm.HelmValuesError):
+        render.render({"hooks": {"src": hook}})

@@ -85,6 +85,7 @@ pub(super) fn load(
         audit: section(&figment, "audit", &origins, &mut errors),
         actions: section(&figment, "actions", &origins, &mut errors),
         identities: section(&figment, "identities", &origins, &mut errors),
+        hooks: section(&figment, "hooks", &origins, &mut errors),
     };
     // A value that did not parse left its section at the defaults; validating those would
     // add errors about values nobody wrote.

@@ -29,7 +29,9 @@ pub use cloud::Cloud;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::*;
-pub use validate::{parse_service_url, valid_schema_name, MIN_HMAC_KEY_BYTES};
+pub use validate::{
+    parse_service_url, valid_schema_name, MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS, MIN_HMAC_KEY_BYTES,
+};
 
 use std::path::Path;
 use std::time::Duration;

@@ -29,6 +29,8 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
     pub identities: BTreeMap<String, IdentityConfig>,
+    /// `[hooks.NAME]`: webhook and chat sources that may trigger a sync as a service identity.
+    pub hooks: BTreeMap<String, HookSourceConfig>,
 }
 
 /// `[server]`
@@ -378,4 +380,171 @@ pub struct SyncActionConfig {
     pub run_retention_seconds: u64,
     /// `actions.sync.max_finished_runs`: how many finished runs stay readable at most.
     pub max_finished_runs: u64,
+}
+
+/// What sends to a `[hooks.NAME]` source, and so how its deliveries are signed (`kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    /// Standard Webhooks (Svix and the senders built on it): `webhook-signature`, `v1,<base64>`.
+    StandardWebhooks,
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex>` over the body.
+    Github,
+    /// GitLab's classic webhooks: a plain shared token in `X-Gitlab-Token`.
+    Gitlab,
+    /// Jira Cloud admin webhooks: `X-Hub-Signature: sha256=<hex>` over the body.
+    Jira,
+    /// Zendesk: base64 HMAC over the timestamp header and the body.
+    Zendesk,
+    /// PagerDuty v3: `X-PagerDuty-Signature: v1=<hex>[,v1=<hex>]`.
+    Pagerduty,
+    /// Slack slash commands, interactivity and events: `v0=<hex>` over `v0:{ts}:{body}`.
+    Slack,
+    /// A Microsoft Teams outgoing webhook: `Authorization: HMAC <base64>`.
+    TeamsOutgoing,
+    /// Discord interactions: Ed25519 over the timestamp header and the body.
+    Discord,
+    /// Mattermost slash commands: `Authorization: Token <t>`.
+    Mattermost,
+}
+
+impl HookKind {
+    /// Every kind, in the order the documentation lists them.
+    pub const ALL: [HookKind; 10] = [
+        HookKind::StandardWebhooks,
+        HookKind::Github,
+        HookKind::Gitlab,
+        HookKind::Jira,
+        HookKind::Zendesk,
+        HookKind::Pagerduty,
+        HookKind::Slack,
+        HookKind::TeamsOutgoing,
+        HookKind::Discord,
+        HookKind::Mattermost,
+    ];
+
+    /// The `kind` string of the configuration, e.g. `standard-webhooks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::StandardWebhooks => "standard-webhooks",
+            HookKind::Github => "github",
+            HookKind::Gitlab => "gitlab",
+            HookKind::Jira => "jira",
+            HookKind::Zendesk => "zendesk",
+            HookKind::Pagerduty => "pagerduty",
+            HookKind::Slack => "slack",
+            HookKind::TeamsOutgoing => "teams-outgoing",
+            HookKind::Discord => "discord",
+            HookKind::Mattermost => "mattermost",
+        }
+    }
+
+    /// The kind a `kind` string names, if any.
+    pub fn parse(text: &str) -> Option<HookKind> {
+        HookKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Chat kinds: a person typed a command, so `allow` (who may trigger) applies.
+    pub fn is_chat(self) -> bool {
+        matches!(
+            self,
+            HookKind::Slack | HookKind::TeamsOutgoing | HookKind::Discord | HookKind::Mattermost
+        )
+    }
+
+    /// Kinds whose senders sign a timestamp, so `tolerance_seconds` bounds a delivery's age.
+    pub fn signs_timestamp(self) -> bool {
+        matches!(
+            self,
+            HookKind::StandardWebhooks | HookKind::Slack | HookKind::Zendesk | HookKind::Discord
+        )
+    }
+}
+
+/// `[hooks.NAME]`: one webhook or chat source, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookSourceConfig {
+    /// The table's name: the `{source}` of `POST /hooks/{source}`.
+    pub name: String,
+    /// `kind`: which sender, hence how deliveries are signed.
+    pub kind: HookKind,
+    /// The secrets from `secrets_file` (one a line) or `SYNC_GATEWAY__HOOKS__NAME__SECRETS`
+    /// (comma-separated), as configured (e.g. the whole `whsec_...` text); two while rotating.
+    /// Empty for discord, which signs with a key pair.
+    pub secrets: Vec<Secret>,
+    /// Where the secrets came from, for `check-config`.
+    pub secrets_source: String,
+    /// `public_key` (discord): the application's Ed25519 public key.
+    #[serde(serialize_with = "hex_key")]
+    pub public_key: Option<[u8; 32]>,
+    /// `run_as`: the `[identities.NAME]` a triggered run acts as.
+    pub run_as: String,
+    /// `tenant_id`, resolved: the identity's tenant (a run acts in its identity's tenant).
+    pub tenant_id: TenantId,
+    /// `limits`: deliveries per minute and burst for this source.
+    pub limits: HookLimits,
+    /// `when`: which deliveries trigger a run; `None` triggers on every verified delivery.
+    pub when: Option<HookFilter>,
+    /// `allow` (chat kinds): who may trigger; an empty list does not restrict its dimension.
+    pub allow: ChatAllow,
+    /// `response_url_hosts` (slack, mattermost): the only hosts follow-ups are posted to.
+    pub response_url_hosts: Vec<String>,
+    /// `api_base_url` (discord): where follow-up messages are posted.
+    pub api_base_url: Option<Url>,
+    /// `tolerance_seconds`: a signed timestamp further than this from now is refused.
+    pub tolerance_seconds: u64,
+    /// `max_body_bytes`: the largest delivery read.
+    pub max_body_bytes: usize,
+    /// `replay_window_seconds`: how long delivery ids are remembered (the sender's retry window).
+    pub replay_window_seconds: u64,
+}
+
+/// An Ed25519 public key in `check-config`'s output: hex, as the configuration has it.
+fn hex_key<S: serde::Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => s.serialize_some(&crate::domain::hex(k)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `hooks.NAME.limits`: per source, whatever the delivery says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HookLimits {
+    /// Sustained deliveries per minute (default 30).
+    pub per_minute: u32,
+    /// Deliveries allowed at once (default 10).
+    pub burst: u32,
+}
+
+/// `hooks.NAME.when`: the delivery's JSON at `pointer` must pass `test`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HookFilter {
+    /// An RFC 6901 JSON pointer (`""` is the whole document).
+    pub pointer: String,
+    /// What the value there must be.
+    pub test: HookTest,
+}
+
+/// The test of a [`HookFilter`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookTest {
+    /// `equals`: the value is exactly this.
+    Equals(serde_json::Value),
+    /// `one_of`: the value is one of these.
+    OneOf(Vec<serde_json::Value>),
+    /// `exists`: the pointer resolves (`true`) or does not (`false`).
+    Exists(bool),
+}
+
+/// `hooks.NAME.allow` (chat kinds): who may trigger. Each dimension restricts only when its list
+/// is not empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChatAllow {
+    /// Slack team ids, Discord guild ids, Teams tenant ids, Mattermost team ids.
+    pub teams: Vec<String>,
+    /// Channel ids.
+    pub channels: Vec<String>,
+    /// User ids.
+    pub users: Vec<String>,
 }

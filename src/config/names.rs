@@ -21,3 +21,11 @@ pub const AZURE_ENV: [&str; 4] = [
     "AZURE_TENANT_ID",
     "AZURE_AUTHORITY_HOST",
 ];
+
+/// Where Discord follow-up messages are posted unless `hooks.NAME.api_base_url` says otherwise
+/// (the API version interactions are documented against).
+pub const DEFAULT_DISCORD_API_BASE_URL: &str = "https://discord.com/api/v10";
+
+/// The hosts Slack's `response_url`s point at, the default of `hooks.NAME.response_url_hosts`
+/// for a slack source: a follow-up goes only where Slack itself said.
+pub const DEFAULT_SLACK_RESPONSE_URL_HOSTS: [&str; 1] = ["hooks.slack.com"];

@@ -63,7 +63,14 @@ fn merge(old: &mut Dict, new: Dict) {
 }
 
 /// The last part of every secret key (`entra.client_secret`, `identities.NAME.store_key`, ...).
-const SECRET_KEYS: [&str; 4] = ["client_secret", "store_key", "hmac_key", "postgres_url"];
+const SECRET_KEYS: [&str; 5] = [
+    "client_secret",
+    "store_key",
+    "hmac_key",
+    "postgres_url",
+    // `hooks.NAME.secrets`: a comma-separated list, split by validation.
+    "secrets",
+];
 
 /// `SYNC_GATEWAY__GRAPH__TIMEOUT_SECONDS` → `graph.timeout_seconds`.
 pub(super) fn env_key(var: &str) -> String {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The top-level tables, in the order `gateway.example.toml` has them.
-pub(super) const SECTIONS: [&str; 8] = [
+pub(super) const SECTIONS: [&str; 9] = [
     "server",
     "entra",
     "callers",
@@ -25,6 +25,7 @@ pub(super) const SECTIONS: [&str; 8] = [
     "audit",
     "actions",
     "identities",
+    "hooks",
 ];
 
 /// Every section, each deserialized on its own so that one pass reports a bad value in each.
@@ -38,6 +39,7 @@ pub(super) struct RawConfig {
     pub audit: RawAudit,
     pub actions: RawActions,
     pub identities: BTreeMap<String, RawIdentity>,
+    pub hooks: BTreeMap<String, RawHook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +159,89 @@ pub(super) struct RawIdentity {
     pub store_path: Option<PathBuf>,
     pub store_key: Option<Secret>,
     pub store_key_file: Option<PathBuf>,
+}
+
+/// `[hooks.NAME]`: a webhook or chat source. Which keys apply depends on `kind`; validation
+/// refuses a key the kind does not use rather than ignoring it.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawHook {
+    pub kind: Option<String>,
+    /// Only ever from the environment (comma-separated): a value in the file is refused.
+    pub secrets: Option<Secret>,
+    pub secrets_file: Option<PathBuf>,
+    pub public_key: Option<String>,
+    pub run_as: Option<String>,
+    pub tenant_id: Option<String>,
+    pub limits: RawHookLimits,
+    pub when: Option<RawHookFilter>,
+    pub allow: Option<RawChatAllow>,
+    /// Default: the sender's own hosts (`hooks.slack.com` for slack; mattermost has none).
+    pub response_url_hosts: Option<Vec<String>>,
+    /// Default (discord only): `DEFAULT_DISCORD_API_BASE_URL`.
+    pub api_base_url: Option<String>,
+    pub tolerance_seconds: Seconds,
+    pub max_body_bytes: usize,
+    pub replay_window_seconds: Seconds,
+}
+
+impl Default for RawHook {
+    fn default() -> Self {
+        RawHook {
+            kind: None,
+            secrets: None,
+            secrets_file: None,
+            public_key: None,
+            run_as: None,
+            tenant_id: None,
+            limits: RawHookLimits::default(),
+            when: None,
+            allow: None,
+            response_url_hosts: None,
+            api_base_url: None,
+            // The reference libraries' five minutes (Standard Webhooks, Slack).
+            tolerance_seconds: Seconds(300),
+            max_body_bytes: 64 * 1024,
+            // PagerDuty retries for up to 48 h, the longest of the senders.
+            replay_window_seconds: Seconds(48 * 3600),
+        }
+    }
+}
+
+/// `hooks.NAME.limits`: either key may be left out and keeps its default.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawHookLimits {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for RawHookLimits {
+    fn default() -> Self {
+        RawHookLimits {
+            per_minute: 30,
+            burst: 10,
+        }
+    }
+}
+
+/// `hooks.NAME.when`: a JSON pointer and exactly one test.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawHookFilter {
+    pub pointer: Option<String>,
+    pub equals: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub exists: Option<bool>,
+}
+
+/// `hooks.NAME.allow`: an empty or absent list does not restrict its dimension.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawChatAllow {
+    pub teams: Vec<String>,
+    pub channels: Vec<String>,
+    pub users: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 use super::*;
 
 mod credentials;
+mod hooks;
 mod identities;
 mod origins;
 

@@ -134,7 +134,7 @@ impl Check {
 }
 
 /// Identity names appear in commands, file names and environment variable names.
-fn valid_identity_name(name: &str) -> bool {
+pub(super) fn valid_identity_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 64
         && chars

@@ -8,12 +8,14 @@ mod callers;
 mod check;
 mod entra;
 mod graph;
+mod hooks;
 mod identities;
 mod secret;
 mod server;
 
 pub use audit::{valid_schema_name, MIN_HMAC_KEY_BYTES};
 pub use check::parse_service_url;
+pub use hooks::{MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS};
 
 use check::Check;
 
@@ -48,6 +50,12 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
         callers.as_ref().map(|c| c.allowed_tenants.as_slice()),
         sync_scope.as_deref(),
     );
+    let hooks = c.hooks(
+        raw.hooks,
+        &identity_names,
+        &identities,
+        callers.as_ref().map(|c| c.allowed_tenants.as_slice()),
+    );
     let audit = c.audit(raw.audit);
     let sync = c.sync_action(raw.actions.sync);
 
@@ -66,5 +74,6 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
             sync: sync.unwrap(),
         },
         identities,
+        hooks,
     })
 }
