@@ -7,6 +7,7 @@
 
 pub mod entra;
 pub mod graph;
+pub mod hooks;
 mod keys;
 mod options;
 mod server;
