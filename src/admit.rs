@@ -15,30 +15,46 @@
 //!    the request's decision is `allowed`.
 
 use crate::audit::RequestRecord;
-use crate::caller::{Authenticator, Caller};
+use crate::caller::{Authenticator, Caller, HookCaller};
 use crate::credentials::ActingIdentity;
 use crate::domain::{Decision, RateLimitStatus};
 use crate::error::GatewayError;
+use crate::hooks::verify::{self, Verified};
+use crate::hooks::Source;
 use crate::limits::{InFlight, InFlightSlot, Limits};
 use crate::policy::CallerPolicy;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
+use chrono::Utc;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// How an entrance's caller proves who it is (phase 2).
+#[derive(Clone, Copy)]
+pub enum Proof<'a> {
+    /// Exactly one `Authorization: Bearer` Entra ID token.
+    Bearer,
+    /// The webhook source's own signature scheme over the raw body, which is therefore read
+    /// first (phase 5 moves up, with the same limit and deadline).
+    Signature(&'a Source),
+}
+
 /// Which phases an entrance runs (authenticate and authorize always run).
-#[derive(Debug, Clone, Copy)]
-pub struct Entrance {
+#[derive(Clone, Copy)]
+pub struct Entrance<'a> {
     /// Phases 1 and 5: the entrance reads a body of at most this many bytes (`None`: no body).
     pub body_limit: Option<usize>,
     /// Phase 3: the request holds one of the caller's in-flight slots until it is answered.
     pub in_flight: bool,
-    /// Phase 6: the request counts against the caller's and the tenant's rate limits.
+    /// Phase 6: the request counts against the caller's and the tenant's rate limits (a
+    /// webhook source: against its own `limits`).
     pub limited: bool,
+    /// Phase 2: how the caller proves who it is.
+    pub proof: Proof<'a>,
 }
 
 /// What the phases established about an admitted request.
@@ -51,6 +67,8 @@ pub struct Admitted {
     pub body: Option<Bytes>,
     /// Where the caller stands against its limits, when the entrance is limited.
     pub limit: Option<RateLimitStatus>,
+    /// A webhook delivery's verified signature: its delivery id and signed time.
+    pub signed: Option<Verified>,
     /// Held until the answer; its drop frees the caller's slot.
     _slot: Option<InFlightSlot>,
 }
@@ -74,7 +92,7 @@ impl Admission {
     /// called and whether the gateway's checks passed. The first refusal ends admission.
     pub async fn admit(
         &self,
-        entrance: Entrance,
+        entrance: Entrance<'_>,
         req: &HttpRequest,
         body: Option<&mut RequestBody>,
         started: Instant,
@@ -86,8 +104,26 @@ impl Admission {
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
         }
-        // 2. authenticate
-        let caller = self.authenticate(req).await?;
+        // 2. authenticate (a signature covers the body, so the body is read first)
+        let mut body = body;
+        let (caller, early_body, signed) = match entrance.proof {
+            Proof::Bearer => (self.authenticate(req).await?, None, None),
+            Proof::Signature(source) => {
+                let (Some(limit), Some(b)) = (entrance.body_limit, body.take()) else {
+                    return Err(GatewayError::Internal);
+                };
+                let deadline = started + self.request_timeout;
+                let bytes = read_body(b, limit, deadline, self.request_timeout).await?;
+                let signed = verify::verify(&source.config, &ActixHeaders(req), &bytes, Utc::now())
+                    .map_err(|e| GatewayError::InvalidSignature(e.to_string()))?;
+                let caller = Arc::new(Caller::Hook(HookCaller {
+                    source: source.config.name.as_str().into(),
+                    tenant_id: source.config.tenant_id.to_string(),
+                    run_as: source.config.run_as.as_str().into(),
+                }));
+                (caller, Some(bytes), Some(signed))
+            }
+        };
         record.caller = Some(caller.summary());
         // 3. in-flight
         let (tenant_id, caller_key) = caller.limit_key();
@@ -99,18 +135,19 @@ impl Admission {
         // 4. authorize
         let acting = self.policy.authorize(&caller)?;
         // 5. body
-        let bytes = match (entrance.body_limit, body) {
-            (Some(limit), Some(body)) => {
+        let bytes = match (early_body, entrance.body_limit, body) {
+            (Some(read), _, _) => Some(read),
+            (None, Some(limit), Some(body)) => {
                 let deadline = started + self.request_timeout;
                 Some(read_body(body, limit, deadline, self.request_timeout).await?)
             }
             _ => None,
         };
         // 6. limit
-        let limit = if entrance.limited {
-            Some(self.limits.check(tenant_id, &caller_key)?)
-        } else {
-            None
+        let limit = match (entrance.limited, entrance.proof) {
+            (false, _) => None,
+            (true, Proof::Signature(source)) => Some(source.limit.check()?),
+            (true, Proof::Bearer) => Some(self.limits.check(tenant_id, &caller_key)?),
         };
         record.decision = Decision::Allowed;
         Ok(Admitted {
@@ -118,6 +155,7 @@ impl Admission {
             acting,
             body: bytes,
             limit,
+            signed,
             _slot: slot,
         })
     }
@@ -138,6 +176,19 @@ impl Admission {
             .transpose()?;
         let token = Authenticator::bearer(authorization)?;
         self.authenticator.authenticate(token).await
+    }
+}
+
+/// A request's headers as [`verify`] reads them, without actix types in the step.
+struct ActixHeaders<'a>(&'a HttpRequest);
+
+impl verify::Headers for ActixHeaders<'_> {
+    fn all(&self, name: &str) -> Vec<&[u8]> {
+        self.0
+            .headers()
+            .get_all(name)
+            .map(|v| v.as_bytes())
+            .collect()
     }
 }
 

@@ -84,9 +84,15 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
         &files.store_key,
         base64::engine::general_purpose::STANDARD.encode(key),
     )?;
+    // The dev source's secret: fresh per run, like the client secret.
+    let hook_secret = format!("dev-hook-{}", uuid::Uuid::new_v4().simple());
+    write_private(&files.hook_secret, format!("{hook_secret}\n"))?;
     let toml_text = dev_config_toml(&opts, &sims, &tenant, &client_id, &files);
     write_private(&files.config, &toml_text)?;
     let config = Config::from_toml_and_env(&toml_text, Vec::new())?;
+    // The service identity signs in against the simulated Entra before the gateway starts, as
+    // an operator's `login` would, so the webhook examples work at once.
+    let signed_in = sign_in_dev_identity(&config, &sims).await;
     crate::server::raise_open_file_limit(config.server.max_connections);
     let app = Application::build(config).await?;
     let port = app.port();
@@ -103,6 +109,16 @@ pub async fn run(opts: DevOptions) -> Result<(), Box<dyn std::error::Error>> {
     let mut app_spec = TokenSpec::app(&tenant, DEV_WEBHOOK_APP);
     app_spec.roles = vec![DEV_APP_ROLE.to_string()];
     let app_token = sims.entra.mint(&app_spec);
+    let delivery = github_example(&hook_secret);
+    let identity_note = match &signed_in {
+        Ok(account) => format!(
+            "The service identity '{DEV_IDENTITY}' is signed in (as {account}, against the simulated Entra ID)."
+        ),
+        Err(e) => format!(
+            "The service identity '{DEV_IDENTITY}' could not be signed in ({e}); sign it in (in another\nterminal; open the page it prints and approve the code):\n\n  cargo run --release -- login --config {} --identity {DEV_IDENTITY}",
+            files.config.display()
+        ),
+    };
     println!(
         r#"sync-gateway dev: a simulated Entra ID, a simulated Graph and the gateway, all on loopback.
 
@@ -129,34 +145,82 @@ Mint another caller token:
 
   curl -s -X POST {entra}/_sim/tokens -H 'Content-Type: application/json' -d '{{"tenant_id":"{tenant}","object_id":"{user}"}}'
 
-A ticketing webhook (app-only token, app {DEV_WEBHOOK_APP}) acts as the service identity
-'{DEV_IDENTITY}'. Sign the identity in first (in another terminal; open the page it prints and
-approve the code):
+{identity_note}
+Callers that are not users act as it:
 
-  cargo run --release -- login --config {config} --identity {DEV_IDENTITY}
-
-(or `sync-gateway login ...` with an installed binary)
-
-then trigger a sync as the webhook:
+A ticketing system with an app-only token (app {DEV_WEBHOOK_APP}):
 
   export APP_TOKEN={app_token}
   curl -i -H "Authorization: Bearer $APP_TOKEN" -X POST {gateway}/sync
+
+A GitHub-style webhook delivery to the source 'dev-github', signed with its secret (in
+{hook_secret_file}); sent twice, the second is answered as a duplicate:
+
+  curl -i -X POST {gateway}/hooks/dev-github -H 'Content-Type: application/json' -H 'X-GitHub-Delivery: {delivery_id}' -H 'X-Hub-Signature-256: {signature}' --data '{body}'
 
 Ctrl-C stops everything."#,
         entra = sims.entra.base_url(),
         graph = sims.graph.base_url(),
         audit = opts.audit_path.display(),
         cooldown = opts.cooldown.as_secs(),
-        config = files.config.display(),
+        hook_secret_file = files.hook_secret.display(),
+        delivery_id = delivery.id,
+        signature = delivery.signature,
+        body = delivery.body,
     );
     app.run_until_stopped().await?;
     drop(sims);
     Ok(())
 }
 
+/// Signs [`DEV_IDENTITY`] in with the device-code flow against the simulated Entra, whose
+/// person at the browser approves at once; the account's UPN, or why it failed.
+async fn sign_in_dev_identity(config: &Config, sims: &Simulators) -> Result<String, String> {
+    use crate::credentials::login::{login, RealTime};
+    use crate::sim::entra::{DeviceOutcome, DeviceScript, DeviceUser};
+    const ACCOUNT: &str = "svc-autopilot@contoso.example";
+    sims.entra.script_device_login(Some(DeviceScript {
+        slow_downs: 0,
+        pending_polls: 0,
+        outcome: DeviceOutcome::Approve(DeviceUser::named(ACCOUNT)),
+    }));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // What `login` prints is for a person at a terminal; here nobody needs to act.
+    let mut printed = Vec::new();
+    let outcome = login(config, DEV_IDENTITY, http, &mut RealTime, &mut printed).await;
+    // Later `login` runs are answered as a person at the page would.
+    sims.entra.script_device_login(None);
+    outcome
+        .map(|_| ACCOUNT.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A signed GitHub-style delivery for the dev source.
+struct SignedDelivery {
+    id: String,
+    signature: String,
+    body: &'static str,
+}
+
+/// A delivery as GitHub signs one: `sha256=` and the hex HMAC-SHA256 of the body.
+fn github_example(secret: &str) -> SignedDelivery {
+    let body = r#"{"action":"approved","sender":{"login":"octocat"}}"#;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, body.as_bytes());
+    SignedDelivery {
+        id: uuid::Uuid::new_v4().to_string(),
+        signature: format!("sha256={}", crate::domain::hex(tag.as_ref())),
+        body,
+    }
+}
+
 /// Where dev mode keeps its configuration and secrets.
 struct DevFiles {
     config: PathBuf,
+    hook_secret: PathBuf,
     client_secret: PathBuf,
     store_key: PathBuf,
     session: PathBuf,
@@ -166,6 +230,7 @@ impl DevFiles {
     fn new(dir: &Path) -> DevFiles {
         DevFiles {
             config: dir.join("dev-gateway.toml"),
+            hook_secret: dir.join("dev-hook-secret"),
             client_secret: dir.join("dev-client-secret"),
             store_key: dir.join("dev-session.key"),
             session: dir.join(format!("{DEV_IDENTITY}.session")),
@@ -208,6 +273,10 @@ cooldown_seconds = {cooldown}
 tenant_id = "{tenant}"
 store_path = {session}
 store_key_file = {key}
+[hooks.dev-github]
+kind = "github"
+secrets_file = {hook_secret}
+run_as = "{DEV_IDENTITY}"
 "#,
         listen = opts.listen,
         entra = sims.entra.base_url(),
@@ -217,6 +286,7 @@ store_key_file = {key}
         secret = toml_string(&files.client_secret),
         session = toml_string(&files.session),
         key = toml_string(&files.store_key),
+        hook_secret = toml_string(&files.hook_secret),
     )
 }
 

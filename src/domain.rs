@@ -136,8 +136,8 @@ pub struct RateLimitStatus {
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct CallerSummary {
-    /// `user`, `app` or `service_identity`.
-    #[schemars(extend("enum" = ["user", "app", "service_identity"]))]
+    /// `user`, `app`, `service_identity` or `hook` (a webhook source, `POST /hooks/{source}`).
+    #[schemars(extend("enum" = ["user", "app", "service_identity", "hook"]))]
     pub kind: &'static str,
     /// The caller's `tid`.
     pub tenant_id: String,

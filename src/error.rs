@@ -176,6 +176,14 @@ pub enum GatewayError {
     #[error("upstream timed out")]
     UpstreamTimeout,
     /// A bug or an unexpected condition.
+    /// A webhook delivery's signature (or shared token) is missing, malformed, does not match
+    /// any configured secret, or signs a time outside the source's tolerance.
+    #[error("invalid signature: {0}")]
+    InvalidSignature(String),
+    /// Another request is handling the same webhook delivery right now; its retry will learn
+    /// whether it was accepted.
+    #[error("delivery in progress")]
+    DeliveryInProgress,
     #[error("internal error")]
     Internal,
 }
@@ -210,6 +218,8 @@ impl GatewayError {
             UpstreamForbidden { .. } => "upstream-forbidden",
             UpstreamFailed { .. } => "upstream-failed",
             UpstreamTimeout => "upstream-timeout",
+            InvalidSignature(_) => "invalid-signature",
+            DeliveryInProgress => "delivery-in-progress",
             Internal => "internal",
             NotFound => "not-found",
             MethodNotAllowed { .. } => "method-not-allowed",

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod dev;
 pub mod domain;
 pub mod error;
+pub mod hook_answer;
 pub mod hooks;
 pub mod limits;
 pub mod metrics;

@@ -156,6 +156,57 @@ impl Limits {
     }
 }
 
+/// One webhook source's own allowance (`[hooks.NAME] limits`): a source is one caller, so one
+/// GCRA cell (governor's direct limiter) and no key to track.
+pub struct SourceLimit {
+    limiter: RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        DefaultClock,
+        StateInformationMiddleware,
+    >,
+    rate: Rate,
+    policies: Arc<str>,
+}
+
+impl SourceLimit {
+    /// `per_minute` with bursts of `burst`.
+    pub fn new(rate: Rate) -> Self {
+        SourceLimit {
+            limiter: RateLimiter::direct(quota(rate))
+                .with_middleware::<StateInformationMiddleware>(),
+            rate,
+            policies: format!("\"per-source\";q={};w=60", rate.per_minute).into(),
+        }
+    }
+
+    /// Takes one request from the source's allowance.
+    pub fn check(&self) -> Result<RateLimitStatus, GatewayError> {
+        let per_unit = Duration::from_secs_f64(60.0 / f64::from(self.rate.per_minute.max(1)));
+        match self.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = self.rate.burst.saturating_sub(remaining);
+                Ok(RateLimitStatus {
+                    policy: "per-source",
+                    remaining,
+                    reset_secs: (per_unit * missing).as_secs_f64().ceil() as u64,
+                    policies: self.policies.clone(),
+                })
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                Err(GatewayError::RateLimited(RateLimitStatus {
+                    policy: "per-source",
+                    remaining: 0,
+                    reset_secs: (wait.as_secs_f64().ceil() as u64).max(1),
+                    policies: self.policies.clone(),
+                }))
+            }
+        }
+    }
+}
+
 /// At most `limits.max_in_flight_per_caller` requests in progress per caller (`tid` + `oid`).
 ///
 /// The map holds a key only while that caller has a request in progress (the last

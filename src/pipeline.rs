@@ -25,11 +25,19 @@
 //! [`ActingIdentity`]: crate::credentials::ActingIdentity
 //! [`DelegatedToken`]: crate::credentials::DelegatedToken
 
-use crate::admit::{Admission, Entrance, RequestBody};
-use crate::audit::{AuditEvent, AuditLog, OutcomeWrite, RequestRecord, UpstreamSummary};
+use crate::admit::{Admission, Entrance, Proof, RequestBody};
+use crate::audit::{
+    AuditEvent, AuditLog, HookDelivery, OutcomeWrite, RequestRecord, UpstreamSummary,
+};
+use crate::config::HookSourceConfig;
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
 use crate::domain::RateLimitStatus;
+use crate::hook_answer::HookOutcome;
+use crate::hooks::deliveries::{Claim, Seen};
+use crate::hooks::event::{self, ChatCommand, HookEvent, Verb};
+use crate::hooks::replies::{self, ReplyTarget};
+use crate::hooks::{Hooks, Source};
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
 use crate::runs::{Actor, Run, RunCell, RunState};
@@ -66,27 +74,32 @@ pub struct Gateway {
     pub wait_for_run: Duration,
     /// The scope of the status read.
     pub status_scope: String,
+    /// The webhook sources (`POST /hooks/{source}`).
+    pub hooks: Arc<Hooks>,
 }
 
 /// `POST /sync`: a body of at most [`MAX_BODY_BYTES`], one in-flight slot, the rate limits.
-const SYNC: Entrance = Entrance {
+const SYNC: Entrance<'static> = Entrance {
     body_limit: Some(MAX_BODY_BYTES),
     in_flight: true,
     limited: true,
+    proof: Proof::Bearer,
 };
 
 /// `GET /sync/status`: no body; it calls Graph (up to its timeout), so a slot and the limits.
-const STATUS_READ: Entrance = Entrance {
+const STATUS_READ: Entrance<'static> = Entrance {
     body_limit: None,
     in_flight: true,
     limited: true,
+    proof: Proof::Bearer,
 };
 
 /// `GET /sync/runs/{id}`: reads memory only: neither a slot nor the limits.
-const RUN_READ: Entrance = Entrance {
+const RUN_READ: Entrance<'static> = Entrance {
     body_limit: None,
     in_flight: false,
     limited: false,
+    proof: Proof::Bearer,
 };
 
 /// The optional JSON body of `POST /sync`.
@@ -363,29 +376,8 @@ async fn sync(
     let acting = admitted.acting.clone();
     let limit = admitted.limit.clone();
 
-    // 7. Credentials: proves now that whoever acts can (step-up, consent, a live service
-    //    session), and gives a trailing run the token to act with. Recorded after the attempt:
-    //    a service identity's account is known once its session has been read.
-    let token = gw
-        .credentials
-        .token_for(&acting, &gw.runs.policy().graph_scope)
-        .await;
-    let acting_as = Arc::new(gw.credentials.acting_summary(&acting));
-    record.acting_as = Some(acting_as.clone());
-    let token = token.map_err(plain)?;
-
-    // 8. Schedule.
-    let tenant = acting.tenant_id().to_string();
-    let actor = Actor {
-        summary: acting_as,
-        identity: acting,
-        token,
-    };
-    let submitted = gw
-        .runs
-        .submit(record.id, &tenant, actor)
-        .await
-        .map_err(plain)?;
+    // 7-8. Credentials, then schedule.
+    let submitted = join_run(gw, acting, record).await.map_err(plain)?;
 
     // 9. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
     let cell = match submitted {
@@ -410,6 +402,270 @@ async fn sync(
         return Err((failure, Some(run)));
     }
     Ok(Accepted { run, cell, limit })
+}
+
+/// Steps 7 and 8, shared by every entrance that triggers the action (`POST /sync`, a hook):
+/// the credentials prove now that whoever acts can (step-up, consent, a live service session)
+/// and give a trailing run the token to act with; then the run is joined, started or
+/// scheduled. `acting_as` is recorded after the attempt: a service identity's account is known
+/// once its session has been read.
+async fn join_run(
+    gw: &Gateway,
+    acting: ActingIdentity,
+    record: &mut RequestRecord,
+) -> Result<Submitted, GatewayError> {
+    let token = gw
+        .credentials
+        .token_for(&acting, &gw.runs.policy().graph_scope)
+        .await;
+    let acting_as = Arc::new(gw.credentials.acting_summary(&acting));
+    record.acting_as = Some(acting_as.clone());
+    let token = token?;
+    let tenant = acting.tenant_id().to_string();
+    let actor = Actor {
+        summary: acting_as,
+        identity: acting,
+        token,
+    };
+    gw.runs.submit(record.id, &tenant, actor).await
+}
+
+/// `POST /hooks/{source}`: a webhook delivery or a chat command. The same admission phases as
+/// `POST /sync` (the source's signature instead of a bearer token, its own body limit and rate
+/// limit), then what is the hook's own (what the body asks, the `when` filter, the chat `allow`
+/// list, the delivery id claimed against replays), then the same [`join_run`], never waiting
+/// for Graph: the sender is answered within its deadline and the run goes on alone.
+pub async fn post_hook(
+    req: HttpRequest,
+    source: web::Path<String>,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    let trace = trace_of(&req);
+    crate::trace::scope(
+        trace,
+        post_hook_in_trace(req, source.into_inner(), body, gw),
+    )
+    .await
+}
+
+/// The handler, inside the request's trace.
+async fn post_hook_in_trace(
+    req: HttpRequest,
+    name: String,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut record = new_record(&gw, &req, "/hooks/{source}");
+    record.entrance = Some("hook");
+    let mut body = RequestBody::new(body);
+    let Some(source) = gw.hooks.get(&name) else {
+        let e = GatewayError::NotFound;
+        record.code = Some(e.kind());
+        let response = problem::respond(&e, record.id);
+        return body.attach_unread(record_and_answer(&gw, record, started, response).await);
+    };
+    let kind = source.config.kind;
+    let mut hook = HookDelivery {
+        source: name.clone(),
+        kind: kind.as_str(),
+        outcome: "refused",
+        ..HookDelivery::default()
+    };
+    let mut claimed = None;
+    let outcome = hook_delivery(
+        &gw,
+        &req,
+        &source,
+        &mut body,
+        started,
+        &mut record,
+        &mut hook,
+        &mut claimed,
+    )
+    .await;
+    // A delivery that was handled stays claimed (its retries are duplicates); one refused is
+    // forgotten, so the sender's retry is served.
+    if let Some(id) = &claimed {
+        match &outcome {
+            Ok(HookOutcome::Accepted { run, .. }) => source.deliveries.keep(id, Some(run.id)),
+            Ok(_) => source.deliveries.keep(id, None),
+            Err(_) => source.deliveries.release(id),
+        }
+    }
+    gw.hooks.count(&name, hook.outcome);
+    record.hook = Some(Box::new(hook));
+    let id = record.id;
+    let response = match &outcome {
+        Ok(o) => crate::hook_answer::answer(kind, o),
+        Err(e) => crate::hook_answer::refusal(kind, e, id),
+    };
+    record.code = outcome.as_ref().err().map(GatewayError::kind);
+    let acted = match &outcome {
+        Ok(HookOutcome::Accepted { run, .. }) if run.may_have_acted() => Some(&**run),
+        _ => None,
+    };
+    if let Err(refusal) = record_durably(&gw, record, started, response.status(), acted).await {
+        return body.attach_unread(refusal);
+    }
+    body.attach_unread(response)
+}
+
+/// The hook's steps after admission; `claimed` is the delivery id this request owns, if any.
+#[allow(clippy::too_many_arguments)]
+async fn hook_delivery(
+    gw: &Gateway,
+    req: &HttpRequest,
+    source: &Source,
+    body: &mut RequestBody,
+    started: Instant,
+    record: &mut RequestRecord,
+    hook: &mut HookDelivery,
+    claimed: &mut Option<String>,
+) -> Result<HookOutcome, GatewayError> {
+    let config = &source.config;
+    // 1-6. Admission: size, the signature over the body, the source's in-flight slots,
+    //      who acts (its run_as), the source's own limit.
+    let entrance = Entrance {
+        body_limit: Some(config.max_body_bytes),
+        in_flight: true,
+        limited: true,
+        proof: Proof::Signature(source),
+    };
+    let admitted = gw
+        .admission
+        .admit(entrance, req, Some(body), started, record)
+        .await?;
+    let bytes = admitted.body.clone().unwrap_or_default();
+    hook.delivery_id = admitted.signed.as_ref().and_then(|s| s.delivery_id.clone());
+
+    // 7. What the body asks.
+    let mut follow_up = None;
+    let mut requested_by = None;
+    match event::parse(config.kind, &bytes).map_err(|e| GatewayError::BadRequest(e.0.into()))? {
+        HookEvent::Ping => {
+            hook.outcome = "ignored";
+            return Ok(HookOutcome::Pong);
+        }
+        HookEvent::Ignored(why) => {
+            hook.outcome = "ignored";
+            return Ok(HookOutcome::Ignored(why));
+        }
+        HookEvent::Delivery(delivery) => {
+            hook.sender_user = delivery.sender_user.clone();
+            if let Some(when) = &config.when {
+                if !event::passes(when, &delivery.json) {
+                    hook.outcome = "filtered";
+                    return Ok(HookOutcome::Filtered);
+                }
+            }
+        }
+        HookEvent::Command(command) => {
+            hook.sender_user = match (&command.user_id, &command.user_name) {
+                (Some(id), Some(name)) => Some(format!("{id} ({name})")),
+                (id, name) => id.clone().or_else(|| name.clone()),
+            };
+            requested_by = command.user_name.clone().or(command.user_id.clone());
+            let reason = match &command.verb {
+                Verb::Sync { reason } => reason.clone(),
+                Verb::Help => {
+                    hook.outcome = "help";
+                    return Ok(HookOutcome::Private(event::usage("/autopilot-sync")));
+                }
+                Verb::Unknown(why) => {
+                    hook.outcome = "help";
+                    return Ok(HookOutcome::Private(format!(
+                        "{why}. {}",
+                        event::usage("/autopilot-sync")
+                    )));
+                }
+            };
+            if !event::allowed(&config.allow, &command) {
+                hook.outcome = "not_allowed";
+                return Ok(HookOutcome::Private(
+                    "You are not allowed to trigger the Autopilot sync from here; ask the gateway's operator to add your team, channel or user to the source's `allow` list.".into(),
+                ));
+            }
+            match follow_up_target(gw, config, &command).await {
+                Ok(target) => follow_up = target,
+                Err(why) => {
+                    // Never fetched; recorded (a `hook_reply` record) and told to the user.
+                    hook.outcome = "refused";
+                    return Ok(HookOutcome::Private(format!(
+                        "The Autopilot sync was not requested: {why}; ask the gateway's operator to check the source's response_url_hosts."
+                    )));
+                }
+            }
+            record.reason = reason;
+        }
+    }
+
+    // 8. Replays: one delivery id, one run, whatever the sender retries.
+    if let Some(id) = &hook.delivery_id {
+        match source.deliveries.claim(id) {
+            Claim::New => *claimed = Some(id.clone()),
+            Claim::Duplicate(Seen::InProgress) => return Err(GatewayError::DeliveryInProgress),
+            Claim::Duplicate(Seen::Done(run)) => {
+                hook.outcome = "duplicate";
+                record.run_id = run;
+                return Ok(HookOutcome::Duplicate { run });
+            }
+        }
+    }
+
+    // 9-10. Credentials and schedule, as for `POST /sync`; Graph is never waited for.
+    let submitted = join_run(gw, admitted.acting.clone(), record).await?;
+    let cell = submitted.cell().clone();
+    let run = cell.view();
+    record.run_id = Some(run.id);
+    record.run_state = Some(run.state);
+    hook.outcome = "accepted";
+    if let Some(target) = follow_up {
+        gw.hooks.replies.follow(config, cell, target);
+    }
+    Ok(HookOutcome::Accepted {
+        run: Box::new(run),
+        limit: admitted.limit.clone(),
+        requested_by,
+    })
+}
+
+/// Where a chat command's outcome will be posted, if the sender gave a place: only on the
+/// source's allowed hosts; a refused URL is recorded and the command refused, never fetched.
+async fn follow_up_target(
+    gw: &Gateway,
+    config: &HookSourceConfig,
+    command: &ChatCommand,
+) -> Result<Option<ReplyTarget>, replies::RefusedTarget> {
+    let target = match (&command.response_url, &command.discord) {
+        (Some(url), _) => replies::response_url_target(config, url).map_err(|e| (e, url.clone())),
+        (None, Some(d)) => replies::discord_target(config, &d.application_id, d.token.expose())
+            .map_err(|e| {
+                (
+                    e,
+                    config
+                        .api_base_url
+                        .as_ref()
+                        .map(|u| u.to_string())
+                        .unwrap_or_default(),
+                )
+            }),
+        (None, None) => return Ok(None),
+    };
+    match target {
+        Ok(t) => Ok(Some(t)),
+        Err((why, url)) => {
+            let shown = url::Url::parse(&url)
+                .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()))
+                .unwrap_or_else(|_| "(not a URL)".into());
+            gw.hooks
+                .replies
+                .refused(&config.name, None, &why, shown)
+                .await;
+            Err(why)
+        }
+    }
 }
 
 /// `GET /sync/runs/{id}`: a run of the caller's own tenant. Audited like every request.

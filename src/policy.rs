@@ -74,6 +74,11 @@ impl CallerPolicy {
                     None => Err(GatewayError::AppOnlyCaller),
                 }
             }
+            // The source's signature is its authority; its configuration names who acts.
+            Caller::Hook(h) => Ok(ActingIdentity::Service(ServiceIdentityRef {
+                name: h.run_as.clone(),
+                tenant_id: h.tenant_id.clone(),
+            })),
         }
     }
 }

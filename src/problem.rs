@@ -18,7 +18,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            MissingCredentials | InvalidToken(_) | StepUpRequired { .. } => {
+            MissingCredentials | InvalidToken(_) | StepUpRequired { .. } | InvalidSignature(_) => {
                 StatusCode::UNAUTHORIZED
             }
             InsufficientScope { .. }
@@ -36,7 +36,8 @@ impl GatewayError {
             | IdentityProviderUnavailable { .. }
             | ClientCredentialRejected { .. }
             | ServiceIdentityLoginRequired { .. }
-            | SessionStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | SessionStoreUnavailable { .. }
+            | DeliveryInProgress => StatusCode::SERVICE_UNAVAILABLE,
             ExchangeFailed(_) | UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             UpstreamBusy { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT)
@@ -76,13 +77,16 @@ impl GatewayError {
             UpstreamForbidden { .. } => "Microsoft Graph refused the call",
             UpstreamFailed { .. } => "Microsoft Graph failed",
             UpstreamTimeout => "Microsoft Graph timed out",
+            InvalidSignature(_) => "Invalid webhook signature",
+            DeliveryInProgress => "Delivery in progress",
             Internal => "Internal error",
             NotFound => "Not found",
             MethodNotAllowed { .. } => "Method not allowed",
         }
     }
 
-    fn detail(&self) -> String {
+    /// The problem's `detail`: what happened, in words (also what a chat user is told).
+    pub fn detail(&self) -> String {
         use GatewayError::*;
         match self {
             MissingCredentials => "send an Entra ID access token as 'Authorization: Bearer <token>'".into(),
@@ -132,8 +136,10 @@ impl GatewayError {
             ),
             UpstreamFailed { detail, request_id } => format!("{detail}{}", rid(request_id)),
             UpstreamTimeout => "Microsoft Graph did not answer in time; the sync may or may not have been triggered".into(),
+            InvalidSignature(why) => why.clone(),
+            DeliveryInProgress => "another request is handling this delivery now; retry to learn its outcome".into(),
             Internal => "an unexpected error occurred".into(),
-            NotFound => "no such resource (the gateway serves POST /sync, GET /sync/runs/{id}, GET /sync/status)".into(),
+            NotFound => "no such resource (the gateway serves POST /sync, GET /sync/runs/{id}, GET /sync/status, POST /hooks/{source} for configured sources)".into(),
             MethodNotAllowed { allow } => format!("this resource accepts {allow}"),
         }
     }
@@ -143,7 +149,7 @@ impl GatewayError {
         match self {
             RateLimited(s) => Some(s.reset_secs.max(1)),
             // A slot frees as soon as one of the caller's own requests is answered.
-            TooManyInFlight { .. } => Some(1),
+            TooManyInFlight { .. } | DeliveryInProgress => Some(1),
             LimiterFull { retry_after_secs } => Some(*retry_after_secs),
             IdentityProviderUnavailable {
                 retry_after_secs, ..
@@ -165,6 +171,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             MissingCredentials => Some("Bearer realm=\"sync-gateway\"".into()),
+            // RFC 9110 requires a challenge with every 401; a webhook proves itself by its
+            // sender's signature scheme, which has no registered name.
+            InvalidSignature(_) => Some("Signature realm=\"sync-gateway\"".into()),
             InvalidToken(r) => Some(format!(
                 "Bearer realm=\"sync-gateway\", error=\"invalid_token\", error_description=\"{}\"",
                 quote_safe(&r.reason)

@@ -15,6 +15,7 @@ use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::{ServiceIdentities, SessionHealth};
 use crate::credentials::Credentials;
+use crate::hooks::Hooks;
 use crate::limits::{InFlight, Limits};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
@@ -223,6 +224,7 @@ impl Application {
             audit: audit.clone(),
             wait_for_run,
             status_scope: config.graph.status_scope(),
+            hooks: Arc::new(Hooks::new(&config.hooks, audit.clone(), &metrics)?),
         };
 
         metrics.register(
@@ -306,6 +308,13 @@ impl Application {
                         .route(web::post().to(pipeline::post_sync))
                         .default_service(web::to(|req, gw| {
                             pipeline::method_not_allowed(req, gw, "/sync", "POST")
+                        })),
+                )
+                .service(
+                    web::resource("/hooks/{source}")
+                        .route(web::post().to(pipeline::post_hook))
+                        .default_service(web::to(|req, gw| {
+                            pipeline::method_not_allowed(req, gw, "/hooks/{source}", "POST")
                         })),
                 )
                 .service(readable("/sync/status", pipeline::get_status))

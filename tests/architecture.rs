@@ -197,9 +197,8 @@ fn layer(module: &Module) -> (u8, &'static str) {
         "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" | "hooks" => {
             (3, "step")
         }
-        "admit" | "pipeline" | "problem" | "server" | "openapi" | "preflight" | "tls" => {
-            (4, "http")
-        }
+        "admit" | "pipeline" | "hook_answer" | "problem" | "server" | "openapi" | "preflight"
+        | "tls" => (4, "http"),
         "sim" | "dev" => (5, "simulators"),
         other => panic!("src/{other} is in no layer: add it to ARCHITECTURE.md and this test"),
     }

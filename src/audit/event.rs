@@ -138,6 +138,27 @@ pub enum AdminEvent {
         #[schemars(length(min = 1), inner(range(min = 1)))]
         seqs: Vec<u64>,
     },
+    /// A follow-up message to a chat sender (a run's outcome, or a reschedule), or a follow-up
+    /// URL refused before any post.
+    HookReply {
+        /// The NAME of `[hooks.NAME]`.
+        source: String,
+        /// The run it reports on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        run_id: Option<Uuid>,
+        /// Where: scheme, host and the first path segment only (the rest is the sender's secret).
+        #[schemars(length(max = 300))]
+        target: String,
+        /// The receiver's status, when it answered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// Posts tried (0 when refused).
+        attempts: u32,
+        /// `delivered`, `failed` (no 2xx after the attempts) or `refused` (the URL was not
+        /// allowed, so never fetched).
+        #[schemars(extend("enum" = ["delivered", "failed", "refused"]))]
+        outcome: String,
+    },
     /// Retention deleted rotated files.
     Retention {
         /// The deleted files' names.
@@ -223,6 +244,40 @@ pub struct RequestRecord {
     // Over `pipeline::MAX_REASON_CHARS`, with room; the schema also admits its hash.
     #[schemars(length(max = 600))]
     pub reason: Option<String>,
+    /// The way in, when it is not a bearer-token route: `hook` for `POST /hooks/{source}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["hook"]))]
+    pub entrance: Option<&'static str>,
+    /// What a webhook delivery was and what became of it (`entrance: hook` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Box<HookDelivery>>,
+}
+
+/// A webhook delivery as the trail records it.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HookDelivery {
+    /// The NAME of `[hooks.NAME]` (present once the path names a configured source).
+    #[schemars(length(max = 64))]
+    pub source: String,
+    /// The source's kind (`github`, `slack`, ...).
+    #[schemars(extend("enum" = ["standard-webhooks", "github", "gitlab", "jira", "zendesk", "pagerduty", "slack", "teams-outgoing", "discord", "mattermost"]))]
+    pub kind: &'static str,
+    /// The sender's delivery id (stable across its retries), when it sends one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub delivery_id: Option<String>,
+    /// The sender's own notion of the person behind it: Slack or Mattermost `user_id` and
+    /// `user_name`, a Jira account id, a GitHub login, a Discord user, a Teams user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 600))]
+    pub sender_user: Option<String>,
+    /// `accepted` (a run was joined), `duplicate` (a delivery id seen within the replay window:
+    /// nothing joined), `filtered` (the source's `when` did not match), `ignored` (nothing to act
+    /// on: a Discord ping, a button), `help` (a chat user asked for, or needed, the usage),
+    /// `not_allowed` (a chat user, channel or team outside `allow`), `refused` (`code` says why).
+    #[schemars(extend("enum" = ["accepted", "duplicate", "filtered", "ignored", "help", "not_allowed", "refused"]))]
+    pub outcome: &'static str,
 }
 
 impl RequestRecord {
@@ -252,6 +307,8 @@ impl RequestRecord {
             upstream: None,
             duration_ms: 0,
             reason: None,
+            entrance: None,
+            hook: None,
         }
     }
 }

@@ -31,8 +31,8 @@ pub use chain::{
     generate_key_pair, public_key_pem, CheckpointSigner, CheckpointVerifier, KeyError, Tail,
 };
 pub use event::{
-    AdminEvent, AdminRecord, AttemptSummary, AuditEvent, CallerSummary, RequestRecord, RunRecord,
-    UpstreamSummary,
+    AdminEvent, AdminRecord, AttemptSummary, AuditEvent, CallerSummary, HookDelivery,
+    RequestRecord, RunRecord, UpstreamSummary,
 };
 pub use file::{rotated_files, FileOptions, FileSink};
 pub use postgres::{valid_schema_name, verify_postgres, PostgresOptions, PostgresSink};

@@ -1,5 +1,5 @@
 //! Keyed hashing of the sensitive values operators still need to search for (as Vault does):
-//! with `audit.hmac_key_file` set, every `client_ip`, `upn` and `reason` in a record, at any
+//! with `audit.hmac_key_file` set, every `client_ip`, `upn`, `reason` and `sender_user` in a record, at any
 //! depth and in any kind of record, is written as `hmac-sha256:<hex>` instead of in clear.
 //! `sync-gateway audit hash VALUE` computes the same value to search for.
 
@@ -8,7 +8,7 @@ use aws_lc_rs::hmac;
 use serde_json::Value;
 
 /// The fields whose string values are hashed, wherever they appear in a record.
-pub const SENSITIVE_FIELDS: &[&str] = &["client_ip", "upn", "reason"];
+pub const SENSITIVE_FIELDS: &[&str] = &["client_ip", "upn", "reason", "sender_user"];
 
 /// The prefix of a hashed value.
 pub const PREFIX: &str = "hmac-sha256:";

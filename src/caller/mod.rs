@@ -82,6 +82,20 @@ pub enum Caller {
     User(Arc<UserCaller>),
     /// An application (app-only token).
     App(AppCaller),
+    /// A webhook source whose signature checked (`POST /hooks/{source}`).
+    Hook(HookCaller),
+}
+
+/// A webhook source that proved a delivery with its signature: the sender is the caller, and
+/// its run acts as the source's `run_as` identity.
+#[derive(Debug, Clone)]
+pub struct HookCaller {
+    /// The NAME of `[hooks.NAME]`.
+    pub source: Arc<str>,
+    /// The tenant its runs act in.
+    pub tenant_id: String,
+    /// The `[identities.NAME]` its runs act as.
+    pub run_as: Arc<str>,
 }
 
 impl Caller {
@@ -95,6 +109,14 @@ impl Caller {
                 object_id: a.object_id.clone(),
                 upn: None,
                 app_id: a.app_id.clone(),
+                identity: None,
+            },
+            Caller::Hook(h) => CallerSummary {
+                kind: "hook",
+                tenant_id: h.tenant_id.clone(),
+                object_id: None,
+                upn: None,
+                app_id: None,
                 identity: None,
             },
         }
@@ -112,6 +134,8 @@ impl Caller {
                     .or_else(|| a.app_id.as_ref().map(|id| format!("app:{id}")))
                     .unwrap_or_else(|| "app".into()),
             ),
+            // A source name cannot collide with an `oid` (a GUID) or an `app:` key.
+            Caller::Hook(h) => (&h.tenant_id, format!("hook:{}", h.source)),
         }
     }
 
@@ -119,6 +143,8 @@ impl Caller {
         match self {
             Caller::User(u) => u.expires_at,
             Caller::App(a) => a.expires_at,
+            // Never cached: a signature proves one delivery only.
+            Caller::Hook(_) => 0,
         }
     }
 }

@@ -272,6 +272,11 @@ impl RunCell {
         }
     }
 
+    /// A receiver that wakes on every change of this run (a follow-up watching for its outcome).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     fn update(&self, f: impl FnOnce(&mut Run)) {
         f(&mut self.run.lock());
         self.changed.send_modify(|v| *v += 1);

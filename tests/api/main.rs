@@ -10,6 +10,7 @@ mod client_auth;
 mod crash;
 mod exchange;
 mod helpers;
+mod hooks;
 mod hostile;
 mod identities;
 mod limits;
