@@ -136,8 +136,10 @@ pub struct RateLimitStatus {
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct CallerSummary {
-    /// `user`, `app` or `service_identity`.
-    #[schemars(extend("enum" = ["user", "app", "service_identity"]))]
+    /// `user`, `app`, `service_identity` (a delegated service account acted) or
+    /// `application_identity` (the gateway's own application acted, with an application
+    /// permission: `app_id` is the gateway's client id).
+    #[schemars(extend("enum" = ["user", "app", "service_identity", "application_identity"]))]
     pub kind: &'static str,
     /// The caller's `tid`.
     pub tenant_id: String,
@@ -152,7 +154,7 @@ pub struct CallerSummary {
     /// The client application that obtained the token (`azp` / `appid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
-    /// The service identity's name (`[identities.NAME]`), when one was acted as.
+    /// The identity's name (`[identities.NAME]`), when one was acted as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
 }
