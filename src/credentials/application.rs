@@ -155,3 +155,79 @@ impl ApplicationIdentities {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::client_auth::ClientAuth;
+    use super::*;
+    use std::time::Duration;
+
+    fn identities() -> ApplicationIdentities {
+        let entra = EntraClient::new(
+            reqwest::Client::new(),
+            &url::Url::parse("https://login.microsoftonline.us").unwrap(),
+            "client-1".into(),
+            ClientAuth::federated("client-1".into(), "/nonexistent".into(), Duration::ZERO),
+        );
+        ApplicationIdentities {
+            tenants: BTreeMap::from([("app".into(), "t".into())]),
+            scope: "https://graph.microsoft.us/.default".into(),
+            permission: format!("https://graph.microsoft.us/{SYNC_PERMISSION}"),
+            entra: Arc::new(entra),
+            cache: moka::future::Cache::builder()
+                .expire_after(UsableUntil)
+                .build(),
+        }
+    }
+
+    fn refused(error: &str, code: i64) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            error_codes: vec![code],
+            ..ErrorBody::default()
+        }
+    }
+
+    #[test]
+    fn an_application_missing_from_the_tenant_is_consent_required_naming_the_clouds_permission() {
+        for (error, code) in [
+            ("unauthorized_client", APP_NOT_FOUND),
+            ("invalid_client", NO_SERVICE_PRINCIPAL),
+            ("invalid_grant", CONSENT_MISSING),
+        ] {
+            match identities().map_error("app", "t", &refused(error, code)) {
+                GatewayError::ConsentRequired { scope } => {
+                    assert!(
+                        scope.starts_with("https://graph.microsoft.us/DeviceManagementServiceConfig.ReadWrite.All"),
+                        "{scope}"
+                    );
+                    assert!(scope.contains("admin consent"), "{scope}");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_scope_is_the_gateways_misconfiguration_and_anything_else_names_the_code() {
+        let ids = identities();
+        assert!(matches!(
+            ids.map_error("app", "t", &refused("invalid_scope", 1002012)),
+            GatewayError::GatewayMisconfigured(_)
+        ));
+        match ids.map_error("app", "t", &refused("invalid_request", 90014)) {
+            GatewayError::ExchangeFailed(d) => {
+                assert!(d.contains("'app'") && d.contains("AADSTS90014"), "{d}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_identity_is_an_internal_error_without_a_request() {
+        assert!(matches!(
+            identities().token("nobody").await,
+            Err(GatewayError::Internal)
+        ));
+    }
+}

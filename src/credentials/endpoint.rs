@@ -1,8 +1,8 @@
 //! The gateway as a confidential client of Entra ID's v2 token endpoint (reference §2, §3): one
 //! place that sends a grant with the client credential, applies the retry rules, and turns
 //! answers about the gateway's *own* credential into operator-readable log lines and errors.
-//! Each grant (on-behalf-of, refresh token, device code) maps the rest of Entra's refusals
-//! itself. Branches on `error` and `error_codes`, never on the description text.
+//! Each grant (on-behalf-of, refresh token, device code, client credentials) maps the rest of
+//! Entra's refusals itself. Branches on `error` and `error_codes`, never on the description text.
 
 use super::client_auth::{ClientAuth, CredentialKind};
 use super::store::RefreshToken;
