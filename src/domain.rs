@@ -136,8 +136,11 @@ pub struct RateLimitStatus {
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct CallerSummary {
-    /// `user`, `app`, `service_identity` or `hook` (a webhook source, `POST /hooks/{source}`).
-    #[schemars(extend("enum" = ["user", "app", "service_identity", "hook"]))]
+    /// `user`, `app`, `service_identity` (a delegated service account acted),
+    /// `application_identity` (the gateway's own application acted, with an application
+    /// permission: `app_id` is the gateway's client id) or `hook` (a webhook source,
+    /// `POST /hooks/{source}`).
+    #[schemars(extend("enum" = ["user", "app", "service_identity", "application_identity", "hook"]))]
     pub kind: &'static str,
     /// The caller's `tid`.
     pub tenant_id: String,
@@ -152,7 +155,7 @@ pub struct CallerSummary {
     /// The client application that obtained the token (`azp` / `appid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
-    /// The service identity's name (`[identities.NAME]`), when one was acted as.
+    /// The identity's name (`[identities.NAME]`), when one was acted as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
 }

@@ -154,8 +154,9 @@ pub enum GatewayError {
         /// Graph's `request-id`.
         request_id: Option<String>,
     },
-    /// Graph refused the call (401/403): the delegated identity may not do this.
-    #[error("upstream refused ({status})")]
+    /// Graph refused the call (401/403): the delegated identity may not do this, or, for an
+    /// app-only token, the application lacks the application permission.
+    #[error("upstream refused ({status}){}", application_permission_missing(.application_permission.as_deref()))]
     UpstreamForbidden {
         /// Graph's status.
         status: u16,
@@ -163,6 +164,9 @@ pub enum GatewayError {
         code: Option<String>,
         /// Graph's `request-id`.
         request_id: Option<String>,
+        /// When the token was the gateway application's own (an application identity): the
+        /// application permission the call needs, which the refusal then names.
+        application_permission: Option<String>,
     },
     /// Graph failed (5xx, unexpected status, connection failure).
     #[error("upstream failed: {detail}")]
@@ -186,6 +190,18 @@ pub enum GatewayError {
     DeliveryInProgress,
     #[error("internal error")]
     Internal,
+}
+
+/// What a refused app-only call needs, said the same way in the run's failure and the problem.
+pub fn application_permission_missing(permission: Option<&str>) -> String {
+    permission
+        .map(|p| {
+            format!(
+                ": the gateway's application needs the Microsoft Graph application permission {p}, \
+                 granted with admin consent in the tenant (app registration > API permissions)"
+            )
+        })
+        .unwrap_or_default()
 }
 
 impl GatewayError {

@@ -133,11 +133,22 @@ fn main() -> ExitCode {
                     println!("# {filled}");
                 }
                 for (name, id) in &c.identities {
-                    println!(
-                        "# service identity {name}: session in {}, key from {}",
-                        id.store_path.display(),
-                        id.store_key_source
-                    );
+                    match id.delegated() {
+                        Some(session) => println!(
+                            "# service identity {name} (delegated): session in {}, key from {}",
+                            session.store_path.display(),
+                            session.store_key_source
+                        ),
+                        None => println!(
+                            "# service identity {name} (application): the gateway's own application ({}) in tenant {}, \
+                             client-credentials grant for {}/.default with the client credential above; \
+                             needs the application permission {} with admin consent in that tenant; no session, no login",
+                            c.entra.client_id,
+                            id.tenant_id.as_str(),
+                            c.graph.resource(),
+                            sync_gateway::config::SYNC_PERMISSION
+                        ),
+                    }
                 }
                 for (name, h) in &c.hooks {
                     // The count and where they came from, never the secrets: enough to see a

@@ -129,9 +129,10 @@ impl GatewayError {
                 "Microsoft Graph answered {status}{}",
                 rid(request_id)
             ),
-            UpstreamForbidden { status, code, request_id } => format!(
-                "Microsoft Graph answered {status}{}{}",
+            UpstreamForbidden { status, code, request_id, application_permission } => format!(
+                "Microsoft Graph answered {status}{}{}{}",
                 code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                crate::error::application_permission_missing(application_permission.as_deref()),
                 rid(request_id)
             ),
             UpstreamFailed { detail, request_id } => format!("{detail}{}", rid(request_id)),

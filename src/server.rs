@@ -10,6 +10,7 @@ use crate::background::Background;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, SYNC_PERMISSION};
+use crate::credentials::application::ApplicationIdentities;
 use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
@@ -165,10 +166,13 @@ impl Application {
             entra.clone(),
             Some(audit.clone()),
         ));
+        // Application identities hold no session: nothing to load, nothing to keep alive.
+        let applications = Arc::new(ApplicationIdentities::from_config(&config, entra.clone()));
         let graph_scope = config.graph.scope(SYNC_PERMISSION);
         let credentials = Arc::new(
             Credentials::new(OboClient::new(entra), config.entra.token_cache_capacity)
-                .with_identities(identities.clone()),
+                .with_identities(identities.clone())
+                .with_applications(applications),
         );
         // Each attempt gets a little less than the caller's wait, so a caller waiting on the
         // first attempt always learns its outcome within graph.timeout_seconds.

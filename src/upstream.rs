@@ -14,6 +14,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// For the gateway application's own token, the application permission a refusal names: the
+/// sync's, which Graph accepts for the settings read too.
+fn application_permission(token: &DelegatedToken) -> Option<String> {
+    token
+        .is_application()
+        .then(|| crate::config::SYNC_PERMISSION.to_string())
+}
+
 /// The Graph client.
 pub struct Graph {
     http: reqwest::Client,
@@ -245,6 +253,7 @@ impl Graph {
                     status,
                     code,
                     request_id: request_id.clone(),
+                    application_permission: application_permission(token),
                 }),
             ),
             _ => (
@@ -312,6 +321,7 @@ impl Graph {
                     status,
                     code,
                     request_id,
+                    application_permission: application_permission(token),
                 }
             } else {
                 GatewayError::UpstreamFailed {

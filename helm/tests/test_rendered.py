@@ -84,7 +84,8 @@ def test_data_is_a_writable_volume_holding_the_trail_and_the_sessions(name):
     if "path" in config["audit"]:
         assert config["audit"]["path"].startswith("/data/")
     for identity in config.get("identities", {}).values():
-        assert identity["store_path"].startswith("/data/")
+        if identity.get("kind") != "application":
+            assert identity["store_path"].startswith("/data/")
     # One writer of /data at a time.
     assert render.find(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
 
@@ -146,7 +147,7 @@ def test_every_file_the_config_names_is_mounted_from_a_secret(name):
     spec, container = pod(values_of(name))
     config = tomllib.loads(render.gateway_toml(objects(values_of(name))))
     named = [v for s in config.values() for k, v in s.items() if k.endswith("_file")]
-    named += [i["store_key_file"] for i in config.get("identities", {}).values()]
+    named += [i["store_key_file"] for i in config.get("identities", {}).values() if i.get("kind") != "application"]
     named += [h["secrets_file"] for h in config.get("hooks", {}).values() if "secrets_file" in h]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
     assert mount["readOnly"] is True
@@ -245,6 +246,28 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
         )
         unknown = offered[section] - read
         assert not unknown, f"{section}: the chart offers {sorted(unknown)}, which the gateway does not read"
+
+
+def test_an_application_identity_renders_its_kind_and_tenant_only_and_mounts_no_secret():
+    values = {"identities": {"automation": {"kind": "application", "tenant_id": "11111111-1111-1111-1111-111111111111"}}}
+    objs = objects(values)
+    identity = tomllib.loads(render.gateway_toml(objs))["identities"]["automation"]
+    assert identity == {"kind": "application", "tenant_id": "11111111-1111-1111-1111-111111111111"}
+    spec, container = pod(values)
+    assert not any(v["name"] == "secrets" for v in spec["volumes"])
+    assert "--identity automation" not in notes(values) and "admin consent" in notes(values)
+
+
+@pytest.mark.parametrize("extra", [{"storeKeySecret": {"name": "s", "key": "k"}}, {"scopes": ["x"]}])
+def test_an_application_identity_with_a_session_key_or_scopes_is_refused(extra):
+    identity = {"kind": "application", "tenant_id": "11111111-1111-1111-1111-111111111111", **extra}
+    with pytest.raises(helm.HelmValuesError):
+        render.render({"identities": {"automation": identity}})
+
+
+def test_a_delegated_identity_still_needs_its_session_key():
+    with pytest.raises(helm.HelmValuesError):
+        render.render({"identities": {"bot": {"tenant_id": "11111111-1111-1111-1111-111111111111"}}})
 
 
 def notes(values: dict) -> str:

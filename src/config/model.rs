@@ -175,14 +175,54 @@ pub struct AppConfig {
     pub run_as: String,
 }
 
-/// `[identities.NAME]`: a dedicated user account whose delegated session the gateway holds, for
-/// callers that are not users (reference §5).
+/// `[identities.NAME]`: an identity the gateway acts as for callers that are not users: a
+/// dedicated user account whose delegated session the gateway holds (reference §5), or the
+/// gateway's own application with an application permission (`kind = "application"`).
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentityConfig {
     /// The table's name: what `run_as` and `login --identity` refer to.
     pub name: String,
-    /// `tenant_id`: the account's tenant (one of `callers.allowed_tenants`).
+    /// `tenant_id`: the tenant whose Graph the identity calls (one of `callers.allowed_tenants`).
     pub tenant_id: TenantId,
+    /// `kind`: how the identity obtains its Graph token, with what that needs.
+    #[serde(flatten)]
+    pub kind: IdentityKind,
+}
+
+impl IdentityConfig {
+    /// The delegated session's settings; `None` for an application identity.
+    pub fn delegated(&self) -> Option<&DelegatedIdentity> {
+        match &self.kind {
+            IdentityKind::Delegated(d) => Some(d),
+            IdentityKind::Application => None,
+        }
+    }
+
+    /// `delegated` or `application`, as the configuration spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            IdentityKind::Delegated(_) => "delegated",
+            IdentityKind::Application => "application",
+        }
+    }
+}
+
+/// `identities.NAME.kind`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// `delegated` (the default): a user account signed in once with `sync-gateway login`;
+    /// Graph sees that user, held to what the account may do in Intune.
+    Delegated(DelegatedIdentity),
+    /// `application`: the gateway's own application registration, with the client-credentials
+    /// grant and the application permission an administrator consented to. Tenant-wide, outside
+    /// Intune's role scopes; no session, no store, no `login`.
+    Application,
+}
+
+/// The session of a delegated identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct DelegatedIdentity {
     /// `scopes`: the delegated Graph scopes of the session (default: the sync action's scope).
     pub scopes: Vec<String>,
     /// `store_path`: the encrypted session file.

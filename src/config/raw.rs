@@ -150,10 +150,12 @@ impl Default for RawCallers {
     }
 }
 
-/// `[identities.NAME]`: nothing has a default but the scopes, which follow the Graph host.
+/// `[identities.NAME]`: nothing has a default but the kind (`delegated`) and the scopes, which
+/// follow the Graph host. `scopes` and the store keys belong to delegated identities only.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawIdentity {
+    pub kind: Option<String>,
     pub tenant_id: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub store_path: Option<PathBuf>,

@@ -1,8 +1,8 @@
 //! The gateway as a confidential client of Entra ID's v2 token endpoint (reference §2, §3): one
 //! place that sends a grant with the client credential, applies the retry rules, and turns
 //! answers about the gateway's *own* credential into operator-readable log lines and errors.
-//! Each grant (on-behalf-of, refresh token, device code) maps the rest of Entra's refusals
-//! itself. Branches on `error` and `error_codes`, never on the description text.
+//! Each grant (on-behalf-of, refresh token, device code, client credentials) maps the rest of
+//! Entra's refusals itself. Branches on `error` and `error_codes`, never on the description text.
 
 use super::client_auth::{ClientAuth, CredentialKind};
 use super::store::RefreshToken;
@@ -30,7 +30,11 @@ const CLIENT_CREDENTIAL_CODES: [i64; 12] = [
 ];
 
 /// AADSTS700016: the application is not in the tenant (wrong client id, or not consented there).
-const APP_NOT_FOUND: i64 = 700016;
+pub(crate) const APP_NOT_FOUND: i64 = 700016;
+
+/// AADSTS7000229: the application has no service principal in the tenant (never consented
+/// there, or its enterprise application was deleted).
+pub(crate) const NO_SERVICE_PRINCIPAL: i64 = 7000229;
 
 /// AADSTS700024: the client assertion is outside its validity period.
 const ASSERTION_EXPIRED: i64 = 700024;
@@ -99,6 +103,14 @@ impl From<GatewayError> for Refusal {
     fn from(e: GatewayError) -> Self {
         Refusal::Failed(e)
     }
+}
+
+/// In whose name a grant asks: for a user or a session (on-behalf-of, refresh, device code),
+/// or for the application itself (client credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaker {
+    OnBehalf,
+    Application,
 }
 
 enum Attempt {
@@ -176,10 +188,32 @@ impl EntraClient {
         tenant: &str,
         grant: &[(&str, &str)],
     ) -> Result<TokenAnswer, Refusal> {
+        self.request_as(tenant, grant, Speaker::OnBehalf).await
+    }
+
+    /// [`EntraClient::request`] for a grant in the application's own name (client
+    /// credentials). There, Entra saying the application is not in the tenant (AADSTS700016,
+    /// 7000229) means the identity's tenant never gave admin consent: the grant's caller
+    /// explains that as [`Refusal::Grant`], rather than it counting as a refusal of the
+    /// gateway's credential.
+    pub async fn request_for_application(
+        &self,
+        tenant: &str,
+        grant: &[(&str, &str)],
+    ) -> Result<TokenAnswer, Refusal> {
+        self.request_as(tenant, grant, Speaker::Application).await
+    }
+
+    async fn request_as(
+        &self,
+        tenant: &str,
+        grant: &[(&str, &str)],
+        speaker: Speaker,
+    ) -> Result<TokenAnswer, Refusal> {
         let mut waited = false;
         let mut reread = false;
         loop {
-            match self.attempt(tenant, grant).await {
+            match self.attempt(tenant, grant, speaker).await {
                 Attempt::Done(r) => return r,
                 Attempt::Transient(_) if !waited => {
                     waited = true;
@@ -222,7 +256,7 @@ impl EntraClient {
         Ok((status, retry_after, body.to_vec()))
     }
 
-    async fn attempt(&self, tenant: &str, grant: &[(&str, &str)]) -> Attempt {
+    async fn attempt(&self, tenant: &str, grant: &[(&str, &str)], speaker: Speaker) -> Attempt {
         let endpoint = self.token_endpoint(tenant);
         let credential = match self.auth.form_fields(&endpoint) {
             Ok(c) => c,
@@ -261,6 +295,11 @@ impl EntraClient {
             ));
         }
         let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        if speaker == Speaker::Application
+            && (err.has(APP_NOT_FOUND) || err.has(NO_SERVICE_PRINCIPAL))
+        {
+            return Attempt::Done(Err(Refusal::Grant(err)));
+        }
         let about_credential =
             matches!(err.error.as_str(), "invalid_client" | "unauthorized_client")
                 || err

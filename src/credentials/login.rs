@@ -44,6 +44,10 @@ pub enum LoginError {
     /// `--identity` names no `[identities.NAME]`.
     #[error("no identity {0:?} is configured: add [identities.{0}] to the configuration")]
     UnknownIdentity(String),
+    /// `--identity` names an application identity, which acts with the gateway's own client
+    /// credential: there is nobody to sign in.
+    #[error("identity {0:?} is kind = \"application\": it acts as the gateway's own application with its client credential and the application permission {perm}, so there is nothing to sign in: grant that permission with admin consent on the app registration instead (`login` is for kind = \"delegated\" identities)", perm = crate::config::SYNC_PERMISSION)]
+    ApplicationIdentity(String),
     /// The person at the browser declined.
     #[error("the sign-in was declined at the browser; nothing was stored")]
     Denied,
@@ -130,6 +134,10 @@ pub async fn login(
         .identities
         .get(identity)
         .ok_or_else(|| LoginError::UnknownIdentity(identity.to_string()))?;
+    // Refused before anything is loaded or sent: an application identity has no session.
+    let session = cfg
+        .delegated()
+        .ok_or_else(|| LoginError::ApplicationIdentity(identity.to_string()))?;
     let auth = ClientAuth::from_config(&config.entra).map_err(LoginError::Credential)?;
     let entra = EntraClient::new(
         http,
@@ -138,7 +146,7 @@ pub async fn login(
         auth,
     );
     let tenant = cfg.tenant_id.as_str();
-    let scope = format!("{SESSION_SCOPES} {}", cfg.scopes.join(" "));
+    let scope = format!("{SESSION_SCOPES} {}", session.scopes.join(" "));
     let (status, retry_after, body) = entra
         .post_public(
             &entra.device_code_endpoint(tenant),
@@ -219,7 +227,12 @@ pub async fn login(
             got: account.tenant_id,
         });
     }
-    let store = SessionStore::new(cfg.store_path.clone(), &cfg.store_key, identity, tenant);
+    let store = SessionStore::new(
+        session.store_path.clone(),
+        &session.store_key,
+        identity,
+        tenant,
+    );
     store
         .save(&StoredSession {
             refresh_token,
@@ -232,17 +245,17 @@ pub async fn login(
     // the `identity_login` admin record when it takes this session up.
     tracing::info!(event = "service_identity_login", identity, tenant,
         account_upn = account.upn.as_deref().unwrap_or(""), account_object_id = account.object_id.as_deref().unwrap_or(""),
-        store = %cfg.store_path.display(), "service identity signed in");
+        store = %session.store_path.display(), "service identity signed in");
     let _ = writeln!(
         out,
         "Signed in as {} for identity '{identity}'. The session is stored encrypted in {}; a running gateway uses it from its next request.",
         account.upn.as_deref().or(account.object_id.as_deref()).unwrap_or("the service account"),
-        cfg.store_path.display()
+        session.store_path.display()
     );
     Ok(LoginOutcome {
         identity: identity.to_string(),
         tenant_id: tenant.to_string(),
         account,
-        store_path: cfg.store_path.clone(),
+        store_path: session.store_path.clone(),
     })
 }

@@ -9,10 +9,14 @@
 //!   Concurrent misses for one key make one exchange: the others wait for it.
 //! - A service identity: [`service_identity`] refreshes the session it holds, one refresh in
 //!   flight per identity, storing each rotated refresh token ([`store`]) before use.
+//! - An application identity (`kind = "application"`): [`application`] asks for the gateway
+//!   application's own app-only token (client credentials), cached and single flight like the
+//!   exchange.
 //!
 //! Every token request authenticates the gateway with its configured client credential
 //! ([`client_auth`]) through one client of Entra's token endpoint ([`endpoint`]).
 
+pub mod application;
 pub mod client_auth;
 pub mod endpoint;
 mod file_stamp;
@@ -23,15 +27,17 @@ pub mod store;
 mod token;
 
 pub use file_stamp::FileStamp;
+use token::UsableUntil;
 pub use token::{DelegatedToken, EXPIRY_BUFFER};
 
 use crate::caller::UserCaller;
 use crate::domain::CallerSummary;
 use crate::error::GatewayError;
+use application::ApplicationIdentities;
 use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Whose delegated identity a Graph call uses. Owned and cheap to clone, so work that happens
 /// later (a scheduled or trailing run) can ask [`Credentials::token_for`] for a fresh token.
@@ -39,11 +45,12 @@ use std::time::{Duration, Instant};
 pub enum ActingIdentity {
     /// The calling user, through the on-behalf-of exchange of their own token.
     User(Arc<UserCaller>),
-    /// A configured service identity whose session the gateway holds.
+    /// A configured identity (`[identities.NAME]`): a delegated service account whose session
+    /// the gateway holds, or the gateway's own application (`kind = "application"`).
     Service(ServiceIdentityRef),
 }
 
-/// A service identity, by name, and its tenant.
+/// A configured identity, by name, and its tenant (its kind is [`Credentials`]' to know).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceIdentityRef {
     /// The name of `[identities.NAME]`.
@@ -74,24 +81,12 @@ impl ActingIdentity {
     }
 }
 
-struct UsableUntil;
-
-impl moka::Expiry<[u8; 32], Arc<DelegatedToken>> for UsableUntil {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        v: &Arc<DelegatedToken>,
-        now: Instant,
-    ) -> Option<Duration> {
-        Some(v.usable_until.saturating_duration_since(now))
-    }
-}
-
 /// Turns callers into Graph delegated tokens.
 pub struct Credentials {
     exchange: obo::OboClient,
     cache: moka::future::Cache<[u8; 32], Arc<DelegatedToken>>,
     identities: Arc<ServiceIdentities>,
+    applications: Option<Arc<ApplicationIdentities>>,
 }
 
 impl Credentials {
@@ -104,7 +99,14 @@ impl Credentials {
                 .expire_after(UsableUntil)
                 .build(),
             identities: Arc::new(ServiceIdentities::default()),
+            applications: None,
         }
+    }
+
+    /// The same, with the application identities callers may act as.
+    pub fn with_applications(mut self, applications: Arc<ApplicationIdentities>) -> Self {
+        self.applications = Some(applications);
+        self
     }
 
     /// The same, with the service identities callers may act as.
@@ -118,8 +120,10 @@ impl Credentials {
         &self.identities
     }
 
-    /// A delegated Graph token with `scope` for whoever `actor` is: the one function the
-    /// pipeline (and a scheduler acting later for the same actor) calls.
+    /// A Graph token with `scope` for whoever `actor` is: the one function the pipeline (and
+    /// a scheduler acting later for the same actor) calls. An application identity's app-only
+    /// token carries every application permission consented in its tenant (`.default`),
+    /// which covers `scope`.
     pub async fn token_for(
         &self,
         actor: &ActingIdentity,
@@ -127,22 +131,37 @@ impl Credentials {
     ) -> Result<Arc<DelegatedToken>, GatewayError> {
         match actor {
             ActingIdentity::User(user) => self.delegated_token(user, scope).await,
-            ActingIdentity::Service(s) => self.service_identity(s)?.token(scope).await,
+            ActingIdentity::Service(s) => match self.application(&s.name) {
+                Some(apps) => apps.token(&s.name).await,
+                None => self.service_identity(s)?.token(scope).await,
+            },
         }
+    }
+
+    /// The application identities, when `name` is one of them.
+    fn application(&self, name: &str) -> Option<&Arc<ApplicationIdentities>> {
+        self.applications.as_ref().filter(|a| a.contains(name))
     }
 
     /// What the audit trail records as the identity acted as.
     pub fn acting_summary(&self, actor: &ActingIdentity) -> CallerSummary {
         match actor {
             ActingIdentity::User(u) => u.summary(),
-            ActingIdentity::Service(s) => match self.identities.get(&s.name) {
-                Some(id) => id.summary(),
-                None => CallerSummary {
-                    kind: "service_identity",
-                    tenant_id: s.tenant_id.clone(),
-                    identity: Some(s.name.to_string()),
-                    ..CallerSummary::default()
-                },
+            ActingIdentity::Service(s) => match self.application(&s.name) {
+                Some(apps) => apps.summary(&s.name, &s.tenant_id),
+                None => self.service_summary(s),
+            },
+        }
+    }
+
+    fn service_summary(&self, s: &ServiceIdentityRef) -> CallerSummary {
+        match self.identities.get(&s.name) {
+            Some(id) => id.summary(),
+            None => CallerSummary {
+                kind: "service_identity",
+                tenant_id: s.tenant_id.clone(),
+                identity: Some(s.name.to_string()),
+                ..CallerSummary::default()
             },
         }
     }

@@ -16,7 +16,7 @@ use super::file_stamp::FileStamp;
 use super::store::{Account, SessionStore, StoredSession};
 use super::token::{DelegatedToken, EXPIRY_BUFFER};
 use crate::background::Background;
-use crate::config::{Config, IdentityConfig};
+use crate::config::{Config, DelegatedIdentity, IdentityConfig};
 use crate::domain::CallerSummary;
 use crate::error::GatewayError;
 use crate::secret::Secret;
@@ -94,11 +94,16 @@ pub struct ServiceIdentity {
 }
 
 impl ServiceIdentity {
-    /// The identity `cfg` describes, with its session loaded from its store.
-    pub fn new(cfg: &IdentityConfig, entra: Arc<EntraClient>) -> ServiceIdentity {
+    /// The delegated identity `cfg` describes (its session settings in `session`), with its
+    /// session loaded from its store.
+    pub fn new(
+        cfg: &IdentityConfig,
+        session: &DelegatedIdentity,
+        entra: Arc<EntraClient>,
+    ) -> ServiceIdentity {
         let store = SessionStore::new(
-            cfg.store_path.clone(),
-            &cfg.store_key,
+            session.store_path.clone(),
+            &session.store_key,
             &cfg.name,
             &cfg.tenant_id,
         );
@@ -106,7 +111,7 @@ impl ServiceIdentity {
         let mut id = ServiceIdentity {
             name: cfg.name.as_str().into(),
             tenant_id: cfg.tenant_id.to_string(),
-            scopes: cfg.scopes.clone(),
+            scopes: session.scopes.clone(),
             store,
             entra,
             session: tokio::sync::Mutex::new(Session {
@@ -328,12 +333,13 @@ impl ServiceIdentity {
     }
 }
 
-/// Every configured service identity, by name.
+/// Every configured delegated service identity, by name (application identities hold no
+/// session: they are [`super::application::ApplicationIdentities`]).
 #[derive(Default)]
 pub struct ServiceIdentities(BTreeMap<String, Arc<ServiceIdentity>>);
 
 impl ServiceIdentities {
-    /// The identities of `config`, their sessions loaded.
+    /// The delegated identities of `config`, their sessions loaded.
     pub fn from_config(config: &Config, entra: Arc<EntraClient>) -> ServiceIdentities {
         Self::with_audit(config, entra, None)
     }
@@ -348,10 +354,10 @@ impl ServiceIdentities {
             config
                 .identities
                 .iter()
-                .map(|(name, cfg)| {
-                    let mut identity = ServiceIdentity::new(cfg, entra.clone());
+                .filter_map(|(name, cfg)| {
+                    let mut identity = ServiceIdentity::new(cfg, cfg.delegated()?, entra.clone());
                     identity.audit = audit.clone();
-                    (name.clone(), Arc::new(identity))
+                    Some((name.clone(), Arc::new(identity)))
                 })
                 .collect(),
         )

@@ -1,4 +1,5 @@
-//! [`DelegatedToken`]: a Graph token the gateway may use, and the rule for how long.
+//! [`DelegatedToken`]: a Graph token the gateway may use, and the rule for how long
+//! ([`UsableUntil`], the expiry every token cache keeps).
 
 use crate::error::GatewayError;
 use crate::secret::Secret;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 /// A cached token counts as expired this long before its real expiry (MSAL's buffer).
 pub const EXPIRY_BUFFER: Duration = Duration::from_secs(300);
 
-/// A Graph access token acting for a user. Opaque: never parsed, never logged.
+/// A Graph access token acting for a user, or, for an application identity, the gateway's
+/// own app-only token. Opaque: never parsed, never logged.
 #[derive(Clone)]
 pub struct DelegatedToken {
     /// `Bearer <token>`, built once per token rather than on every call, and marked sensitive
@@ -17,6 +19,9 @@ pub struct DelegatedToken {
     authorization: HeaderValue,
     /// Until when the gateway may use it (already shortened by the buffer and the inbound `exp`).
     pub(super) usable_until: Instant,
+    /// An app-only token of the client-credentials grant: Graph's 401/403 to it means a
+    /// missing application permission or admin consent, which failures then say.
+    application: bool,
 }
 
 impl DelegatedToken {
@@ -33,7 +38,21 @@ impl DelegatedToken {
         Ok(DelegatedToken {
             authorization,
             usable_until: Instant::now() + lifetime,
+            application: false,
         })
+    }
+
+    /// The gateway application's own app-only token (client-credentials grant), usable for
+    /// `lifetime` from now.
+    pub(crate) fn application(secret: Secret, lifetime: Duration) -> Result<Self, GatewayError> {
+        let mut token = Self::new(secret, lifetime)?;
+        token.application = true;
+        Ok(token)
+    }
+
+    /// Whether this is the gateway application's app-only token rather than a user's.
+    pub fn is_application(&self) -> bool {
+        self.application
     }
 
     /// The `Authorization` header value for Graph.
@@ -55,5 +74,20 @@ impl DelegatedToken {
 impl fmt::Debug for DelegatedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DelegatedToken(********)")
+    }
+}
+
+/// A token cache entry lives until its token stops being usable ([`DelegatedToken`]'s
+/// `usable_until`, already shortened by [`EXPIRY_BUFFER`]), whatever the cache's key.
+pub(super) struct UsableUntil;
+
+impl<K> moka::Expiry<K, std::sync::Arc<DelegatedToken>> for UsableUntil {
+    fn expire_after_create(
+        &self,
+        _: &K,
+        v: &std::sync::Arc<DelegatedToken>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(v.usable_until.saturating_duration_since(now))
     }
 }

@@ -63,8 +63,13 @@ pub enum GraphMode {
 pub struct ReceivedCall {
     /// The token's `tid` (read without verification when the token was refused).
     pub tenant_id: Option<String>,
-    /// The token's `oid` (read without verification when the token was refused).
+    /// The token's `oid` (read without verification when the token was refused): a user, or
+    /// for an app-only token the application's service principal.
     pub object_id: Option<String>,
+    /// The token's `appid` (read without verification when the token was refused).
+    pub app_id: Option<String>,
+    /// Whether the token is app-only (`idtyp: app`): the application acting as itself.
+    pub app_only: bool,
     /// The `client-request-id` header, if sent.
     pub client_request_id: Option<String>,
     /// The `Retry-Attempt` header (the Graph SDKs' retry count), if sent.
@@ -446,6 +451,8 @@ fn status_code_name(status: u16) -> &'static str {
 struct Caller {
     tenant_id: Option<String>,
     object_id: Option<String>,
+    app_id: Option<String>,
+    app_only: bool,
 }
 
 /// Why a call was refused: 401 (token) or 403 (permission).
@@ -470,7 +477,8 @@ fn claim_str(claims: &Value, name: &str) -> Option<String> {
 }
 
 /// Checks `Authorization: Bearer`: signature by a shared key, audience = this Graph, issuer,
-/// lifetime (no leeway) and one of `permissions` in `scp`.
+/// lifetime (no leeway) and one of `permissions` in `scp` (a user's token) or `roles` (an
+/// app-only token).
 fn authenticate(
     state: &GraphState,
     req: &HttpRequest,
@@ -488,6 +496,8 @@ fn authenticate(
         let caller = Caller {
             tenant_id: None,
             object_id: None,
+            app_id: None,
+            app_only: false,
         };
         return (caller, Err(Refusal::token("Access token is empty.")));
     };
@@ -506,6 +516,11 @@ fn authenticate(
     let caller = Caller {
         tenant_id: claims.as_ref().and_then(|c| claim_str(c, "tid")),
         object_id: claims.as_ref().and_then(|c| claim_str(c, "oid")),
+        app_id: claims.as_ref().and_then(|c| claim_str(c, "appid")),
+        app_only: claims
+            .as_ref()
+            .and_then(|c| claim_str(c, "idtyp"))
+            .is_some_and(|t| t == "app"),
     };
     let result = verified.and_then(|()| {
         let claims = claims.as_ref().expect("verified tokens have claims");
@@ -553,8 +568,24 @@ fn check_claims(state: &GraphState, claims: &Value, permissions: &[&str]) -> Res
             "Lifetime validation failed, the token is not yet valid.",
         ));
     }
-    let scp = claims.get("scp").and_then(Value::as_str).unwrap_or("");
-    if !scp.split(' ').any(|s| permissions.contains(&s)) {
+    // A user's token grants delegated permissions in `scp`; an app-only token application
+    // permissions in `roles`. Graph refuses a token with neither as invalid (401).
+    let scp = claims.get("scp").and_then(Value::as_str);
+    let roles: Vec<&str> = claims
+        .get("roles")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let granted: Vec<&str> = match scp.filter(|s| !s.trim().is_empty()) {
+        Some(scp) => scp.split(' ').collect(),
+        None if !roles.is_empty() => roles,
+        None => {
+            return Err(Refusal::token(
+                "Either scp or roles claim need to be present in the token.",
+            ))
+        }
+    };
+    if !granted.iter().any(|s| permissions.contains(s)) {
         return Err(Refusal {
             status: 403,
             code: "Forbidden",
@@ -596,6 +627,8 @@ async fn sync(state: web::Data<GraphState>, req: HttpRequest) -> HttpResponse {
         state.lock().calls.push(ReceivedCall {
             tenant_id: caller.tenant_id.clone(),
             object_id: caller.object_id.clone(),
+            app_id: caller.app_id.clone(),
+            app_only: caller.app_only,
             client_request_id: ctx.client_request_id.clone(),
             traceparent: req
                 .headers()
@@ -764,6 +797,28 @@ mod tests {
         r["access_token"].as_str().unwrap().to_string()
     }
 
+    /// The gateway application's own token from the client-credentials grant.
+    async fn app_token(s: &Simulators) -> String {
+        let r: Value = reqwest::Client::new()
+            .post(format!("{}/{TENANT}/oauth2/v2.0/token", s.entra.base_url()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "gw-client-id"),
+                ("client_secret", "gw-secret-value"),
+                ("scope", &format!("{}/.default", s.graph.base_url())),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["access_token"]
+            .as_str()
+            .expect("an app-only token")
+            .to_string()
+    }
+
     async fn post_sync(s: &Simulators, token: &str) -> reqwest::Response {
         reqwest::Client::new()
             .post(format!("{}{SYNC_PATH}", s.graph.base_url()))
@@ -898,6 +953,47 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_connect(), "{err:?}");
+    }
+
+    #[actix_rt::test]
+    async fn an_app_only_token_syncs_with_the_application_permission_in_its_roles() {
+        let s = sims().await;
+        let token = app_token(&s).await;
+        assert_eq!(post_sync(&s, &token).await.status().as_u16(), 204);
+        let call = s.graph.calls().pop().unwrap();
+        assert!(call.app_only && call.authorization_ok);
+        assert_eq!(call.app_id.as_deref(), Some("gw-client-id"));
+    }
+
+    #[actix_rt::test]
+    async fn an_app_only_token_without_the_application_permission_is_refused_403() {
+        let s = sims().await;
+        s.entra.set_app_consent(
+            TENANT,
+            super::super::AppConsent::Granted(vec![PERMISSION_READ.into()]),
+        );
+        let read_only = app_token(&s).await;
+        let r = post_sync(&s, &read_only).await;
+        assert_eq!(r.status().as_u16(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "Forbidden");
+        // It may still read the settings.
+        assert_eq!(get_settings(&s, &read_only).await["syncStatus"], "unknown");
+    }
+
+    #[actix_rt::test]
+    async fn an_app_only_token_with_no_roles_at_all_is_refused_401_as_invalid() {
+        let s = sims().await;
+        s.entra
+            .set_app_consent(TENANT, super::super::AppConsent::Granted(Vec::new()));
+        let r = post_sync(&s, &app_token(&s).await).await;
+        assert_eq!(r.status().as_u16(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Either scp or roles claim"));
     }
 
     #[actix_rt::test]

@@ -12,7 +12,7 @@ mod keys;
 mod options;
 mod server;
 
-pub use options::{SimOptions, PERMISSION_READ, PERMISSION_READ_WRITE};
+pub use options::{AppConsent, SimOptions, PERMISSION_READ, PERMISSION_READ_WRITE};
 
 use std::net::TcpListener;
 use std::sync::Arc;

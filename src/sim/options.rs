@@ -9,6 +9,19 @@ pub const PERMISSION_READ_WRITE: &str = "DeviceManagementServiceConfig.ReadWrite
 /// The Graph permission that allows reading the Autopilot settings.
 pub const PERMISSION_READ: &str = "DeviceManagementServiceConfig.Read.All";
 
+/// What a tenant's administrator granted the gateway's application to use in its own name
+/// (the client-credentials grant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppConsent {
+    /// Admin consent was given: the application is in the tenant and holds these Graph
+    /// application permissions (app roles), which its app-only tokens carry in `roles` (none
+    /// at all: a token without `roles`, as Entra issues it).
+    Granted(Vec<String>),
+    /// Nobody consented: the application is not in the tenant, and every token request there
+    /// is refused with AADSTS700016 (`unauthorized_client`), as Entra does.
+    NotInTenant,
+}
+
 /// What the simulators know about the world: tenants, the gateway's app registration, the
 /// gateway's API audiences and Graph's timing rules.
 #[derive(Debug, Clone)]
@@ -37,6 +50,10 @@ pub struct SimOptions {
     /// fails as Entra does (AADSTS65001, `consent_required`). Default: every permission the
     /// app registration lists.
     pub consented_permissions: Vec<String>,
+    /// What every tenant granted the gateway's application as itself (default: admin consent
+    /// for the sync's application permission); [`crate::sim::entra::SimEntra::set_app_consent`]
+    /// changes it per tenant.
+    pub app_consent: AppConsent,
     /// The clock of Graph's cooldown and sync progress (default: the real one); a test gives
     /// the gateway the same [`crate::clock::ManualClock`] so both run in one virtual time.
     pub clock: Arc<dyn crate::clock::Clock>,
@@ -61,6 +78,7 @@ impl SimOptions {
             cloud_instance_name: "microsoftonline.com".into(),
             device_interval: Duration::from_secs(5),
             consented_permissions: vec![PERMISSION_READ_WRITE.into(), PERMISSION_READ.into()],
+            app_consent: AppConsent::Granted(vec![PERMISSION_READ_WRITE.into()]),
             clock: crate::clock::system(),
         }
     }

@@ -516,6 +516,55 @@ fn login_names_an_unknown_identity_and_exits_1() {
     );
 }
 
+/// [`VALID`] with `[identities.app] kind = "application"` in its tenant.
+fn with_application_identity() -> String {
+    format!(
+        "{VALID}\n[identities.app]\nkind = \"application\"\ntenant_id = \"11111111-1111-1111-1111-111111111111\"\n"
+    )
+}
+
+#[test]
+fn check_config_says_an_application_identity_uses_the_client_credentials_grant_and_needs_admin_consent(
+) {
+    let (ok, stdout, stderr) = check_config(&with_application_identity(), Some("s"));
+    assert!(ok, "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("# service identity app (application)"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for says in [
+        "client-credentials grant for https://graph.microsoft.com/.default",
+        "DeviceManagementServiceConfig.ReadWrite.All",
+        "admin consent",
+        "no login",
+    ] {
+        assert!(line.contains(says), "{line}");
+    }
+    assert!(stdout.contains("kind = \"application\""), "{stdout}");
+}
+
+#[test]
+fn login_refuses_an_application_identity_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, with_application_identity()).unwrap();
+    let out = Command::new(BIN)
+        .args(["login", "--identity", "app", "--config"])
+        .arg(&path)
+        .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("identity \"app\" is kind = \"application\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("admin consent"), "{stderr}");
+    // Refused before anything was asked of Entra: nothing was printed to sign in with.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("enter the code"));
+}
+
 #[test]
 fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
     let dir = tempfile::tempdir().unwrap();

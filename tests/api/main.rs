@@ -1,6 +1,7 @@
 //! Black-box tests: the gateway and both simulators on free loopback ports, spoken to over HTTP.
 //! One binary (several modules) so the suite links once.
 
+mod applications;
 mod audit;
 mod audit_cli;
 mod audit_path;

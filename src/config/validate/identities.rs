@@ -1,8 +1,10 @@
-//! `[identities.NAME]`: service identities whose delegated sessions the gateway holds.
+//! `[identities.NAME]`: the identities callers that are not users act as: a delegated service
+//! account whose session the gateway holds (`kind = "delegated"`, the default), or the
+//! gateway's own application (`kind = "application"`), which has a tenant and nothing else.
 
 use super::check::Check;
 use super::secret::SecretKey;
-use crate::config::model::IdentityConfig;
+use crate::config::model::{DelegatedIdentity, IdentityConfig, IdentityKind};
 use crate::config::raw::RawIdentity;
 use crate::domain::TenantId;
 use crate::secret::StoreKey;
@@ -29,7 +31,7 @@ impl Check {
     fn identity(
         &mut self,
         name: &str,
-        raw: RawIdentity,
+        mut raw: RawIdentity,
         allowed_tenants: Option<&[TenantId]>,
         sync_scope: Option<&str>,
     ) -> Option<IdentityConfig> {
@@ -41,15 +43,71 @@ impl Check {
             );
             return None;
         }
-        let tenant_id = self.tenant(&key("tenant_id"), raw.tenant_id);
+        let kind = match raw.kind.as_deref().map(str::trim) {
+            None | Some("delegated") => Some(Kind::Delegated),
+            Some("application") => Some(Kind::Application),
+            Some(other) => {
+                self.err(
+                    &key("kind"),
+                    format!("must be one of delegated, application; got {other:?}"),
+                );
+                None
+            }
+        };
+        let tenant_id = self.tenant(&key("tenant_id"), raw.tenant_id.take());
         if let (Some(t), Some(allowed)) = (&tenant_id, allowed_tenants) {
             if !allowed.contains(t) {
                 self.err(
                     &key("tenant_id"),
-                    "must be one of callers.allowed_tenants (only callers of the account's own tenant act as it)",
+                    "must be one of callers.allowed_tenants (only callers of the identity's own tenant act as it)",
                 );
             }
         }
+        let kind = match kind? {
+            Kind::Application => self.application_identity(name, raw),
+            Kind::Delegated => self
+                .delegated_identity(name, raw, sync_scope)
+                .map(IdentityKind::Delegated),
+        };
+        Some(IdentityConfig {
+            name: name.to_string(),
+            tenant_id: tenant_id?,
+            kind: kind?,
+        })
+    }
+
+    /// `kind = "application"`: the gateway's own client credential acts, so the keys of a
+    /// delegated session have no meaning here; each one set is an error naming it (a leftover
+    /// `store_path` suggests the operator meant a delegated identity).
+    fn application_identity(&mut self, name: &str, raw: RawIdentity) -> Option<IdentityKind> {
+        let set = [
+            ("scopes", raw.scopes.is_some()),
+            ("store_path", raw.store_path.is_some()),
+            ("store_key", raw.store_key.is_some()),
+            ("store_key_file", raw.store_key_file.is_some()),
+        ];
+        let mut ok = true;
+        for (k, present) in set {
+            if present {
+                ok = false;
+                self.err(
+                    &format!("identities.{name}.{k}"),
+                    "applies to kind = \"delegated\" only: an application identity acts with the \
+                     gateway's own client credential and its application permission, and holds no \
+                     session (remove the key, or set kind = \"delegated\")",
+                );
+            }
+        }
+        ok.then_some(IdentityKind::Application)
+    }
+
+    fn delegated_identity(
+        &mut self,
+        name: &str,
+        raw: RawIdentity,
+        sync_scope: Option<&str>,
+    ) -> Option<DelegatedIdentity> {
+        let key = |k: &str| format!("identities.{name}.{k}");
         let scopes = match raw.scopes {
             None => sync_scope.map(|s| vec![s.to_string()]),
             Some(v) if v.is_empty() || v.iter().any(|s| s.is_empty() || s.contains(' ')) => {
@@ -85,9 +143,7 @@ impl Check {
         }
         let (store_key, store_key_source) =
             self.store_key(name, raw.store_key, raw.store_key_file)?;
-        Some(IdentityConfig {
-            name: name.to_string(),
-            tenant_id: tenant_id?,
+        Some(DelegatedIdentity {
             scopes: scopes?,
             store_path: store_path?,
             store_key,
@@ -131,6 +187,12 @@ impl Check {
             }
         }
     }
+}
+
+/// `identities.NAME.kind`, before the rest of the table is read by its rules.
+enum Kind {
+    Delegated,
+    Application,
 }
 
 /// Identity names appear in commands, file names and environment variable names.

@@ -2,10 +2,11 @@
 //! wiring its endpoints. Each endpoint has its own file: OpenID discovery and JWKS
 //! (`discovery.rs`), the token endpoint and the on-behalf-of grant (`token.rs`), what its grants
 //! share (`grant.rs`), client assertions (`credentials.rs`), the device code and refresh-token
-//! grants (`sessions.rs`), caller tokens for the gateway's own API (`mint.rs`). The state they
+//! grants (`sessions.rs`), the client-credentials grant (`client_credentials.rs`), caller tokens for the gateway's own API (`mint.rs`). The state they
 //! share is in `state.rs`, Entra's error bodies in `errors.rs`, form parsing in `form.rs`.
 //! Children refer to their siblings, never to this file.
 
+mod client_credentials;
 mod credentials;
 mod discovery;
 mod errors;
@@ -18,6 +19,8 @@ mod state;
 mod test_support;
 mod token;
 
+pub use super::options::AppConsent;
+pub use client_credentials::GRANT_CLIENT_CREDENTIALS;
 pub use credentials::{ClientAuthSeen, FederatedTokenSpec, TOKEN_EXCHANGE_AUDIENCE};
 pub use grant::{PERMISSION_READ, PERMISSION_READ_WRITE};
 pub use mint::{TokenSpec, TokenVersion, DEFAULT_CLIENT_APP_ID};
@@ -122,6 +125,17 @@ impl SimEntra {
             token_log,
             server: Arc::new(ServerSlot::spawn(server, stopped)),
         })
+    }
+
+    /// Sets what `tenant` granted the gateway's application as itself (the client-credentials
+    /// grant): admin consent for some application permissions, or nothing at all.
+    pub fn set_app_consent(&self, tenant: &str, consent: AppConsent) {
+        self.state.set_app_consent(tenant, consent);
+    }
+
+    /// Successful client-credentials grants (app-only tokens issued).
+    pub fn app_tokens(&self) -> usize {
+        self.state.app_tokens.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT`: what the gateway configures as `entra.authority_host`.

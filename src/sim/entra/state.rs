@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::super::keys::KeyStore;
-use super::super::options::SimOptions;
+use super::super::options::{AppConsent, SimOptions};
 
 /// A fault the token endpoint injects after it has validated a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +87,16 @@ pub(super) struct EntraState {
     pub(super) device_interval: Duration,
     /// Permissions the tenants consented to for the gateway.
     pub(super) consented: Vec<String>,
+    /// Successful client-credentials grants.
+    pub(super) app_tokens: AtomicUsize,
+    app_consent: Mutex<AppConsents>,
+}
+
+/// What each tenant granted the gateway's application as itself: one answer for every
+/// tenant, overridden per tenant.
+struct AppConsents {
+    every: AppConsent,
+    tenants: HashMap<String, AppConsent>,
 }
 
 #[derive(Default)]
@@ -125,7 +135,27 @@ impl EntraState {
             cloud_instance_name: opts.cloud_instance_name.clone(),
             device_interval: opts.device_interval,
             consented: opts.consented_permissions.clone(),
+            app_tokens: AtomicUsize::new(0),
+            app_consent: Mutex::new(AppConsents {
+                every: opts.app_consent.clone(),
+                tenants: HashMap::new(),
+            }),
         }
+    }
+
+    /// What `tenant` granted the gateway's application as itself.
+    pub(super) fn app_consent(&self, tenant: &str) -> AppConsent {
+        let c = self.app_consent.lock().expect("app consent lock");
+        c.tenants.get(tenant).unwrap_or(&c.every).clone()
+    }
+
+    /// Sets what `tenant` granted the gateway's application as itself.
+    pub(super) fn set_app_consent(&self, tenant: &str, consent: AppConsent) {
+        self.app_consent
+            .lock()
+            .expect("app consent lock")
+            .tenants
+            .insert(tenant.to_string(), consent);
     }
 
     /// Whether `tenant` is one of the known tenant ids (aliases are not).

@@ -1,7 +1,7 @@
 //! The token endpoint (`POST /{tenant}/oauth2/v2.0/token`): the tenant, client
-//! authentication (secret in the form or HTTP Basic, or a client assertion), dispatch on
-//! `grant_type`, and the on-behalf-of grant with Entra's checks on the user's assertion; the
-//! log of token requests.
+//! authentication (secret in the form or HTTP Basic, or a client assertion; the application
+//! must be in the tenant), dispatch on `grant_type`, and the on-behalf-of grant with Entra's
+//! checks on the user's assertion; the log of token requests.
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -15,6 +15,8 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use super::super::keys::VerifyError;
+use super::super::options::AppConsent;
+use super::client_credentials::{client_credentials_grant, GRANT_CLIENT_CREDENTIALS};
 use super::credentials::{presented, ClientAuthSeen, Credentials};
 use super::errors::{AadError, Ctx};
 use super::form::{parse_form, Form};
@@ -160,6 +162,10 @@ async fn token_inner(
         Some(GRANT_JWT_BEARER) => on_behalf_of(state, sessions, tenant, &form).await,
         Some(GRANT_REFRESH_TOKEN) => refresh_token_grant(state, sessions, tenant, &form).await,
         Some(GRANT_DEVICE_CODE) => device_code_grant(state, sessions, tenant, &form).await,
+        Some(GRANT_CLIENT_CREDENTIALS) => {
+            let assertion = !matches!(seen.client_auth, Some(ClientAuthSeen::Secret));
+            client_credentials_grant(state, tenant, &form, assertion).await
+        }
         Some(other) => Err(AadError::new(
             400,
             "unsupported_grant_type",
@@ -200,7 +206,8 @@ fn authenticate_client(
     let Some(client_id) = client_id else {
         return Err(AadError::missing("client_id"));
     };
-    if client_id != state.client_id {
+    // An application nobody consented to in this tenant is not there, for any grant.
+    if client_id != state.client_id || state.app_consent(tenant) == AppConsent::NotInTenant {
         return Err(AadError::new(
             400,
             "unauthorized_client",
@@ -468,7 +475,7 @@ mod tests {
         assert_eq!(r.status().as_u16(), 200);
 
         let mut f = obo_form(&s, &t);
-        f[0].1 = "client_credentials".into();
+        f[0].1 = "password".into();
         let (st, _, b) = post_token(&s, &f).await;
         assert_eq!(
             (st, b["error"].as_str().unwrap(), error_code(&b)),
