@@ -66,6 +66,8 @@ pub struct Gateway {
     pub wait_for_run: Duration,
     /// The scope of the status read.
     pub status_scope: String,
+    /// Requests by route and outcome, counted when their record is written.
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 /// `POST /sync`: a body of at most [`MAX_BODY_BYTES`], one in-flight slot, the rate limits.
@@ -266,7 +268,12 @@ async fn record_durably(
             OutcomeWrite::Lost(error) => Some((error, Some((run, false)))),
         },
     };
+    // Counted here, where every audited answer passes: the route is the handler's template.
+    let answered = |status: u16, kind: Option<&'static str>| {
+        gw.metrics.answered(route, status, kind, started.elapsed());
+    };
     if let Some((e, joined)) = refused {
+        answered(503, Some("audit-unavailable"));
         tracing::error!(audit_id = %id, error = %e, run = run_id.map(tracing::field::display), kept = joined.is_some_and(|(_, k)| k),
             "the request's audit record could not be made durable");
         return Err(match joined {
@@ -291,6 +298,7 @@ async fn record_durably(
             ),
         });
     }
+    answered(status, code);
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {

@@ -28,6 +28,7 @@ pub use token::{DelegatedToken, EXPIRY_BUFFER};
 use crate::caller::UserCaller;
 use crate::domain::CallerSummary;
 use crate::error::GatewayError;
+use crate::metrics::CredentialMetrics;
 use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub struct Credentials {
     exchange: obo::OboClient,
     cache: moka::future::Cache<[u8; 32], Arc<DelegatedToken>>,
     identities: Arc<ServiceIdentities>,
+    metrics: CredentialMetrics,
 }
 
 impl Credentials {
@@ -104,7 +106,14 @@ impl Credentials {
                 .expire_after(UsableUntil)
                 .build(),
             identities: Arc::new(ServiceIdentities::default()),
+            metrics: CredentialMetrics::default(),
         }
+    }
+
+    /// The same, counting exchange-cache hits and misses and timing exchanges into `metrics`.
+    pub fn with_metrics(mut self, metrics: CredentialMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same, with the service identities callers may act as.
@@ -171,9 +180,19 @@ impl Credentials {
         h.update([0]);
         h.update(scope.as_bytes());
         let key: [u8; 32] = h.finalize().into();
-        self.cache
+        // Set only by the one request that runs the exchange; requests that found the token,
+        // or waited for another's exchange of the same key, made none: a hit.
+        let exchanged = std::sync::atomic::AtomicBool::new(false);
+        let token = self
+            .cache
             .try_get_with(key, async {
-                let issued = self.exchange.exchange(user, scope).await?;
+                exchanged.store(true, std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                let issued = self.exchange.exchange(user, scope).await;
+                self.metrics
+                    .exchange_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let issued = issued?;
                 // Never outlive the inbound token: a caller whose token expired must not keep
                 // acting through the cache. Counted to the sub-second: whole seconds from a
                 // truncated "now" let the entry outlive `exp` by up to a second.
@@ -190,6 +209,12 @@ impl Credentials {
                 )?))
             })
             .await
-            .map_err(|e: Arc<GatewayError>| (*e).clone())
+            .map_err(|e: Arc<GatewayError>| (*e).clone());
+        if exchanged.load(std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.exchange_cache_misses.inc();
+        } else if token.is_ok() {
+            self.metrics.exchange_cache_hits.inc();
+        }
+        token
     }
 }
