@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod identities;
 mod limits;
+mod metrics;
 mod openapi;
 mod postgres;
 mod protocol;
