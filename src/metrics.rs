@@ -482,7 +482,8 @@ pub struct EntraErrorLabels {
 #[derive(Clone)]
 pub struct CredentialMetrics {
     /// Delegated tokens served from the exchange cache (a concurrent request waiting for the
-    /// same exchange counts here too: it made none).
+    /// same exchange counts here too: it made none; one whose awaited exchange failed counts
+    /// in neither, as it got no token and made no exchange).
     pub exchange_cache_hits: Counter,
     /// Exchanges made because the cache had no usable token.
     pub exchange_cache_misses: Counter,

@@ -227,21 +227,47 @@ async fn record_and_answer(
     started: Instant,
     response: HttpResponse,
 ) -> HttpResponse {
-    let id = record.id;
-    if record_durably(gw, record, started, response.status(), None)
+    let (id, route, code) = (record.id, record.route.unwrap_or(""), record.code);
+    if write_record(gw, record, started, response.status(), None)
         .await
         .is_err()
     {
         tracing::warn!(audit_id = %id, "a read was answered although its audit record was lost");
     }
+    // Counted as answered: a read goes out even when its record was lost.
+    gw.metrics
+        .answered(route, response.status().as_u16(), code, started.elapsed());
     response
 }
 
 /// Invariant 2: makes the request's record (answered with `status`) durable, or says with what
 /// 503 the caller must be answered instead. `acted` is the run the request joined when Graph
 /// may have acted for it: then the record is an outcome, kept and written late if the trail
-/// cannot take it now, and the 503 names the run so the caller can check it.
+/// cannot take it now, and the 503 names the run so the caller can check it. The request is
+/// counted in `requests_total` as it is answered: with `status`, or the 503.
 async fn record_durably(
+    gw: &Gateway,
+    record: RequestRecord,
+    started: Instant,
+    status: StatusCode,
+    acted: Option<&Run>,
+) -> Result<(), HttpResponse> {
+    let (route, code) = (record.route.unwrap_or(""), record.code);
+    let written = write_record(gw, record, started, status, acted).await;
+    let (status, code) = match &written {
+        Ok(()) => (status, code),
+        Err(refusal) => (
+            refusal.status(),
+            Some(GatewayError::AuditUnavailable(String::new()).kind()),
+        ),
+    };
+    gw.metrics
+        .answered(route, status.as_u16(), code, started.elapsed());
+    written
+}
+
+/// [`record_durably`]'s work, uncounted: the caller counts the answer it gives.
+async fn write_record(
     gw: &Gateway,
     mut record: RequestRecord,
     started: Instant,
@@ -268,12 +294,7 @@ async fn record_durably(
             OutcomeWrite::Lost(error) => Some((error, Some((run, false)))),
         },
     };
-    // Counted here, where every audited answer passes: the route is the handler's template.
-    let answered = |status: u16, kind: Option<&'static str>| {
-        gw.metrics.answered(route, status, kind, started.elapsed());
-    };
     if let Some((e, joined)) = refused {
-        answered(503, Some("audit-unavailable"));
         tracing::error!(audit_id = %id, error = %e, run = run_id.map(tracing::field::display), kept = joined.is_some_and(|(_, k)| k),
             "the request's audit record could not be made durable");
         return Err(match joined {
@@ -298,7 +319,6 @@ async fn record_durably(
             ),
         });
     }
-    answered(status, code);
     // The audit trail is the access log; a log line per accepted request would cost as much
     // CPU as validating its token. Refusals stay visible at `info`.
     if status < 400 {

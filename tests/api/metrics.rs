@@ -2,6 +2,7 @@
 //! before and after a scripted sequence; histograms by their `_count`; label values stay
 //! within their bounded sets.
 
+use crate::audit::{faulty_setup, Fault, Mode};
 use crate::helpers::{problem_of, spawn_app, spawn_app_with, Setup, TestApp};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -404,6 +405,40 @@ async fn paths_the_gateway_does_not_serve_are_counted_as_unmatched_without_their
             (
                 r#"sync_gateway_requests_total{route="unmatched",status_class="4xx",kind="not-found"}"#,
                 2.0
+            ),
+            (
+                r#"sync_gateway_requests_total{route="/sync/runs/{id}",status_class="4xx",kind="not-found"}"#,
+                1.0
+            ),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_lost_audit_record_counts_the_503_a_sync_gets_and_the_status_a_read_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = Fault::default();
+    let app = spawn_app_with(faulty_setup(&dir, &fault)).await;
+    let token = app.token();
+    let before = scrape(&app).await;
+    fault.set(Mode::Fail(28));
+    assert_eq!(app.post_sync(&token).await.status(), 503);
+    // A read is answered even when its record is lost: counted with the status it got.
+    let missing_run = uuid::Uuid::new_v4();
+    assert_eq!(
+        app.get_as(&format!("/sync/runs/{missing_run}"), &token)
+            .await
+            .status(),
+        404
+    );
+    let after = scrape(&app).await;
+    fault.set(Mode::Pass);
+    assert_eq!(
+        moved(&before, &after, &["sync_gateway_requests_total"]),
+        expect(&[
+            (
+                r#"sync_gateway_requests_total{route="/sync",status_class="5xx",kind="audit-unavailable"}"#,
+                1.0
             ),
             (
                 r#"sync_gateway_requests_total{route="/sync/runs/{id}",status_class="4xx",kind="not-found"}"#,
