@@ -6,7 +6,8 @@
 #      with the default values and with each helm/ci/values-*.yaml (values-all: every option on)
 #   3. yamllint on the values files and the rendered manifests
 #   4. kubernetes-validate --strict on the rendered manifests (oldest and newest Kubernetes the
-#      chart is checked against); the only schema it may lack is the ServiceMonitor CRD's
+#      chart is checked against); the only schemas it may lack are the Prometheus Operator CRDs'
+#      (ServiceMonitor, PrometheusRule)
 #   5. `sync-gateway check-config` on the rendered gateway.toml of each non-default values set,
 #      with throwaway keys made here and the environment the Deployment would give it
 #   6. pytest helm/tests: security context, probes, /data, checksum, replicaCount > 1 refused, ...
@@ -75,7 +76,9 @@ for set in "${sets[@]}"; do
   out=$("$VENV/bin/kubernetes-validate" --strict "${kv_args[@]}" "$WORK/$name/manifests.yaml" 2>&1) \
     || { echo "$out"; fail "kubernetes-validate $name"; }
   # A missing schema is only a warning to kubernetes-validate; only the CRD's may be missing.
-  unexpected=$(grep '^WARN' <<<"$out" | grep -v 'kind ServiceMonitor with api version monitoring.coreos.com/v1 ' || true)
+  unexpected=$(grep '^WARN' <<<"$out" \
+    | grep -v -e 'kind ServiceMonitor with api version monitoring.coreos.com/v1 ' \
+      -e 'kind PrometheusRule with api version monitoring.coreos.com/v1 ' || true)
   [[ -z $unexpected ]] || { echo "$unexpected"; fail "kubernetes-validate $name: no schema for an object"; }
   n=$(grep -c '^INFO .* passed' <<<"$out" || true)
   ok "kubernetes-validate $name: $n object validations passed"

@@ -10,6 +10,7 @@
 use crate::background::Background;
 use crate::config::{LimitsConfig, Rate};
 use crate::error::GatewayError;
+use crate::metrics::{LimitMetrics, PolicyLabels};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -35,6 +36,7 @@ pub struct Limits {
     max_tracked_callers: usize,
     eviction: Duration,
     policies: Arc<str>,
+    metrics: LimitMetrics,
 }
 
 fn quota(r: Rate) -> Quota {
@@ -61,6 +63,28 @@ impl Limits {
             max_tracked_callers: cfg.max_tracked_callers,
             eviction: Duration::from_secs(cfg.eviction_seconds),
             policies: policies.into(),
+            metrics: LimitMetrics::default(),
+        }
+    }
+
+    /// The same, counting decisions into `metrics`; [`Limits::update_gauges`] sets its
+    /// tracked keys.
+    pub fn with_metrics(mut self, metrics: LimitMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sets `rate_limit_tracked_keys`: called when `/metrics` is scraped, since counting the
+    /// keys visits every shard of the limiter's map, too much for every request.
+    pub fn update_gauges(&self) {
+        for (policy, limiter) in [
+            ("per-caller", &self.per_caller),
+            ("per-tenant", &self.per_tenant),
+        ] {
+            self.metrics
+                .tracked_keys
+                .get_or_create(&PolicyLabels { policy })
+                .set(limiter.len() as i64);
         }
     }
 
@@ -77,6 +101,7 @@ impl Limits {
                     cap = self.max_tracked_callers,
                     "limiter is tracking its maximum number of callers"
                 );
+                self.metrics.decided("per-caller", "full");
                 return Err(GatewayError::LimiterFull {
                     retry_after_secs: self.eviction.as_secs().max(1),
                 });
@@ -104,7 +129,16 @@ impl Limits {
         rate: Rate,
     ) -> Result<RateLimitStatus, GatewayError> {
         let per_unit = Duration::from_secs_f64(60.0 / f64::from(rate.per_minute.max(1)));
-        match limiter.check_key(&key) {
+        let decision = limiter.check_key(&key);
+        self.metrics.decided(
+            policy,
+            if decision.is_ok() {
+                "allowed"
+            } else {
+                "limited"
+            },
+        );
+        match decision {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let missing = rate.burst.saturating_sub(remaining);

@@ -76,6 +76,8 @@ pub struct Gateway {
     pub status_scope: String,
     /// The webhook sources (`POST /hooks/{source}`).
     pub hooks: Arc<Hooks>,
+    /// Requests by route and outcome, counted when their record is written.
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 /// `POST /sync`: a body of at most [`MAX_BODY_BYTES`], one in-flight slot, the rate limits.
@@ -238,21 +240,47 @@ async fn record_and_answer(
     started: Instant,
     response: HttpResponse,
 ) -> HttpResponse {
-    let id = record.id;
-    if record_durably(gw, record, started, response.status(), None)
+    let (id, route, code) = (record.id, record.route.unwrap_or(""), record.code);
+    if write_record(gw, record, started, response.status(), None)
         .await
         .is_err()
     {
         tracing::warn!(audit_id = %id, "a read was answered although its audit record was lost");
     }
+    // Counted as answered: a read goes out even when its record was lost.
+    gw.metrics
+        .answered(route, response.status().as_u16(), code, started.elapsed());
     response
 }
 
 /// Invariant 2: makes the request's record (answered with `status`) durable, or says with what
 /// 503 the caller must be answered instead. `acted` is the run the request joined when Graph
 /// may have acted for it: then the record is an outcome, kept and written late if the trail
-/// cannot take it now, and the 503 names the run so the caller can check it.
+/// cannot take it now, and the 503 names the run so the caller can check it. The request is
+/// counted in `requests_total` as it is answered: with `status`, or the 503.
 async fn record_durably(
+    gw: &Gateway,
+    record: RequestRecord,
+    started: Instant,
+    status: StatusCode,
+    acted: Option<&Run>,
+) -> Result<(), HttpResponse> {
+    let (route, code) = (record.route.unwrap_or(""), record.code);
+    let written = write_record(gw, record, started, status, acted).await;
+    let (status, code) = match &written {
+        Ok(()) => (status, code),
+        Err(refusal) => (
+            refusal.status(),
+            Some(GatewayError::AuditUnavailable(String::new()).kind()),
+        ),
+    };
+    gw.metrics
+        .answered(route, status.as_u16(), code, started.elapsed());
+    written
+}
+
+/// [`record_durably`]'s work, uncounted: the caller counts the answer it gives.
+async fn write_record(
     gw: &Gateway,
     mut record: RequestRecord,
     started: Instant,

@@ -125,14 +125,17 @@ impl Application {
             .timeout(config.entra_timeout())
             .connect_timeout(config.entra_timeout().min(Duration::from_secs(10)))
             .build()?;
-        let keys = Arc::new(KeyStore::new(
-            entra_http.clone(),
-            &config.entra.authority_host,
-            &config.callers.allowed_tenants,
-            Duration::from_secs(config.callers.unknown_kid_cooldown_seconds),
-            Duration::from_secs(config.callers.new_kid_refresh_seconds),
-            Duration::from_secs(config.callers.keys_refresh_seconds),
-        ));
+        let keys = Arc::new(
+            KeyStore::new(
+                entra_http.clone(),
+                &config.entra.authority_host,
+                &config.callers.allowed_tenants,
+                Duration::from_secs(config.callers.unknown_kid_cooldown_seconds),
+                Duration::from_secs(config.callers.new_kid_refresh_seconds),
+                Duration::from_secs(config.callers.keys_refresh_seconds),
+            )
+            .with_metrics(metrics.callers.clone()),
+        );
         let audit =
             crate::audit::open_configured(&config.audit, metrics.audit.clone(), options.audit_sink)
                 .await
@@ -149,18 +152,27 @@ impl Application {
                 tracing::error!(error = %e, "the start of the gateway could not be recorded");
             }
         }
-        let limits = Arc::new(Limits::new(&config.limits));
+        let limits = Arc::new(Limits::new(&config.limits).with_metrics(metrics.limits.clone()));
+        let weak_limits = Arc::downgrade(&limits);
+        metrics.on_scrape(move || {
+            if let Some(l) = weak_limits.upgrade() {
+                l.update_gauges();
+            }
+        });
         let client_auth =
             ClientAuth::from_config(&config.entra).map_err(|source| StartError::Credential {
                 key: source.key(),
                 source,
             })?;
-        let entra = Arc::new(EntraClient::new(
-            entra_http,
-            &config.entra.authority_host,
-            config.entra.client_id.clone(),
-            client_auth,
-        ));
+        let entra = Arc::new(
+            EntraClient::new(
+                entra_http,
+                &config.entra.authority_host,
+                config.entra.client_id.clone(),
+                client_auth,
+            )
+            .with_metrics(metrics.credentials.clone()),
+        );
         let identities = Arc::new(ServiceIdentities::with_audit(
             &config,
             entra.clone(),
@@ -172,7 +184,8 @@ impl Application {
         let credentials = Arc::new(
             Credentials::new(OboClient::new(entra), config.entra.token_cache_capacity)
                 .with_identities(identities.clone())
-                .with_applications(applications),
+                .with_applications(applications)
+                .with_metrics(metrics.credentials.clone()),
         );
         // Each attempt gets a little less than the caller's wait, so a caller waiting on the
         // first attempt always learns its outcome within graph.timeout_seconds.
@@ -180,7 +193,10 @@ impl Application {
         let attempt_timeout = wait_for_run
             .saturating_sub(Duration::from_millis(250))
             .max(wait_for_run / 2);
-        let graph = Arc::new(Graph::new(&config.graph.base_url, attempt_timeout)?);
+        let graph = Arc::new(
+            Graph::new(&config.graph.base_url, attempt_timeout)?
+                .with_metrics(metrics.graph.clone()),
+        );
         let a = &config.actions.sync;
         let runs = Scheduler::new(
             RunPolicy {
@@ -201,6 +217,7 @@ impl Application {
             credentials.clone(),
             audit.clone(),
             options.clock.unwrap_or_else(crate::clock::system),
+            metrics.runs.clone(),
         );
         let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(
@@ -216,7 +233,8 @@ impl Application {
                     &config.callers.allowed_tenants,
                     config.callers.leeway_seconds,
                     config.callers.verified_cache_capacity,
-                ),
+                )
+                .with_metrics(metrics.callers.clone()),
                 policy: CallerPolicy::from_config(&config),
                 limits: limits.clone(),
                 in_flight: InFlight::new(config.limits.max_in_flight_per_caller, in_flight_gauge),
@@ -229,6 +247,7 @@ impl Application {
             wait_for_run,
             status_scope: config.graph.status_scope(),
             hooks: Arc::new(Hooks::new(&config.hooks, audit.clone(), &metrics)?),
+            metrics: metrics.requests.clone(),
         };
 
         metrics.register(

@@ -7,6 +7,7 @@
 
 use crate::credentials::DelegatedToken;
 use crate::error::GatewayError;
+use crate::metrics::{graph_status, GraphMetrics};
 use chrono::{DateTime, Datelike, Utc};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ pub struct Graph {
     /// 5% of a proxied request's instructions (bench/README.md). Bounded: every path comes from
     /// the configuration.
     endpoints: RwLock<HashMap<String, reqwest::Url>>,
+    metrics: GraphMetrics,
 }
 
 /// How one attempt ended, for the executor's decision.
@@ -140,7 +142,14 @@ impl Graph {
             http,
             base_url: base_url.as_str().trim_end_matches('/').to_string(),
             endpoints: RwLock::new(HashMap::new()),
+            metrics: GraphMetrics::default(),
         })
+    }
+
+    /// The same, counting every answer (and every call that got none) into `metrics`.
+    pub fn with_metrics(mut self, metrics: GraphMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The URL called for `path`.
@@ -194,6 +203,12 @@ impl Graph {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                let no_answer = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                self.metrics.answered("sync", no_answer, started.elapsed());
                 let (class, result) = if e.is_timeout() {
                     (AttemptClass::TimedOut, Err(GatewayError::UpstreamTimeout))
                 } else {
@@ -218,6 +233,8 @@ impl Graph {
             }
         };
         let status = resp.status().as_u16();
+        self.metrics
+            .answered("sync", graph_status(status), started.elapsed());
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -290,6 +307,7 @@ impl Graph {
         token: &DelegatedToken,
     ) -> Result<AutopilotSettings, GatewayError> {
         let client_request_id = new_client_request_id();
+        let started = Instant::now();
         let resp = self
             .request(reqwest::Method::GET, path)
             .header("Authorization", token.authorization())
@@ -298,6 +316,13 @@ impl Graph {
             .send()
             .await
             .map_err(|e| {
+                let no_answer = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "unreachable"
+                };
+                self.metrics
+                    .answered("read_settings", no_answer, started.elapsed());
                 if e.is_timeout() {
                     GatewayError::UpstreamTimeout
                 } else {
@@ -308,6 +333,8 @@ impl Graph {
                 }
             })?;
         let status = resp.status().as_u16();
+        self.metrics
+            .answered("read_settings", graph_status(status), started.elapsed());
         let request_id = resp
             .headers()
             .get("request-id")

@@ -11,6 +11,7 @@ import tomllib
 
 import helm_python as helm
 import pytest
+import yaml
 
 HELM = pathlib.Path(__file__).resolve().parents[1]
 ROOT = HELM.parent
@@ -197,6 +198,19 @@ def test_the_optional_objects_are_shaped_for_the_gateway():
     assert monitor["spec"]["selector"]["matchLabels"] == render.find(objs, "Service")["spec"]["selector"]
     paths = [p["path"] for r in render.find(objs, "Ingress")["spec"]["rules"] for p in r["http"]["paths"]]
     assert paths == ["/sync"]
+
+
+def test_the_prometheus_rule_ships_the_alert_file_unrendered_and_only_when_enabled():
+    assert not [o for o in objects({}) if o["kind"] == "PrometheusRule"]
+    rule = render.find(objects(values_of("values-all")), "PrometheusRule")  # no bundled schema
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    shipped = yaml.safe_load((HELM / "sync-gateway" / "files" / "alerts.yaml").read_text())
+    assert rule["spec"] == shipped
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"SyncGatewayAuditNotDurable", "SyncGatewayRunsFailing",
+            "SyncGatewayEntraRefusesOwnCredential"} <= set(alerts)
+    # Prometheus's own templates reach Prometheus: Helm did not render them.
+    assert "{{ $labels.code }}" in alerts["SyncGatewayEntraRefusesOwnCredential"]["annotations"]["description"]
 
 
 def raw_keys() -> dict[str, set[str]]:

@@ -14,6 +14,7 @@
 
 use crate::background::Background;
 use crate::domain::TenantId;
+use crate::metrics::{CallerMetrics, JwksLabels};
 use crate::retry::Backoff;
 use jsonwebtoken::DecodingKey;
 use parking_lot::RwLock;
@@ -74,6 +75,7 @@ pub struct KeyStore {
     /// of random ones only pushes older entries out.
     checked_unknown: moka::sync::Cache<(usize, String), ()>,
     refresh_period: Duration,
+    metrics: CallerMetrics,
 }
 
 /// At most this many unknown `kid`s are remembered as checked.
@@ -139,7 +141,14 @@ impl KeyStore {
                 .time_to_live(unknown_kid_cooldown.max(Duration::from_secs(1)))
                 .build(),
             refresh_period,
+            metrics: CallerMetrics::default(),
         }
+    }
+
+    /// The same, counting each issuer's refreshes into `metrics`.
+    pub fn with_metrics(mut self, metrics: CallerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// True once every issuer has keys.
@@ -151,7 +160,7 @@ impl KeyStore {
     pub async fn load_all(&self) -> usize {
         let mut failed = 0;
         for i in &self.issuers {
-            if let Err(e) = self.load(i).await {
+            if let Err(e) = self.load(i, "scheduled").await {
                 failed += 1;
                 tracing::warn!(tenant = %i.tenant_id, version = ?i.version, error = %e,
                     "could not load signing keys; keeping the last good ones");
@@ -223,7 +232,7 @@ impl KeyStore {
         }
         *last = Some(Instant::now());
         tracing::info!(tenant = %tenant_id, version = ?version, "unknown signing key id; refreshing keys");
-        if let Err(e) = self.load(issuer).await {
+        if let Err(e) = self.load(issuer, "unknown_kid").await {
             tracing::warn!(tenant = %tenant_id, error = %e, "key refresh failed; keeping the last good keys");
             return None;
         }
@@ -235,7 +244,25 @@ impl KeyStore {
         found
     }
 
-    async fn load(&self, issuer: &Issuer) -> Result<(), String> {
+    /// Loads `issuer`'s discovery and keys, counting the refresh by `trigger` and result.
+    async fn load(&self, issuer: &Issuer, trigger: &'static str) -> Result<(), String> {
+        let result = self.load_uncounted(issuer).await;
+        self.metrics
+            .jwks_refreshes
+            .get_or_create(&JwksLabels {
+                tenant: issuer.tenant_id.clone(),
+                version: match issuer.version {
+                    TokenVersion::V1 => "v1",
+                    TokenVersion::V2 => "v2",
+                },
+                trigger,
+                result: if result.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        result
+    }
+
+    async fn load_uncounted(&self, issuer: &Issuer) -> Result<(), String> {
         let d: Discovery = self.get_json(&issuer.discovery_url).await?;
         let jwks: Jwks = self.get_json(&d.jwks_uri).await?;
         let mut keys = HashMap::new();

@@ -10,6 +10,7 @@ pub mod keys;
 
 use crate::domain::{CallerSummary, TenantId};
 use crate::error::{GatewayError, TokenRejection};
+use crate::metrics::CallerMetrics;
 use crate::secret::BearerToken;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -205,6 +206,7 @@ pub struct Authenticator {
     leeway: u64,
     verified: moka::sync::Cache<[u8; 32], Verified>,
     refusals: Family<RefusalLabels, Counter>,
+    metrics: CallerMetrics,
 }
 
 /// Why a token was refused (the `cause` label): one of a fixed set of short words.
@@ -242,7 +244,14 @@ impl Authenticator {
                 .expire_after(VerifiedExpiry)
                 .build(),
             refusals: Family::default(),
+            metrics: CallerMetrics::default(),
         }
+    }
+
+    /// The same, counting validations and verified-token cache hits into `metrics`.
+    pub fn with_metrics(mut self, metrics: CallerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The `Authorization` header's bearer token, or why there is none usable.
@@ -270,6 +279,7 @@ impl Authenticator {
     /// Verifies `token` and says who is calling; a refusal is counted by its cause.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Caller>, GatewayError> {
         let result = self.authenticate_uncounted(token).await;
+        self.metrics.validated(result.is_ok());
         match &result {
             Err(GatewayError::InvalidToken(r)) => {
                 self.refusals
@@ -296,9 +306,11 @@ impl Authenticator {
         if let Some(v) = self.verified.get(&hash) {
             // The cache expires entries at `exp + leeway`; check again in case of a race.
             if v.caller.expires_at() + self.leeway as i64 >= now_unix() {
+                self.metrics.cache_hits.inc();
                 return Ok(v.caller);
             }
         }
+        self.metrics.cache_misses.inc();
         let caller = Arc::new(self.verify(token).await?);
         let remaining = caller.expires_at() + self.leeway as i64 - now_unix();
         if remaining > 0 {

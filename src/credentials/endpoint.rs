@@ -7,6 +7,7 @@
 use super::client_auth::{ClientAuth, CredentialKind};
 use super::store::RefreshToken;
 use crate::error::GatewayError;
+use crate::metrics::CredentialMetrics;
 use crate::retry::Backoff;
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -136,6 +137,7 @@ pub struct EntraClient {
     authority_host: String,
     client_id: String,
     auth: ClientAuth,
+    metrics: CredentialMetrics,
 }
 
 impl EntraClient {
@@ -152,7 +154,15 @@ impl EntraClient {
             authority_host: authority_host.as_str().trim_end_matches('/').to_string(),
             client_id,
             auth,
+            metrics: CredentialMetrics::default(),
         }
+    }
+
+    /// The same, counting every attempt that yields no token into `metrics`
+    /// (`entra_errors_total`).
+    pub fn with_metrics(mut self, metrics: CredentialMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The gateway application's client id.
@@ -257,6 +267,8 @@ impl EntraClient {
     }
 
     async fn attempt(&self, tenant: &str, grant: &[(&str, &str)], speaker: Speaker) -> Attempt {
+        let grant_label = grant_label(grant);
+        let count = |cause, codes: &[i64]| self.metrics.entra_error(grant_label, cause, codes);
         let endpoint = self.token_endpoint(tenant);
         let credential = match self.auth.form_fields(&endpoint) {
             Ok(c) => c,
@@ -272,7 +284,10 @@ impl EntraClient {
             .await;
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => return Attempt::Transient(unreachable_error(&e)),
+            Err(e) => {
+                count("unreachable", &[]);
+                return Attempt::Transient(unreachable_error(&e));
+            }
         };
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
@@ -281,6 +296,7 @@ impl EntraClient {
             return Attempt::Done(parse_success(&body).map_err(Refusal::Failed));
         }
         if status == 429 {
+            count("throttled", &[]);
             tracing::warn!(status, "token endpoint throttled the request");
             return Attempt::Done(Err(Refusal::Failed(unavailable(
                 retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
@@ -288,6 +304,7 @@ impl EntraClient {
             ))));
         }
         if status >= 500 {
+            count("server_error", &[]);
             tracing::warn!(status, "token endpoint failed");
             return Attempt::Transient(unavailable(
                 retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
@@ -308,8 +325,10 @@ impl EntraClient {
                     .any(|c| CLIENT_CREDENTIAL_CODES.contains(c))
                 || err.has(APP_NOT_FOUND);
         if !about_credential {
+            count("grant", &err.error_codes);
             return Attempt::Done(Err(Refusal::Grant(err)));
         }
+        count("client_credential", &err.error_codes);
         if err.has(ASSERTION_EXPIRED) {
             return Attempt::AssertionExpired(err);
         }
@@ -378,6 +397,21 @@ impl EntraClient {
             credential: kind.name(),
             retry_after_secs: CREDENTIAL_RETRY_AFTER,
         }
+    }
+}
+
+/// The `grant` label of a token request: its `grant_type`, as one of a few fixed words.
+fn grant_label(grant: &[(&str, &str)]) -> &'static str {
+    match grant
+        .iter()
+        .find(|(k, _)| *k == "grant_type")
+        .map(|(_, v)| *v)
+    {
+        // Literals, not the grants' constants: the grants import this file, not the reverse.
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => "on_behalf_of",
+        Some("refresh_token") => "refresh_token",
+        Some("urn:ietf:params:oauth:grant-type:device_code") => "device_code",
+        _ => "other",
     }
 }
 

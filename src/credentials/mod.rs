@@ -33,11 +33,12 @@ pub use token::{DelegatedToken, EXPIRY_BUFFER};
 use crate::caller::UserCaller;
 use crate::domain::CallerSummary;
 use crate::error::GatewayError;
+use crate::metrics::CredentialMetrics;
 use application::ApplicationIdentities;
 use service_identity::ServiceIdentities;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Whose delegated identity a Graph call uses. Owned and cheap to clone, so work that happens
 /// later (a scheduled or trailing run) can ask [`Credentials::token_for`] for a fresh token.
@@ -87,6 +88,7 @@ pub struct Credentials {
     cache: moka::future::Cache<[u8; 32], Arc<DelegatedToken>>,
     identities: Arc<ServiceIdentities>,
     applications: Option<Arc<ApplicationIdentities>>,
+    metrics: CredentialMetrics,
 }
 
 impl Credentials {
@@ -100,12 +102,19 @@ impl Credentials {
                 .build(),
             identities: Arc::new(ServiceIdentities::default()),
             applications: None,
+            metrics: CredentialMetrics::default(),
         }
     }
 
     /// The same, with the application identities callers may act as.
     pub fn with_applications(mut self, applications: Arc<ApplicationIdentities>) -> Self {
         self.applications = Some(applications);
+        self
+    }
+
+    /// The same, counting exchange-cache hits and misses and timing exchanges into `metrics`.
+    pub fn with_metrics(mut self, metrics: CredentialMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -190,9 +199,19 @@ impl Credentials {
         h.update([0]);
         h.update(scope.as_bytes());
         let key: [u8; 32] = h.finalize().into();
-        self.cache
+        // Set only by the one request that runs the exchange; requests that found the token,
+        // or waited for another's exchange of the same key, made none: a hit.
+        let exchanged = std::sync::atomic::AtomicBool::new(false);
+        let token = self
+            .cache
             .try_get_with(key, async {
-                let issued = self.exchange.exchange(user, scope).await?;
+                exchanged.store(true, std::sync::atomic::Ordering::Relaxed);
+                let started = Instant::now();
+                let issued = self.exchange.exchange(user, scope).await;
+                self.metrics
+                    .exchange_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let issued = issued?;
                 // Never outlive the inbound token: a caller whose token expired must not keep
                 // acting through the cache. Counted to the sub-second: whole seconds from a
                 // truncated "now" let the entry outlive `exp` by up to a second.
@@ -209,6 +228,12 @@ impl Credentials {
                 )?))
             })
             .await
-            .map_err(|e: Arc<GatewayError>| (*e).clone())
+            .map_err(|e: Arc<GatewayError>| (*e).clone());
+        if exchanged.load(std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.exchange_cache_misses.inc();
+        } else if token.is_ok() {
+            self.metrics.exchange_cache_hits.inc();
+        }
+        token
     }
 }

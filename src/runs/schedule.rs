@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::credentials::{Credentials, DelegatedToken};
 use crate::domain::RunEvent;
 use crate::error::GatewayError;
+use crate::metrics::RunMetrics;
 use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -83,6 +84,8 @@ pub(super) struct Inner {
     pub(super) audit: AuditLog,
     /// Every scheduling decision reads the time here (a manual clock in timeline tests).
     pub(super) clock: Arc<dyn Clock>,
+    /// Transitions, live runs, each tenant's next allowed start.
+    metrics: RunMetrics,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
     finished: super::archive::Archive<Arc<RunCell>>,
@@ -109,13 +112,15 @@ impl Scheduler {
         }
     }
 
-    /// A scheduler for one action's runs, deciding by the time `clock` gives.
+    /// A scheduler for one action's runs, deciding by the time `clock` gives, counting into
+    /// `metrics`.
     pub fn new(
         policy: RunPolicy,
         graph: Arc<Graph>,
         credentials: Arc<Credentials>,
         audit: AuditLog,
         clock: Arc<dyn Clock>,
+        metrics: RunMetrics,
     ) -> Scheduler {
         let finished = super::archive::Archive::new(policy.max_finished, policy.retention);
         Scheduler {
@@ -125,6 +130,7 @@ impl Scheduler {
                 credentials,
                 audit,
                 clock,
+                metrics,
                 slots: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
                 finished,
@@ -151,7 +157,9 @@ impl Scheduler {
         let mut slot = slot_lock.lock().await;
         if !slot.learned {
             // Concurrent first requests wait here for the one read.
-            inner.learn_at_first_use(&mut slot, &actor.token).await;
+            inner
+                .learn_at_first_use(&mut slot, tenant, &actor.token)
+                .await;
             slot.learned = true;
         }
         if let Some(scheduled) = slot.scheduled.clone() {
@@ -172,7 +180,7 @@ impl Scheduler {
                 request,
                 actor,
             );
-            inner.start_locked(&mut slot, &cell, now);
+            inner.start_locked(&mut slot, &cell, now, "new");
             inner.track(&cell);
             self.spawn_run(drive(self.inner.clone(), cell.clone(), true));
             return Ok(Submitted::Started(cell));
@@ -191,6 +199,7 @@ impl Scheduler {
             .await
             .map_err(|_| not_recorded())?;
         slot.scheduled = Some(cell.clone());
+        inner.metrics.transition("new", "scheduled");
         inner.track(&cell);
         self.spawn_run(drive(self.inner.clone(), cell.clone(), false));
         Ok(Submitted::Scheduled(cell))
@@ -303,7 +312,7 @@ async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
             continue;
         }
         slot.scheduled = None;
-        inner.start_locked(&mut slot, cell, now);
+        inner.start_locked(&mut slot, cell, now, "scheduled");
         return true;
     }
 }
@@ -333,18 +342,34 @@ impl Inner {
         self.finished.insert(id, cell.clone(), self.clock.instant());
     }
 
-    fn start_locked(&self, slot: &mut Slot, cell: &Arc<RunCell>, now: DateTime<Utc>) {
+    /// Marks `cell` running in its tenant's slot; `from` is where it comes from (`new` or
+    /// `scheduled`), for the transition count.
+    fn start_locked(
+        &self,
+        slot: &mut Slot,
+        cell: &Arc<RunCell>,
+        now: DateTime<Utc>,
+        from: &'static str,
+    ) {
         // With a cooldown of 0 several runs may be running; the slot remembers the latest.
         slot.running = Some(cell.clone());
-        slot.next_allowed = Some(after(now, self.policy.cooldown));
+        self.set_next_allowed(slot, &cell.tenant_id(), after(now, self.policy.cooldown));
+        // Counted before the change is visible, so whoever sees the new state sees it counted.
+        self.metrics.transition(from, RunState::Running.as_str());
         cell.update(|r| {
             r.state = RunState::Running;
             r.started_at.get_or_insert(now);
         });
     }
 
+    /// Sets when the tenant's next run may start, and the gauge that shows it.
+    fn set_next_allowed(&self, slot: &mut Slot, tenant: &str, t: DateTime<Utc>) {
+        slot.next_allowed = Some(t);
+        self.metrics.next_allowed(tenant, t);
+    }
+
     /// Reads Graph's settings once per tenant so a restart inside the cooldown waits it out.
-    async fn learn_at_first_use(&self, slot: &mut Slot, token: &DelegatedToken) {
+    async fn learn_at_first_use(&self, slot: &mut Slot, tenant: &str, token: &DelegatedToken) {
         match self
             .graph
             .read_settings(&self.policy.status_path, token)
@@ -355,8 +380,8 @@ impl Inner {
                     let allowed = self.policy.cooldown_after(t);
                     if allowed > self.clock.now() {
                         tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
-                        slot.next_allowed =
-                            Some(slot.next_allowed.map_or(allowed, |n| n.max(allowed)));
+                        let t = slot.next_allowed.map_or(allowed, |n| n.max(allowed));
+                        self.set_next_allowed(slot, tenant, t);
                     }
                 }
             }
@@ -376,11 +401,13 @@ impl Inner {
         if slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)) {
             slot.running = None;
         }
-        slot.next_allowed = Some(next);
+        self.set_next_allowed(&mut slot, &tenant, next);
         if let Some(target) = slot.scheduled.clone() {
             target.absorb(cell);
             target.update(|r| r.not_before = Some(r.not_before.map_or(next, |n| n.max(next))));
             *cell.merged_into.lock() = Some(target.clone());
+            self.metrics
+                .transition(RunState::Running.as_str(), "merged");
             cell.update(|r| r.state = RunState::Scheduled);
             drop(slot);
             self.retire(cell);
@@ -390,6 +417,8 @@ impl Inner {
             keep_outcome(&self.runtime, cell, write, RunEvent::Merged, false);
             return false;
         }
+        self.metrics
+            .transition(RunState::Running.as_str(), RunState::Scheduled.as_str());
         cell.update(|r| {
             r.state = RunState::Scheduled;
             r.not_before = Some(next);
@@ -422,6 +451,9 @@ impl Inner {
             }
         }
         let now = self.clock.now();
+        // Counted before the change is visible, so whoever sees the new state sees it counted.
+        self.metrics
+            .transition(cell.state().as_str(), state.as_str());
         cell.update(|r| {
             r.state = state;
             r.finished_at = Some(now);
@@ -460,7 +492,8 @@ impl Inner {
     pub(super) async fn hold_until(&self, tenant: &str, t: DateTime<Utc>) {
         let slot_lock = self.slot(tenant);
         let mut slot = slot_lock.lock().await;
-        slot.next_allowed = Some(slot.next_allowed.map_or(t, |n| n.max(t)));
+        let t = slot.next_allowed.map_or(t, |n| n.max(t));
+        self.set_next_allowed(&mut slot, tenant, t);
     }
 
     async fn abandon_scheduled(&self, which: impl Fn(DateTime<Utc>) -> bool) {

@@ -83,7 +83,7 @@ async fn no_token_or_secret_appears_in_logs_or_audit_across_every_outcome() {
 
 /// What the injected sink does with the next commit.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Pass,
     /// Writes half the batch, then fails with this `errno` (28: ENOSPC, 13: EACCES).
     Fail(i32),
@@ -92,7 +92,7 @@ enum Mode {
 }
 
 #[derive(Clone, Default)]
-struct Fault {
+pub(crate) struct Fault {
     state: Arc<(Mutex<FaultState>, Condvar)>,
 }
 
@@ -111,7 +111,7 @@ impl Default for FaultState {
 }
 
 impl Fault {
-    fn set(&self, mode: Mode) {
+    pub(crate) fn set(&self, mode: Mode) {
         self.state.0.lock().unwrap().mode = mode;
         self.state.1.notify_all();
     }
@@ -162,7 +162,8 @@ impl AuditSink for FaultySink {
     }
 }
 
-fn faulty_setup(dir: &tempfile::TempDir, fault: &Fault) -> Setup {
+/// A gateway whose audit sink fails or hangs as `fault` says (shared with the metrics tests).
+pub(crate) fn faulty_setup(dir: &tempfile::TempDir, fault: &Fault) -> Setup {
     let path = dir.path().join("audit.jsonl");
     Setup {
         audit_path: Some(path.clone()),

@@ -15,6 +15,7 @@ mod hooks;
 mod hostile;
 mod identities;
 mod limits;
+mod metrics;
 mod openapi;
 mod postgres;
 mod protocol;
