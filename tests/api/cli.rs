@@ -266,7 +266,8 @@ impl Dev {
             if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
                 token = Some(t.to_string());
             }
-            if line.trim().starts_with("curl -i -X POST") {
+            // The first one is the sync; the webhook's comes later.
+            if line.trim().starts_with("curl -i -X POST") && curl.is_none() {
                 curl = Some(line.trim().to_string());
             }
         }
@@ -566,7 +567,7 @@ fn login_refuses_an_application_identity_and_exits_1() {
 }
 
 #[test]
-fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
+fn dev_mode_signs_its_service_identity_in_at_start_and_both_of_its_callers_trigger_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let (mut dev, lines) = start_dev(dir.path());
     let find = |prefix: &str| {
@@ -577,47 +578,36 @@ fn dev_mode_signs_its_service_identity_in_with_login_and_serves_the_webhook() {
             .unwrap_or_else(|| panic!("no line starting with {prefix:?}"))
             .to_string()
     };
+    assert!(
+        lines.iter().any(|l| l.contains("'dev-bot' is signed in")),
+        "{lines:#?}"
+    );
     let app_token = find("export APP_TOKEN=")["export APP_TOKEN=".len()..].to_string();
-    let login = find("cargo run --release -- login --config ");
-    let config = login.split_whitespace().nth(6).unwrap().to_string();
     let url = find("curl -i -H \"Authorization: Bearer $APP_TOKEN\" -X POST")
         .split_whitespace()
         .last()
         .unwrap()
         .to_string();
-
-    let mut login = Command::new(BIN)
-        .args(["login", "--identity", "dev-bot", "--config", &config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let printed = read_lines_until(login.stdout.take().unwrap(), "enter the code");
-    let prompt = printed.last().unwrap().clone();
-    let page = prompt
-        .split("open the page ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    let code = prompt
-        .split("enter the code ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    let (status, _) =
-        reqwest::blocking_free_form(page, &[("user_code", code), ("action", "approve")]);
-    assert_eq!(status, 200);
-    let signed_in = login.wait().unwrap();
-
     let (status, body) = reqwest::blocking_free_post(&url, &app_token);
+    assert_eq!(status, 202, "{body}");
+
+    // The signed GitHub-style delivery, exactly as printed; sent again, a duplicate.
+    let hook = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("curl -i -X POST") && l.contains("/hooks/dev-github"))
+        .expect("dev printed a webhook curl line")
+        .to_string();
+    let (first, first_body) = reqwest::blocking_curl(&hook);
+    let (again, again_body) = reqwest::blocking_curl(&hook);
     dev.kill().ok();
     dev.wait().ok();
-    assert!(signed_in.success());
-    assert_eq!(status, 202, "{body}");
+    assert_eq!(first, 202, "{first_body}");
+    assert_eq!(again, 200, "{again_body}");
+    assert!(again_body.contains("duplicate"), "{again_body}");
+    // No error about the identity's session before the banner (it was signed in first).
+    let stderr = strip_ansi(&std::fs::read_to_string(dir.path().join("stderr.log")).unwrap());
+    assert!(!stderr.contains("has no usable session"), "{stderr}");
 }
 
 /// A tiny synchronous POST for the tests above (the test is not async: it drives a child).
@@ -638,15 +628,25 @@ mod reqwest {
         })
     }
 
-    pub fn blocking_free_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
+    /// Sends what a printed `curl -i -X POST URL -H '..' ... --data '..'` line sends.
+    pub fn blocking_curl(line: &str) -> (u16, String) {
+        let url = line.split_whitespace().nth(4).unwrap().to_string();
+        let quoted = |after: &str| -> Vec<String> {
+            line.split(after)
+                .skip(1)
+                .map(|rest| rest.split('\'').next().unwrap().to_string())
+                .collect()
+        };
+        let headers = quoted(" -H '");
+        let body = quoted(" --data '").pop().expect("a --data body");
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let r = ::reqwest::Client::new()
-                .post(url)
-                .form(form)
-                .send()
-                .await
-                .unwrap();
+            let mut r = ::reqwest::Client::new().post(&url).body(body);
+            for h in &headers {
+                let (k, v) = h.split_once(": ").unwrap();
+                r = r.header(k, v);
+            }
+            let r = r.send().await.unwrap();
             let status = r.status().as_u16();
             (status, r.text().await.unwrap())
         })
