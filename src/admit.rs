@@ -116,6 +116,9 @@ impl Admission {
                 let bytes = read_body(b, limit, deadline, self.request_timeout).await?;
                 let signed = verify::verify(&source.config, &ActixHeaders(req), &bytes, Utc::now())
                     .map_err(|e| GatewayError::InvalidSignature(e.to_string()))?;
+                if let Some(hook) = record.hook.as_mut() {
+                    hook.delivery_id.clone_from(&signed.delivery_id);
+                }
                 let caller = Arc::new(Caller::Hook(HookCaller {
                     source: source.config.name.as_str().into(),
                     tenant_id: source.config.tenant_id.to_string(),

@@ -561,12 +561,15 @@ async fn hook_delivery(
         limited: true,
         proof: Proof::Signature(source),
     };
+    // Admission notes the verified delivery id on the record's `hook`, refused later or not.
+    record.hook = Some(Box::new(hook.clone()));
     let admitted = gw
         .admission
         .admit(entrance, req, Some(body), started, record)
-        .await?;
+        .await;
+    hook.delivery_id = record.hook.take().and_then(|h| h.delivery_id);
+    let admitted = admitted?;
     let bytes = admitted.body.clone().unwrap_or_default();
-    hook.delivery_id = admitted.signed.as_ref().and_then(|s| s.delivery_id.clone());
 
     // 7. What the body asks.
     let mut follow_up = None;

@@ -411,6 +411,7 @@ fn grant_label(grant: &[(&str, &str)]) -> &'static str {
         Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => "on_behalf_of",
         Some("refresh_token") => "refresh_token",
         Some("urn:ietf:params:oauth:grant-type:device_code") => "device_code",
+        Some("client_credentials") => "client_credentials",
         _ => "other",
     }
 }

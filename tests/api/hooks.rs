@@ -113,6 +113,14 @@ impl Pacer for NoWait {
 /// A gateway with one source per kind; `tune` adds to the setup (Intune's rule, a clock,
 /// source options as `hooks.<kind>.<key>` entries).
 async fn spawn_hooks_with(setup: Setup) -> HookApp {
+    spawn_hooks_with_more(setup, |_| Vec::new()).await
+}
+
+/// [`spawn_hooks_with`], with more entries once the tenant is known (they win over the defaults).
+async fn spawn_hooks_with_more(
+    setup: Setup,
+    more: fn(&Prepare<'_>) -> Vec<(String, String)>,
+) -> HookApp {
     let receiver = Receiver::start().await;
     let secrets: HashMap<HookKind, (String, String)> = HookKind::ALL
         .into_iter()
@@ -166,6 +174,7 @@ async fn spawn_hooks_with(setup: Setup) -> HookApp {
                 }
             }
             entries.retain(|(k, _)| !explicit.contains(k));
+            entries.extend(more(p));
             entries
         })),
         ..setup
@@ -881,4 +890,51 @@ async fn the_same_delivery_sent_fifty_times_at_once_makes_at_most_one_run() {
         .filter_map(|r| r["run_id"].as_str().map(str::to_string))
         .collect();
     assert_eq!(runs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_source_may_act_as_an_application_identity() {
+    let h = spawn_hooks_with_more(Setup::default(), |p| {
+        vec![
+            ("identities.app.kind".into(), quoted("application")),
+            ("identities.app.tenant_id".into(), quoted(p.tenant)),
+            ("hooks.github.run_as".into(), quoted("app")),
+        ]
+    })
+    .await;
+    let kind = HookKind::Github;
+    let id = id(kind, "application");
+    assert_eq!(h.deliver(kind, Key::New, &id).await.status(), 202);
+    let record = h.record_of(&id);
+    assert_eq!(record["acting_as"]["kind"], "application_identity");
+    assert_eq!(record["acting_as"]["identity"], "app");
+}
+
+#[tokio::test]
+async fn a_source_over_its_limit_gets_429_with_retry_after_and_its_retry_is_served_later() {
+    let h = spawn_hooks_with(
+        Setup::default().set("hooks.github.limits", "{ per_minute = 60, burst = 1 }"),
+    )
+    .await;
+    let kind = HookKind::Github;
+    assert_eq!(
+        h.deliver(kind, Key::New, &id(kind, "first")).await.status(),
+        202
+    );
+    let limited = id(kind, "limited");
+    let resp = h.deliver(kind, Key::New, &limited).await;
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(problem_of(resp).await["type"], problem_type("rate-limited"));
+    assert!(h.record_of(&limited)["run_id"].is_null());
+    // The refused delivery was not remembered: the sender's retry, once the allowance is
+    // back, is served (not answered as a duplicate).
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(h.deliver(kind, Key::New, &limited).await.status(), 202);
+    assert_eq!(h.record_of(&limited)["hook"]["outcome"], "accepted");
 }
