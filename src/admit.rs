@@ -112,6 +112,10 @@ impl Admission {
                 let (Some(limit), Some(b)) = (entrance.body_limit, body.take()) else {
                     return Err(GatewayError::Internal);
                 };
+                // A request without the sender's signature headers is refused before its
+                // body is waited for.
+                verify::signature_present(source.config.kind, &ActixHeaders(req))
+                    .map_err(|e| GatewayError::InvalidSignature(e.to_string()))?;
                 let deadline = started + self.request_timeout;
                 let bytes = read_body(b, limit, deadline, self.request_timeout).await?;
                 let signed = verify::verify(&source.config, &ActixHeaders(req), &bytes, Utc::now())

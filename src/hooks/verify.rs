@@ -157,6 +157,33 @@ pub fn verify(
     })
 }
 
+/// Whether the headers carry `kind`'s signature (or token) at all: checked before the body is
+/// read, so a request that cannot be authentic does not hold a connection while its body
+/// trickles in. The signature itself is checked by [`verify`], over the body.
+pub fn signature_present(kind: HookKind, headers: &dyn Headers) -> Result<(), SignatureError> {
+    let required: &[&'static str] = match kind {
+        HookKind::StandardWebhooks => {
+            if headers.all(SVIX_SIGNATURE).is_empty() {
+                &[WEBHOOK_SIGNATURE]
+            } else {
+                &[SVIX_SIGNATURE]
+            }
+        }
+        HookKind::Github => &[GITHUB_SIGNATURE],
+        HookKind::Gitlab => &[GITLAB_TOKEN],
+        HookKind::Jira => &[JIRA_SIGNATURE],
+        HookKind::Zendesk => &[ZENDESK_SIGNATURE, ZENDESK_TIMESTAMP],
+        HookKind::Pagerduty => &[PAGERDUTY_SIGNATURE],
+        HookKind::Slack => &[SLACK_SIGNATURE, SLACK_TIMESTAMP],
+        HookKind::TeamsOutgoing | HookKind::Mattermost => &[AUTHORIZATION],
+        HookKind::Discord => &[DISCORD_SIGNATURE, DISCORD_TIMESTAMP],
+    };
+    for header in required {
+        one(headers, header, MAX_SIGNATURE_HEADER_BYTES)?;
+    }
+    Ok(())
+}
+
 /// The sender's delivery id (stable across its retries), from headers or, for chat kinds, the
 /// body (Slack events `event_id`, slash commands/interactivity `trigger_id`; Discord
 /// interaction `id`; Teams activity `id`; Mattermost `trigger_id`). None when the sender gave
@@ -1241,5 +1268,21 @@ mod tests {
         ];
         assert_eq!(headers.all("X-GitHub-Delivery"), vec![b"d1".as_slice()]);
         assert_eq!(headers.all(GITHUB_SIGNATURE).len(), 1);
+    }
+
+    #[test]
+    fn every_kind_names_the_headers_its_signature_needs_before_the_body_is_read() {
+        for kind in HookKind::ALL {
+            let none: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+            assert!(
+                matches!(
+                    super::signature_present(kind, &none),
+                    Err(super::SignatureError::Missing { .. })
+                ),
+                "{kind:?}"
+            );
+        }
+        let github = vec![("X-Hub-Signature-256", "sha256=00")];
+        assert!(super::signature_present(HookKind::Github, &github).is_ok());
     }
 }

@@ -938,3 +938,23 @@ async fn a_source_over_its_limit_gets_429_with_retry_after_and_its_retry_is_serv
     assert_eq!(h.deliver(kind, Key::New, &limited).await.status(), 202);
     assert_eq!(h.record_of(&limited)["hook"]["outcome"], "accepted");
 }
+
+#[tokio::test]
+async fn a_delivery_without_its_signature_headers_is_refused_before_its_body_is_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = spawn_hooks().await;
+    let addr = h.app.address.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A body of 100 bytes is announced and never sent.
+    conn.write_all(
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    // 401 (the signature header is missing), not 408 (the body did not arrive in time).
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(h.hook_records().pop().unwrap()["code"], "invalid-signature");
+}
