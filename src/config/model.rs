@@ -539,6 +539,34 @@ pub struct HookSourceConfig {
     pub replay_window_seconds: u64,
 }
 
+#[cfg(test)]
+impl HookSourceConfig {
+    /// A source of `kind` with these secrets (or Discord's key) and every other key at its
+    /// default, for unit tests of the code that reads sources.
+    pub fn for_tests(kind: HookKind, secrets: &[&str], public_key: Option<[u8; 32]>) -> Self {
+        HookSourceConfig {
+            name: "src".into(),
+            kind,
+            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            secrets_source: "test".into(),
+            public_key,
+            run_as: "bot".into(),
+            tenant_id: TenantId::parse("11111111-1111-1111-1111-111111111111").expect("a GUID"),
+            limits: HookLimits {
+                per_minute: 30,
+                burst: 10,
+            },
+            when: None,
+            allow: ChatAllow::default(),
+            response_url_hosts: Vec::new(),
+            api_base_url: None,
+            tolerance_seconds: 300,
+            max_body_bytes: 65_536,
+            replay_window_seconds: 172_800,
+        }
+    }
+}
+
 /// An Ed25519 public key in `check-config`'s output: hex, as the configuration has it.
 fn hex_key<S: serde::Serializer>(key: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
     match key {

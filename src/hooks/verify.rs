@@ -578,9 +578,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ChatAllow, HookLimits};
-    use crate::domain::{hex, TenantId};
-    use crate::secret::Secret;
+    use crate::domain::hex;
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 
     /// 2023-11-14T22:13:20Z.
@@ -592,26 +590,7 @@ mod tests {
     }
 
     fn source(kind: HookKind, secrets: &[&str], public_key: Option<[u8; 32]>) -> HookSourceConfig {
-        HookSourceConfig {
-            name: "src".into(),
-            kind,
-            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
-            secrets_source: "test".into(),
-            public_key,
-            run_as: "bot".into(),
-            tenant_id: TenantId::parse("11111111-1111-1111-1111-111111111111").unwrap(),
-            limits: HookLimits {
-                per_minute: 30,
-                burst: 10,
-            },
-            when: None,
-            allow: ChatAllow::default(),
-            response_url_hosts: Vec::new(),
-            api_base_url: None,
-            tolerance_seconds: 300,
-            max_body_bytes: 65_536,
-            replay_window_seconds: 172_800,
-        }
+        HookSourceConfig::for_tests(kind, secrets, public_key)
     }
 
     /// A secret of the form each kind takes, and a second one (the other side of a rotation).
@@ -941,22 +920,38 @@ mod tests {
         }
     }
 
+    /// A delivery of `kind` signed with `secret`, its header `name` then replaced by `value`,
+    /// as `verify` judges it.
+    fn verify_with_header(
+        kind: HookKind,
+        secret: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<Verified, SignatureError> {
+        let mut headers = signed(kind, secret, &pair(1), body_of(kind), NOW);
+        for (k, v) in &mut headers {
+            if k.eq_ignore_ascii_case(name) {
+                *v = value.into();
+            }
+        }
+        verify(
+            &source_with(kind, &[secret], &pair(1)),
+            &headers,
+            body_of(kind),
+            at(NOW),
+        )
+    }
+
     #[test]
     fn an_absurdly_long_signature_header_is_malformed_unread() {
         for kind in HookKind::ALL {
             let [secret, _] = secrets_of(kind);
             let name = required(kind).last().unwrap();
-            let mut headers = signed(kind, secret, &pair(1), body_of(kind), NOW);
-            for (k, v) in &mut headers {
-                if k.eq_ignore_ascii_case(name) {
-                    *v = "a".repeat(MAX_SIGNATURE_HEADER_BYTES + 1);
-                }
-            }
-            let got = verify(
-                &source_with(kind, &[secret], &pair(1)),
-                &headers,
-                body_of(kind),
-                at(NOW),
+            let got = verify_with_header(
+                kind,
+                secret,
+                name,
+                &"a".repeat(MAX_SIGNATURE_HEADER_BYTES + 1),
             );
             assert_eq!(
                 got,
@@ -971,7 +966,7 @@ mod tests {
 
     #[test]
     fn unparsable_signatures_are_malformed() {
-        let cases: [(HookKind, &str, &str); 9] = [
+        let cases: [(HookKind, &str, &str); 12] = [
             (HookKind::Github, GITHUB_SIGNATURE, "sha1=abcd"),
             (HookKind::Github, GITHUB_SIGNATURE, "sha256=zz"),
             (HookKind::Jira, JIRA_SIGNATURE, "757107ea"),
@@ -981,45 +976,14 @@ mod tests {
             (HookKind::TeamsOutgoing, AUTHORIZATION, "Bearer abc"),
             (HookKind::Mattermost, AUTHORIZATION, "Bearer abc"),
             (HookKind::Discord, DISCORD_SIGNATURE, "abcd"),
-        ];
-        for (kind, name, value) in cases {
-            let [secret, _] = secrets_of(kind);
-            let mut headers = signed(kind, secret, &pair(1), body_of(kind), NOW);
-            for (k, v) in &mut headers {
-                if k.eq_ignore_ascii_case(name) {
-                    *v = value.into();
-                }
-            }
-            let got = verify(
-                &source_with(kind, &[secret], &pair(1)),
-                &headers,
-                body_of(kind),
-                at(NOW),
-            );
-            assert!(
-                matches!(got, Err(SignatureError::Malformed { header, .. }) if header == name),
-                "{kind:?} {value}: {got:?}"
-            );
-        }
-        // Timestamps that are not what the sender writes.
-        for (kind, name, value) in [
+            // Timestamps that are not what the sender writes.
             (HookKind::Slack, SLACK_TIMESTAMP, "1700000000.5"),
             (HookKind::Discord, DISCORD_TIMESTAMP, "-1"),
             (HookKind::Zendesk, ZENDESK_TIMESTAMP, "yesterday"),
-        ] {
+        ];
+        for (kind, name, value) in cases {
             let [secret, _] = secrets_of(kind);
-            let mut headers = signed(kind, secret, &pair(1), body_of(kind), NOW);
-            for (k, v) in &mut headers {
-                if k.eq_ignore_ascii_case(name) {
-                    *v = value.into();
-                }
-            }
-            let got = verify(
-                &source_with(kind, &[secret], &pair(1)),
-                &headers,
-                body_of(kind),
-                at(NOW),
-            );
+            let got = verify_with_header(kind, secret, name, value);
             assert!(
                 matches!(got, Err(SignatureError::Malformed { header, .. }) if header == name),
                 "{kind:?} {value}: {got:?}"

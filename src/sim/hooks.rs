@@ -291,36 +291,16 @@ fn headers<const N: usize>(body: &[u8], signed: [(&str, String); N]) -> Vec<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ChatAllow, HookLimits, HookSourceConfig};
-    use crate::domain::TenantId;
+    use crate::config::HookSourceConfig;
     use crate::hooks::verify::{delivery_id, verify, SignatureError};
-    use crate::secret::Secret;
 
     fn source(
         kind: HookKind,
         secrets: &[String],
         public_key: Option<[u8; 32]>,
     ) -> HookSourceConfig {
-        HookSourceConfig {
-            name: "src".into(),
-            kind,
-            secrets: secrets.iter().map(Secret::new).collect(),
-            secrets_source: "test".into(),
-            public_key,
-            run_as: "bot".into(),
-            tenant_id: TenantId::parse("11111111-1111-1111-1111-111111111111").unwrap(),
-            limits: HookLimits {
-                per_minute: 30,
-                burst: 10,
-            },
-            when: None,
-            allow: ChatAllow::default(),
-            response_url_hosts: Vec::new(),
-            api_base_url: None,
-            tolerance_seconds: 300,
-            max_body_bytes: 65_536,
-            replay_window_seconds: 172_800,
-        }
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        HookSourceConfig::for_tests(kind, &secrets, public_key)
     }
 
     fn now() -> DateTime<Utc> {
