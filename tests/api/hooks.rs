@@ -451,6 +451,10 @@ async fn every_kind_refuses_a_delivery_without_its_signature_headers_with_401() 
             problem_of(resp).await["type"],
             problem_type("invalid-signature")
         );
+        let last = h.hook_records().pop().unwrap();
+        assert_eq!(last["hook"]["source"], kind.as_str());
+        assert_eq!(last["hook"]["outcome"], "refused");
+        assert!(last["run_id"].is_null());
     }
     assert_eq!(h.app.sims.graph.sync_calls(), 0);
 }
@@ -505,22 +509,35 @@ async fn a_delivery_sent_again_is_answered_2xx_as_a_duplicate_and_joins_nothing(
 }
 
 #[tokio::test]
-async fn a_body_over_the_sources_limit_is_refused_with_413_before_its_signature_is_checked() {
+async fn a_body_over_the_sources_limit_is_refused_with_413_and_joins_nothing() {
     let h = spawn_hooks_with(Setup::default().set("hooks.github.max_body_bytes", "1024")).await;
-    let kind = HookKind::Github;
-    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(2048)).into_bytes();
-    let headers = h.sign(kind, Key::New, &body, Utc::now(), "big");
-    let resp = h.post(kind, body, &headers).await;
-    assert_eq!(resp.status(), 413);
-    assert_eq!(
-        problem_of(resp).await["type"],
-        problem_type("payload-too-large")
-    );
-    // The default limit is 64 KiB: the same body is fine for another source.
+    // Every kind at its default limit, 64 KiB; github at its configured 1 KiB.
+    for kind in HookKind::ALL {
+        let limit = if kind == HookKind::Github {
+            1024
+        } else {
+            65_536
+        };
+        let id = id(kind, "big");
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(limit)).into_bytes();
+        let headers = h.sign(kind, Key::New, &body, Utc::now(), &id);
+        let resp = h.post(kind, body, &headers).await;
+        assert_eq!(resp.status(), 413, "{kind:?}");
+        assert_eq!(
+            problem_of(resp).await["type"],
+            problem_type("payload-too-large")
+        );
+        let last = h.hook_records().pop().unwrap();
+        assert_eq!(last["hook"]["source"], kind.as_str());
+        assert_eq!(last["code"], "payload-too-large");
+        assert!(last["run_id"].is_null());
+    }
+    // Within the default limit, the same size is fine.
     let kind = HookKind::Jira;
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(2048)).into_bytes();
     let headers = h.sign(kind, Key::New, &body, Utc::now(), "big-jira");
     assert_eq!(h.post(kind, body, &headers).await.status(), 202);
+    assert!(h.record_of("big-jira")["run_id"].is_string());
 }
 
 #[tokio::test]
