@@ -304,14 +304,16 @@ impl Application {
         );
         let server = HttpServer::new(move || {
             App::new()
-                // Only POST /sync reads a body (and closes a connection whose body it did not
-                // read to the end itself). Elsewhere a chunked body is never read, and actix
-                // would drain one that never ends forever after the answer: hold it until the
-                // answer is sent, so that actix closes the connection instead. (An unread
-                // Content-Length body actix closes for by itself.)
+                // Only POST /sync and POST /hooks/{source} read a body (and close a connection
+                // whose body they did not read to the end themselves). Elsewhere a chunked body
+                // is never read, and actix would drain one that never ends forever after the
+                // answer: hold it until the answer is sent, so that actix closes the connection
+                // instead. (An unread Content-Length body actix closes for by itself.)
                 .wrap_fn(|mut req, srv| {
+                    let reads_body = req.method() == Method::POST
+                        && (req.path() == "/sync" || req.path().starts_with("/hooks/"));
                     let unread = (req.headers().contains_key(header::TRANSFER_ENCODING)
-                        && !(req.method() == Method::POST && req.path() == "/sync"))
+                        && !reads_body)
                         .then(|| req.take_payload());
                     let answer = srv.call(req);
                     async move {

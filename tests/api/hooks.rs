@@ -975,3 +975,37 @@ async fn a_delivery_without_its_signature_headers_is_refused_before_its_body_is_
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert_eq!(h.hook_records().pop().unwrap()["code"], "invalid-signature");
 }
+
+#[tokio::test]
+async fn a_delivery_sent_chunked_is_verified_over_its_whole_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = spawn_hooks().await;
+    let kind = HookKind::Github;
+    let id = id(kind, "chunked");
+    let body = h.body(kind, &id);
+    let headers = h.sign(kind, Key::New, &body, Utc::now(), &id);
+    let mut request =
+        String::from("POST /hooks/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    for (k, v) in &headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    // The body in two chunks, then the last chunk.
+    let (a, b) = body.split_at(body.len() / 2);
+    for part in [a, b] {
+        request.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            part.len(),
+            String::from_utf8_lossy(part)
+        ));
+    }
+    request.push_str("0\r\n\r\n");
+    let addr = h.app.address.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(h.record_of(&id)["hook"]["outcome"], "accepted");
+}
