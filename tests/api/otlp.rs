@@ -246,3 +246,33 @@ async fn without_an_otlp_endpoint_nothing_is_built_and_nothing_is_sent() {
     assert_eq!(receiver.bodies.lock().unwrap().len(), 0);
     receiver.handle.stop(false).await;
 }
+
+#[tokio::test]
+async fn a_collector_that_is_down_never_affects_requests_or_the_stop() {
+    // A port nobody listens on: every export fails (connection refused).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut app = spawn_app_with(
+        Setup::default()
+            .set(
+                "telemetry.otlp_endpoint",
+                &format!("\"http://127.0.0.1:{port}\""),
+            )
+            .set("telemetry.otlp_timeout_seconds", "1"),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    }
+    // The failed exports are flushed (and fail) at the stop, which still completes.
+    app.otel.as_ref().unwrap().flush().await;
+    assert!(
+        crate::helpers::logs().contains("spans could not be exported to the OTLP collector"),
+        "the failed export is logged"
+    );
+    app.stop().await;
+    assert_eq!(app.audit_of_kind("request").len(), 3);
+}
