@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod otel;
 pub mod pipeline;
 pub mod policy;
 pub mod preflight;

@@ -129,6 +129,13 @@ fn main() -> ExitCode {
                 for note in &checked.notes {
                     println!("# note: {note}");
                 }
+                match &c.telemetry.otlp {
+                    Some(o) => println!(
+                        "# telemetry: spans exported over OTLP/HTTP (protobuf) to {}, service.name {}, each export within {} s",
+                        o.traces_url, o.service_name, o.timeout_seconds
+                    ),
+                    None => println!("# telemetry: no OTLP export (telemetry.otlp_endpoint is not set)"),
+                }
                 for filled in &c.entra.filled_from_environment {
                     println!("# {filled}");
                 }

@@ -78,6 +78,8 @@ pub struct Gateway {
     pub hooks: Arc<Hooks>,
     /// Requests by route and outcome, counted when their record is written.
     pub metrics: crate::metrics::RequestMetrics,
+    /// Where finished spans go (`telemetry.otlp_endpoint`); `None`: spans are not recorded.
+    pub spans: Option<Arc<dyn crate::trace::SpanSink>>,
 }
 
 /// `POST /sync`: a body of at most [`MAX_BODY_BYTES`], one in-flight slot, the rate limits.
@@ -124,7 +126,7 @@ pub async fn post_sync(
     body: web::Payload,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
-    let trace = trace_of(&req);
+    let trace = trace_of(&gw, &req);
     crate::trace::scope(trace, post_sync_in_trace(req, body, gw)).await
 }
 
@@ -198,7 +200,7 @@ fn new_record(gw: &Gateway, req: &HttpRequest, route: &'static str) -> RequestRe
 
 /// The caller's W3C trace (`traceparent`, `tracestate`), continued; a new one when there is
 /// none, or when the request carries more than one `traceparent` (ambiguous, so not trusted).
-fn trace_of(req: &HttpRequest) -> TraceContext {
+fn trace_of(gw: &Gateway, req: &HttpRequest) -> TraceContext {
     let one = |name: &str| {
         let mut values = req.headers().get_all(name);
         let first = values.next().and_then(|v| v.to_str().ok());
@@ -209,6 +211,41 @@ fn trace_of(req: &HttpRequest) -> TraceContext {
         }
     };
     TraceContext::continue_or_start(one("traceparent"), one("tracestate"))
+        .with_sink(gw.spans.clone())
+}
+
+/// Ends the request's server span (when spans are exported): its route template, method,
+/// status and problem kind, and the audit record's id; never a path, a header or a token.
+fn end_server_span(
+    (method, route, audit_id): (Option<&'static str>, Option<&'static str>, Uuid),
+    started: Instant,
+    status: StatusCode,
+    code: Option<&'static str>,
+) {
+    let Some(trace) = crate::trace::current() else {
+        return;
+    };
+    use crate::trace::AttributeValue::{Int, Text};
+    let route = route.unwrap_or("unmatched");
+    let method = method.unwrap_or("other");
+    let mut attributes = vec![
+        ("http.request.method", Text(method.into())),
+        ("http.route", Text(route.into())),
+        ("http.response.status_code", Int(status.as_u16().into())),
+        ("sync_gateway.audit_id", Text(audit_id.to_string().into())),
+    ];
+    if let Some(kind) = code {
+        attributes.push(("sync_gateway.problem", Text(kind.into())));
+    }
+    let start = std::time::SystemTime::now()
+        .checked_sub(started.elapsed())
+        .unwrap_or_else(std::time::SystemTime::now);
+    trace.finish_server(
+        format!("{method} {route}").into(),
+        start,
+        attributes,
+        status.is_server_error(),
+    );
 }
 
 /// The method as the audit trail names it: the standard ones by name, any extension method
@@ -241,6 +278,12 @@ async fn record_and_answer(
     response: HttpResponse,
 ) -> HttpResponse {
     let (id, route, code) = (record.id, record.route.unwrap_or(""), record.code);
+    end_server_span(
+        (record.method, record.route, id),
+        started,
+        response.status(),
+        code,
+    );
     if write_record(gw, record, started, response.status(), None)
         .await
         .is_err()
@@ -266,6 +309,7 @@ async fn record_durably(
     acted: Option<&Run>,
 ) -> Result<(), HttpResponse> {
     let (route, code) = (record.route.unwrap_or(""), record.code);
+    let span = (record.method, record.route, record.id);
     let written = write_record(gw, record, started, status, acted).await;
     let (status, code) = match &written {
         Ok(()) => (status, code),
@@ -274,6 +318,7 @@ async fn record_durably(
             Some(GatewayError::AuditUnavailable(String::new()).kind()),
         ),
     };
+    end_server_span(span, started, status, code);
     gw.metrics
         .answered(route, status.as_u16(), code, started.elapsed());
     written
@@ -365,7 +410,7 @@ async fn refuse(
     route: &'static str,
     e: GatewayError,
 ) -> HttpResponse {
-    crate::trace::scope(trace_of(req), refuse_in_trace(gw, req, route, e)).await
+    crate::trace::scope(trace_of(gw, req), refuse_in_trace(gw, req, route, e)).await
 }
 
 async fn refuse_in_trace(
@@ -469,7 +514,7 @@ pub async fn post_hook(
     body: web::Payload,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
-    let trace = trace_of(&req);
+    let trace = trace_of(&gw, &req);
     crate::trace::scope(
         trace,
         post_hook_in_trace(req, source.into_inner(), body, gw),
@@ -705,7 +750,7 @@ pub async fn get_run(
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> HttpResponse {
-    let trace = trace_of(&req);
+    let trace = trace_of(&gw, &req);
     crate::trace::scope(trace, get_run_in_trace(req, id, gw)).await
 }
 
@@ -762,7 +807,7 @@ pub struct SyncStatus {
 
 /// `GET /sync/status`: Graph's view of the tenant's Autopilot sync plus the gateway's runs.
 pub async fn get_status(req: HttpRequest, gw: web::Data<Gateway>) -> HttpResponse {
-    let trace = trace_of(&req);
+    let trace = trace_of(&gw, &req);
     crate::trace::scope(trace, get_status_in_trace(req, gw)).await
 }
 

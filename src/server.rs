@@ -58,6 +58,9 @@ pub enum StartError {
     /// The listener's certificate or key (`server.tls`) cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The OTLP exporter (`telemetry.otlp_endpoint`) could not be built.
+    #[error(transparent)]
+    Otel(#[from] crate::otel::OtelError),
     /// An HTTP client could not be built (TLS roots, ...).
     #[error("cannot build an HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -83,6 +86,7 @@ pub struct Application {
     metrics: Arc<Metrics>,
     background: Background,
     stopping: Arc<AtomicBool>,
+    otel: Option<Arc<crate::otel::Otel>>,
 }
 
 /// What a caller (a test, an embedding) may put in place of what the configuration says.
@@ -225,7 +229,13 @@ impl Application {
             "POST /sync and GET /sync/status requests in progress (body read included), all callers together",
             in_flight_gauge.clone(),
         );
+        // Nothing of OpenTelemetry is built unless `telemetry.otlp_endpoint` is set.
+        let otel = match &config.telemetry.otlp {
+            Some(otlp) => Some(Arc::new(crate::otel::Otel::build(otlp)?)),
+            None => None,
+        };
         let gateway = Gateway {
+            spans: otel.clone().map(|o| o as Arc<dyn crate::trace::SpanSink>),
             admission: Admission {
                 authenticator: Authenticator::new(
                     keys.clone(),
@@ -379,6 +389,7 @@ impl Application {
             metrics,
             background,
             stopping,
+            otel,
         })
     }
 
@@ -390,6 +401,11 @@ impl Application {
     /// True once signing keys are loaded for every allowed tenant.
     pub fn keys_ready(&self) -> bool {
         self.keys.is_ready()
+    }
+
+    /// The OTLP exporter, when `telemetry.otlp_endpoint` is set (a test flushes it).
+    pub fn otel(&self) -> Option<Arc<crate::otel::Otel>> {
+        self.otel.clone()
     }
 
     /// A handle to stop the server from elsewhere.
@@ -423,6 +439,10 @@ impl Application {
         self.stopping.store(true, Ordering::SeqCst);
         self.background.shutdown(self.drain).await;
         self.runs.shutdown(self.drain).await;
+        // After the runs, whose last Graph calls are spans too.
+        if let Some(otel) = &self.otel {
+            otel.shutdown().await;
+        }
         if let Err(e) = self.audit.admin(AdminEvent::Stop).await {
             tracing::error!(error = %e, "the stop of the gateway could not be recorded");
         }

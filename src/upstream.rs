@@ -172,13 +172,27 @@ impl Graph {
         Ok(parsed)
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = match self.endpoint(path) {
-            Ok(u) => self.http.request(method, u),
-            Err(text) => self.http.request(method, text),
+    /// A request to Graph at `path`, carrying the caller's trace a span further (beside Graph's
+    /// own client-request-id), and that span, `name`d, to end with the answer.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        name: &'static str,
+    ) -> (reqwest::RequestBuilder, crate::trace::ClientSpan) {
+        let verb = if method == reqwest::Method::GET {
+            "GET"
+        } else {
+            "POST"
         };
-        // Beside Graph's own client-request-id: the caller's trace, a span further.
-        crate::trace::propagate(request)
+        let (request, host) = match self.endpoint(path) {
+            Ok(u) => {
+                let host = u.host_str().map(str::to_string);
+                (self.http.request(method, u), host)
+            }
+            Err(text) => (self.http.request(method, text), None),
+        };
+        crate::trace::propagate_traced(request, name, verb, host.as_deref())
     }
 
     /// Triggers the action at `path` with `token`, sending `client_request_id`; `attempt`
@@ -191,8 +205,8 @@ impl Graph {
         attempt: u32,
     ) -> UpstreamOutcome {
         let started = Instant::now();
-        let mut req = self
-            .request(reqwest::Method::POST, path)
+        let (req, span) = self.request(reqwest::Method::POST, path, "graph sync");
+        let mut req = req
             .header("Authorization", token.authorization())
             .header("Accept", "application/json")
             .header("client-request-id", &client_request_id)
@@ -203,6 +217,7 @@ impl Graph {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                span.finish(None);
                 let no_answer = if e.is_timeout() {
                     "timeout"
                 } else {
@@ -233,6 +248,7 @@ impl Graph {
             }
         };
         let status = resp.status().as_u16();
+        span.finish(Some(status));
         self.metrics
             .answered("sync", graph_status(status), started.elapsed());
         let header = |name: &str| {
@@ -308,30 +324,31 @@ impl Graph {
     ) -> Result<AutopilotSettings, GatewayError> {
         let client_request_id = new_client_request_id();
         let started = Instant::now();
-        let resp = self
-            .request(reqwest::Method::GET, path)
+        let (req, span) = self.request(reqwest::Method::GET, path, "graph read settings");
+        let sent = req
             .header("Authorization", token.authorization())
             .header("Accept", "application/json")
             .header("client-request-id", &client_request_id)
             .send()
-            .await
-            .map_err(|e| {
-                let no_answer = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "unreachable"
-                };
-                self.metrics
-                    .answered("read_settings", no_answer, started.elapsed());
-                if e.is_timeout() {
-                    GatewayError::UpstreamTimeout
-                } else {
-                    GatewayError::UpstreamFailed {
-                        detail: "Microsoft Graph is unreachable".into(),
-                        request_id: None,
-                    }
+            .await;
+        span.finish(sent.as_ref().ok().map(|r| r.status().as_u16()));
+        let resp = sent.map_err(|e| {
+            let no_answer = if e.is_timeout() {
+                "timeout"
+            } else {
+                "unreachable"
+            };
+            self.metrics
+                .answered("read_settings", no_answer, started.elapsed());
+            if e.is_timeout() {
+                GatewayError::UpstreamTimeout
+            } else {
+                GatewayError::UpstreamFailed {
+                    detail: "Microsoft Graph is unreachable".into(),
+                    request_id: None,
                 }
-            })?;
+            }
+        })?;
         let status = resp.status().as_u16();
         self.metrics
             .answered("read_settings", graph_status(status), started.elapsed());

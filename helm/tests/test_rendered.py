@@ -218,7 +218,8 @@ def raw_keys() -> dict[str, set[str]]:
     src = (ROOT / "src" / "config" / "raw.rs").read_text()
     sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
                 "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
-                "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks"}
+                "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks",
+                "RawTelemetry": "telemetry"}
     out = {}
     for struct, section in sections.items():
         body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
@@ -248,7 +249,7 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
     def keys(node):
         return set(node["properties"])
 
-    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit")}
+    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit", "telemetry")}
     offered["actions.sync"] = keys(config["actions"]["properties"]["sync"])
     offered["identities"] = set(schema["properties"]["identities"]["additionalProperties"]["properties"]) - {"storeKeySecret"}
     offered["hooks"] = set(schema["properties"]["hooks"]["additionalProperties"]["properties"]) - {"secretsSecret"}

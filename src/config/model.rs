@@ -31,6 +31,35 @@ pub struct Config {
     pub identities: BTreeMap<String, IdentityConfig>,
     /// `[hooks.NAME]`: webhook and chat sources that may trigger a sync as a service identity.
     pub hooks: BTreeMap<String, HookSourceConfig>,
+    /// `[telemetry]`: OpenTelemetry trace export (off by default).
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelemetryConfig {
+    /// `telemetry.otlp_endpoint`: the collector's OTLP/HTTP base URL (`/v1/traces` is appended,
+    /// as `OTEL_EXPORTER_OTLP_ENDPOINT` does); `None` (the default) exports nothing and builds
+    /// nothing of OpenTelemetry.
+    #[serde(flatten)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Where and how spans are exported when `telemetry.otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtlpConfig {
+    /// `telemetry.otlp_endpoint`, as configured.
+    #[serde(rename = "otlp_endpoint")]
+    pub endpoint: Url,
+    /// The URL spans are posted to: the endpoint with `v1/traces` joined to its path
+    /// (`check-config` prints it as a note, not as a key).
+    #[serde(skip)]
+    pub traces_url: Url,
+    /// `telemetry.service_name`: the `service.name` resource attribute (default `sync-gateway`).
+    pub service_name: String,
+    /// `telemetry.otlp_timeout_seconds`: the bound on one export, retries included (default 10).
+    #[serde(rename = "otlp_timeout_seconds")]
+    pub timeout_seconds: u64,
 }
 
 /// `[server]`

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The top-level tables, in the order `gateway.example.toml` has them.
-pub(super) const SECTIONS: [&str; 9] = [
+pub(super) const SECTIONS: [&str; 10] = [
     "server",
     "entra",
     "callers",
@@ -26,6 +26,7 @@ pub(super) const SECTIONS: [&str; 9] = [
     "actions",
     "identities",
     "hooks",
+    "telemetry",
 ];
 
 /// Every section, each deserialized on its own so that one pass reports a bad value in each.
@@ -40,6 +41,7 @@ pub(super) struct RawConfig {
     pub actions: RawActions,
     pub identities: BTreeMap<String, RawIdentity>,
     pub hooks: BTreeMap<String, RawHook>,
+    pub telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +262,25 @@ impl Default for RawGraph {
             base_url: None,
             timeout_seconds: Seconds(30),
             status_permission: None,
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry trace export, off while `otlp_endpoint` is absent.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    pub otlp_timeout_seconds: Seconds,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            otlp_endpoint: None,
+            service_name: "sync-gateway".into(),
+            otlp_timeout_seconds: Seconds(10),
         }
     }
 }

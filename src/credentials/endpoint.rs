@@ -277,11 +277,22 @@ impl EntraClient {
         let mut form: Vec<(&str, &str)> = grant.to_vec();
         form.push(("client_id", self.client_id.as_str()));
         form.extend(credential.iter().map(|(k, v)| (*k, v.expose())));
-        let sent = crate::trace::propagate(self.http.post(&endpoint))
+        let host = reqwest::Url::parse(&endpoint)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
+        let (request, mut span) = crate::trace::propagate_traced(
+            self.http.post(&endpoint),
+            "entra token",
+            "POST",
+            host.as_deref(),
+        );
+        span.attribute("sync_gateway.grant", grant_label);
+        let sent = request
             .header("Accept", "application/json")
             .form(&form)
             .send()
             .await;
+        span.finish(sent.as_ref().ok().map(|r| r.status().as_u16()));
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {

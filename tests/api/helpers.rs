@@ -73,6 +73,8 @@ pub struct TestApp {
     /// The clock the scheduler and the simulated Graph share, when the test runs in virtual
     /// time ([`Setup::in_virtual_time`]); see [`TestApp::clock`].
     pub manual_clock: Option<Arc<ManualClock>>,
+    /// The gateway's OTLP exporter: `Some` only when `telemetry.otlp_endpoint` is set.
+    pub otel: Option<Arc<sync_gateway::otel::Otel>>,
     handle: actix_web::dev::ServerHandle,
     running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -311,7 +313,7 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     }
     let config = Config::from_toml_and_env(&config_toml(&world, &audit_path, &entries), env)
         .expect("valid test configuration");
-    let (address, handle, audit, running) =
+    let (address, handle, audit, running, otel) =
         start_gateway(config.clone(), setup.audit_sink.take(), world.clock.clone()).await;
     let test_app = TestApp {
         address,
@@ -329,6 +331,7 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
         audit,
         manual_clock: world.clock.clone(),
         world,
+        otel,
         handle,
         running: Some(running),
         _dir: dir,
@@ -346,6 +349,7 @@ type Started = (
     actix_web::dev::ServerHandle,
     sync_gateway::audit::AuditLog,
     tokio::task::JoinHandle<std::io::Result<()>>,
+    Option<Arc<sync_gateway::otel::Otel>>,
 );
 
 async fn start_gateway(
@@ -360,11 +364,13 @@ async fn start_gateway(
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let audit = app.audit();
+    let otel = app.otel();
     (
         address,
         handle,
         audit,
         tokio::spawn(app.run_until_stopped()),
+        otel,
     )
 }
 
@@ -449,8 +455,9 @@ impl TestApp {
     pub async fn restart(&mut self) {
         self.stop().await;
         // The same clock: a restart does not turn back virtual time.
-        let (address, handle, audit, running) =
+        let (address, handle, audit, running, otel) =
             start_gateway(self.config.clone(), None, self.manual_clock.clone()).await;
+        self.otel = otel;
         self.address = address;
         self.handle = handle;
         self.audit = audit;

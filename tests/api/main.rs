@@ -17,6 +17,7 @@ mod identities;
 mod limits;
 mod metrics;
 mod openapi;
+mod otlp;
 mod postgres;
 mod protocol;
 mod records;

@@ -284,3 +284,42 @@ fn has_error(errs: &[ConfigError], key: &str, text: &str) -> bool {
     errs.iter()
         .any(|e| e.key == key && e.message.contains(text))
 }
+
+#[test]
+fn telemetry_is_off_unless_an_otlp_endpoint_is_configured() {
+    let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+    assert!(c.telemetry.otlp.is_none());
+    let text = format!(
+        "{}[telemetry]\notlp_endpoint = \"https://collector.example:4318/otlp/\"\n",
+        full_toml()
+    );
+    let c = Config::from_toml_and_env(&text, secret_env()).unwrap();
+    let otlp = c.telemetry.otlp.unwrap();
+    assert_eq!(
+        otlp.traces_url.as_str(),
+        "https://collector.example:4318/otlp/v1/traces"
+    );
+    assert_eq!(otlp.service_name, "sync-gateway");
+    assert_eq!(otlp.timeout_seconds, 10);
+}
+
+#[test]
+fn a_plain_http_collector_off_loopback_is_refused_naming_the_key_and_its_origin() {
+    let mut env = secret_env();
+    env.push((
+        "SYNC_GATEWAY__TELEMETRY__OTLP_ENDPOINT".into(),
+        "http://collector.example:4318".into(),
+    ));
+    env.push((
+        "SYNC_GATEWAY__TELEMETRY__OTLP_TIMEOUT_SECONDS".into(),
+        "0".into(),
+    ));
+    let e = Config::from_toml_and_env(&full_toml(), env).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("telemetry.otlp_endpoint"), "{text}");
+    assert!(
+        text.contains("SYNC_GATEWAY__TELEMETRY__OTLP_ENDPOINT"),
+        "{text}"
+    );
+    assert!(text.contains("telemetry.otlp_timeout_seconds"), "{text}");
+}
