@@ -193,7 +193,9 @@ fn layer(module: &Module) -> (u8, &'static str) {
     match module[0].as_str() {
         "domain" | "error" | "secret" | "trace" => (0, "domain"),
         "config" => (1, "config"),
-        "audit" | "metrics" | "background" | "retry" | "telemetry" | "clock" => (2, "runtime"),
+        "audit" | "metrics" | "background" | "retry" | "telemetry" | "clock" | "state" => {
+            (2, "runtime")
+        }
         "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" | "hooks" => {
             (3, "step")
         }

@@ -86,6 +86,7 @@ pub(super) fn load(
         actions: section(&figment, "actions", &origins, &mut errors),
         identities: section(&figment, "identities", &origins, &mut errors),
         hooks: section(&figment, "hooks", &origins, &mut errors),
+        state: section(&figment, "state", &origins, &mut errors),
     };
     // A value that did not parse left its section at the defaults; validating those would
     // add errors about values nobody wrote.

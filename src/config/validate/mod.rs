@@ -12,6 +12,7 @@ mod hooks;
 mod identities;
 mod secret;
 mod server;
+mod state;
 
 pub use audit::{valid_schema_name, MIN_HMAC_KEY_BYTES};
 pub use check::parse_service_url;
@@ -58,6 +59,7 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
     );
     let audit = c.audit(raw.audit);
     let sync = c.sync_action(raw.actions.sync);
+    let state = c.state(raw.state);
 
     if !c.errors.is_empty() {
         return Err(c.errors);
@@ -75,5 +77,6 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
         },
         identities,
         hooks,
+        state: state.unwrap(),
     })
 }
