@@ -28,7 +28,15 @@ pub fn parse_redis_url(v: &str) -> Result<Url, String> {
     // Never echo the value: it may carry a password.
     let u = Url::parse(v).map_err(|e| format!("is not a URL ({e})"))?;
     let loopback = match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        // `redis://` is not a scheme the URL standard knows, so its host stays text: an IP
+        // address is parsed here.
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => return Err("has no host".into()),
