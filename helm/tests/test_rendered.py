@@ -118,7 +118,7 @@ def test_two_replicas_are_refused_with_the_reason(tmp_path):
     (unschemed / "values.schema.json").unlink()
     with helm.Chart.load(str(unschemed)) as chart, pytest.raises(helm.HelmRenderError) as e:
         chart.render({"replicaCount": 2}, name=render.RELEASE)
-    assert "per process until the shared-state backend exists" in str(e.value), str(e.value)
+    assert "sessions are per process until they are shared" in str(e.value), str(e.value)
     assert render.find(objects({"replicaCount": 1}), "Deployment")["spec"]["replicas"] == 1
 
 
@@ -218,7 +218,8 @@ def raw_keys() -> dict[str, set[str]]:
     src = (ROOT / "src" / "config" / "raw.rs").read_text()
     sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
                 "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
-                "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks"}
+                "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks",
+                "RawState": "state"}
     out = {}
     for struct, section in sections.items():
         body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
@@ -237,6 +238,8 @@ CHART_SET = {
     "identities": {"store_path", "store_key", "store_key_file"},
     # Signing secrets only ever come from a referenced Secret (secretsSecret), mounted as the file.
     "hooks": {"secrets", "secrets_file"},
+    # The Redis URL may carry a password: only ever from secrets.redisUrl, as the environment.
+    "state": {"redis_url", "redis_url_file"},
 }
 
 
@@ -248,7 +251,7 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
     def keys(node):
         return set(node["properties"])
 
-    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit")}
+    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit", "state")}
     offered["actions.sync"] = keys(config["actions"]["properties"]["sync"])
     offered["identities"] = set(schema["properties"]["identities"]["additionalProperties"]["properties"]) - {"storeKeySecret"}
     offered["hooks"] = set(schema["properties"]["hooks"]["additionalProperties"]["properties"]) - {"secretsSecret"}

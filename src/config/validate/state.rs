@@ -144,3 +144,24 @@ mod tests {
         assert!(parse_redis_url("not a url").is_err());
     }
 }
+
+#[cfg(test)]
+mod redaction_tests {
+    use crate::config::RedisUrl;
+    use crate::secret::Secret;
+
+    #[test]
+    fn a_redis_urls_password_never_shows_in_debug_or_serialization() {
+        let url = RedisUrl::new(
+            Secret::new("rediss://default:hunter2@redis.example.com:6380/0"),
+            "environment".into(),
+        );
+        let debug = format!("{url:?}");
+        let json = serde_json::to_string(&url).unwrap();
+        for shown in [&debug, &json, &url.redacted()] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("redis.example.com:6380"), "{shown}");
+        }
+        assert!(url.expose().contains("hunter2"));
+    }
+}
