@@ -109,9 +109,9 @@ def test_two_replicas_are_refused_with_the_reason(tmp_path):
     with pytest.raises(helm.HelmValuesError) as e:
         render.render({"replicaCount": 2})
     message = str(e.value)
-    assert "shared-state backend" in message and "per process" in message, message
+    assert "sync schedules and service-identity sessions are shared" in message, message
     findings = " ".join(render.lint({"replicaCount": 2}))
-    assert "shared-state backend" in findings
+    assert "sync schedules and service-identity sessions are shared" in findings
     # And without the schema (helm --skip-schema-validation), the template refuses it too.
     unschemed = tmp_path / "sync-gateway"
     shutil.copytree(render.CHART, unschemed)
