@@ -332,3 +332,60 @@ async fn the_memory_backend_reports_its_state_as_memory_and_up() {
         "{metrics}"
     );
 }
+
+/// A `redis-server` this test starts on `port` (no persistence), stopped when dropped.
+struct OwnRedis(std::process::Child);
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_comes_back_serves_again_without_a_restart() {
+    let port = closed_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(Setup {
+        state_unreachable_at_start: true,
+        ..on_redis(&url, &unique_prefix(), None)
+    })
+    .await;
+    let token = app.token();
+    assert_eq!(app.post_sync(&token).await.status(), 503);
+    // Redis appears on the port the gateway was given.
+    let child = match std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => OwnRedis(c),
+        Err(e) => {
+            eprintln!("no redis-server to start ({e}), skipping the recovery half");
+            return;
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = app.post_sync(&token).await.status().as_u16();
+        if status == 202 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status, 202,
+        "the gateway did not take up the returned Redis"
+    );
+    let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(body["checks"]["state"], "reachable");
+    drop(child);
+}
