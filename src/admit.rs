@@ -150,11 +150,11 @@ impl Admission {
             }
             _ => None,
         };
-        // 6. limit
+        // 6. limit (`None` too when the shared store is down and limits fail open)
         let limit = match (entrance.limited, entrance.proof) {
             (false, _) => None,
-            (true, Proof::Signature(source)) => Some(source.limit.check()?),
-            (true, Proof::Bearer) => Some(self.limits.check(tenant_id, &caller_key)?),
+            (true, Proof::Signature(source)) => source.limit.check().await?,
+            (true, Proof::Bearer) => self.limits.check(tenant_id, &caller_key).await?,
         };
         record.decision = Decision::Allowed;
         Ok(Admitted {

@@ -188,6 +188,14 @@ pub enum GatewayError {
     /// whether it was accepted.
     #[error("delivery in progress")]
     DeliveryInProgress,
+    /// The shared-state backend (Redis) could not be reached within `state.timeout_ms`: a
+    /// limit that fails closed, or a webhook delivery id, which always does (a doubled webhook
+    /// action is what the gateway exists to prevent).
+    #[error("state backend unavailable")]
+    StateUnavailable {
+        /// Seconds the caller should wait.
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -236,6 +244,7 @@ impl GatewayError {
             UpstreamTimeout => "upstream-timeout",
             InvalidSignature(_) => "invalid-signature",
             DeliveryInProgress => "delivery-in-progress",
+            StateUnavailable { .. } => "state-unavailable",
             Internal => "internal",
             NotFound => "not-found",
             MethodNotAllowed { .. } => "method-not-allowed",

@@ -31,6 +31,7 @@ pub mod secret;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;

@@ -1,16 +1,22 @@
-//! Rate limits per caller (`tid` + `oid`) and per tenant: governor's GCRA, one atomic per key,
-//! with the draft-ietf-httpapi-ratelimit-headers-11 `RateLimit-Policy` / `RateLimit` fields.
+//! Rate limits per caller (`tid` + `oid`) and per tenant: GCRA (the algorithm governor
+//! uses), with the draft-ietf-httpapi-ratelimit-headers-11 `RateLimit-Policy` / `RateLimit`
+//! fields.
 //!
-//! governor's keyed limiter never forgets a key by itself, so a timer drops idle keys and the
-//! number of tracked callers is capped.
+//! The step decides; a [`RateStore`] only stores the cells and takes from them. Two stores:
+//! [`GovernorStore`] (`[state] backend = "memory"`, one process: governor's keyed limiter, whose
+//! keys a timer drops when idle and whose count is capped) and [`RedisRates`]
+//! (`backend = "redis"`, shared by every replica: the same GCRA as one Lua script per check,
+//! on Redis's clock). Both answer in the same [`Taken`] terms, so the headers, the 429 and its
+//! `Retry-After` are computed once, here, the same for both.
 //!
 //! Beside the rate, [`InFlight`] caps how many requests one caller has in progress at once, so
 //! a caller holding slow bodies open cannot take more than its share of the connections.
 
 use crate::background::Background;
-use crate::config::{LimitsConfig, Rate};
+use crate::config::{FailMode, LimitsConfig, Rate};
 use crate::error::GatewayError;
 use crate::metrics::{LimitMetrics, PolicyLabels};
+use crate::state::{Redis, Unavailable};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -18,25 +24,62 @@ use governor::{Quota, RateLimiter};
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type KeyedLimiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 pub use crate::domain::RateLimitStatus;
 
-/// The limits of one gateway process.
-pub struct Limits {
-    per_caller: KeyedLimiter,
-    per_tenant: KeyedLimiter,
-    caller_rate: Rate,
-    tenant_rate: Rate,
-    max_tracked_callers: usize,
-    eviction: Duration,
-    policies: Arc<str>,
-    metrics: LimitMetrics,
+/// A store's answer, boxed so the step can hold any store as `Arc<dyn RateStore>`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send + 'a>>;
+
+/// One GCRA cell to take a request from.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell<'a> {
+    /// The policy (`per-caller`, `per-tenant`, `per-source`): a fixed word, part of the key.
+    pub policy: &'static str,
+    /// Whose cell within the policy (the caller, the tenant, the source).
+    pub key: &'a str,
+    /// Its rate.
+    pub rate: Rate,
+}
+
+/// What a store answered for one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Admitted; `remaining` requests could follow at once (governor's remaining burst).
+    Allowed {
+        /// Requests left in the burst.
+        remaining: u32,
+    },
+    /// Refused; the cell conforms again after `wait`.
+    Refused {
+        /// How long until a request would be admitted.
+        wait: Duration,
+    },
+}
+
+/// Where the limiter's cells live: takes one request from each cell in order, stopping at the
+/// first refusal (the cells before it keep their take, as governor's limiters do one after
+/// the other). Atomic per call: concurrent calls never both take the last request.
+pub trait RateStore: Send + Sync {
+    /// One answer per cell taken, the last one `Refused` if a cell refused.
+    fn take<'a>(&'a self, cells: &'a [Cell<'a>]) -> StoreFuture<'a, Vec<Taken>>;
+
+    /// Keys this store holds for `policy`, if it counts them (the memory store; Redis forgets
+    /// idle keys by their TTL and has no cap to enforce).
+    fn tracked(&self, _policy: &str) -> Option<usize> {
+        None
+    }
+
+    /// Drops keys whose state is indistinguishable from a fresh one (the memory store).
+    fn evict(&self) {}
 }
 
 fn quota(r: Rate) -> Quota {
@@ -46,25 +89,305 @@ fn quota(r: Rate) -> Quota {
     Quota::per_minute(per_minute).allow_burst(burst)
 }
 
+/// The memory store: one governor keyed limiter per policy, each with its policy's rate.
+pub struct GovernorStore {
+    limiters: Vec<(&'static str, Rate, KeyedLimiter)>,
+}
+
+impl GovernorStore {
+    /// A limiter for each `(policy, rate)`; a cell must name one of these with its rate.
+    pub fn new(policies: &[(&'static str, Rate)]) -> Self {
+        GovernorStore {
+            limiters: policies
+                .iter()
+                .map(|&(p, r)| {
+                    (
+                        p,
+                        r,
+                        RateLimiter::keyed(quota(r))
+                            .with_middleware::<StateInformationMiddleware>(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn limiter(&self, policy: &str) -> Option<&KeyedLimiter> {
+        self.limiters
+            .iter()
+            .find(|(p, _, _)| *p == policy)
+            .map(|(_, _, l)| l)
+    }
+
+    /// The same decision as [`RateStore::take`], synchronously (governor needs no I/O).
+    pub fn take_now(&self, cells: &[Cell<'_>]) -> Result<Vec<Taken>, Unavailable> {
+        let mut out = Vec::with_capacity(cells.len());
+        for cell in cells {
+            let limiter = self.limiter(cell.policy).ok_or_else(|| Unavailable {
+                operation: "rate_check",
+                reason: format!("no limiter for policy {}", cell.policy),
+            })?;
+            debug_assert!(self
+                .limiters
+                .iter()
+                .any(|(p, r, _)| *p == cell.policy && *r == cell.rate));
+            match limiter.check_key(&cell.key.to_string()) {
+                Ok(snapshot) => out.push(Taken::Allowed {
+                    remaining: snapshot.remaining_burst_capacity(),
+                }),
+                Err(not_until) => {
+                    out.push(Taken::Refused {
+                        wait: not_until.wait_time_from(limiter.clock().now()),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RateStore for GovernorStore {
+    fn take<'a>(&'a self, cells: &'a [Cell<'a>]) -> StoreFuture<'a, Vec<Taken>> {
+        let taken = self.take_now(cells);
+        Box::pin(async move { taken })
+    }
+
+    fn tracked(&self, policy: &str) -> Option<usize> {
+        self.limiter(policy).map(|l| l.len())
+    }
+
+    fn evict(&self) {
+        for (_, _, l) in &self.limiters {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// GCRA exactly as governor computes it, in microseconds (Lua's numbers are doubles: exact to
+/// 2^53, so microseconds since the epoch fit and nanoseconds would not), on Redis's clock
+/// (`TIME`), for every cell of one check in one atomic script. KEYS are the cells in order;
+/// ARGV holds each cell's emission interval `t` and burst tolerance `tau` (`t` × (burst − 1)).
+/// A key's TTL ends when its cell is full again, so idle callers vanish on their own. Returns
+/// a flat list: per cell taken, 1 and the remaining burst, or 0 and the wait in microseconds
+/// (then it stops: the cells before keep their take, as in memory).
+const GCRA_SCRIPT: &str = r#"
+local now = redis.call('TIME')
+local t0 = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local out = {}
+for i = 1, #KEYS do
+  local t = tonumber(ARGV[2 * i - 1])
+  local tau = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or t0
+  local earliest = tat - tau
+  if t0 < earliest then
+    out[#out + 1] = 0
+    out[#out + 1] = earliest - t0
+    return out
+  end
+  local nxt = math.max(tat, t0) + t
+  redis.call('SET', KEYS[i], string.format('%.0f', nxt), 'PX', math.max(1, math.ceil((nxt - t0) / 1000)))
+  out[#out + 1] = 1
+  out[#out + 1] = math.floor(math.min(t0 + tau + t - nxt, tau + t) / t)
+end
+return out
+"#;
+
+/// A cell's GCRA parameters in microseconds: the emission interval and the burst tolerance,
+/// from governor's own `Quota` (so both stores round alike).
+fn gcra_micros(rate: Rate) -> (u64, u64) {
+    let q = quota(rate);
+    let t = (q.replenish_interval().as_nanos() / 1000).max(1) as u64;
+    let tau = t * u64::from(q.burst_size().get() - 1);
+    (t, tau)
+}
+
+/// The Redis store: the cells of every replica in one Redis, taken by [`GCRA_SCRIPT`]
+/// (`EVALSHA`, loaded again by the crate if Redis forgot it).
+pub struct RedisRates {
+    redis: Redis,
+    script: redis::Script,
+}
+
+impl RedisRates {
+    /// Cells under `state.key_prefix` + `rate:`.
+    pub fn new(redis: Redis) -> Self {
+        RedisRates {
+            redis,
+            script: redis::Script::new(GCRA_SCRIPT),
+        }
+    }
+
+    fn cell_key(&self, cell: &Cell<'_>) -> String {
+        self.redis
+            .key(&format!("rate:{}:{}", cell.policy, cell.key))
+    }
+}
+
+impl RateStore for RedisRates {
+    fn take<'a>(&'a self, cells: &'a [Cell<'a>]) -> StoreFuture<'a, Vec<Taken>> {
+        Box::pin(async move {
+            let mut invocation = self.script.prepare_invoke();
+            for cell in cells {
+                let (t, tau) = gcra_micros(cell.rate);
+                invocation.key(self.cell_key(cell)).arg(t).arg(tau);
+            }
+            let mut conn = self.redis.connection();
+            let flat: Vec<i64> = self
+                .redis
+                .call("rate_check", invocation.invoke_async(&mut conn))
+                .await?;
+            let mut out = Vec::with_capacity(cells.len());
+            for pair in flat.chunks(2) {
+                match pair {
+                    [1, remaining] => out.push(Taken::Allowed {
+                        remaining: (*remaining).clamp(0, i64::from(u32::MAX)) as u32,
+                    }),
+                    [0, wait] => out.push(Taken::Refused {
+                        wait: Duration::from_micros((*wait).max(0) as u64),
+                    }),
+                    _ => {
+                        return Err(Unavailable {
+                            operation: "rate_check",
+                            reason: "unexpected answer from the rate script".into(),
+                        })
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The status a taken cell gives the response headers: what remains and when the burst is
+/// whole again, or the refusal with its `Retry-After` (whole seconds, rounded up, never 0: a
+/// client retrying at once would fail).
+fn status(
+    policy: &'static str,
+    rate: Rate,
+    taken: Taken,
+    policies: &Arc<str>,
+) -> Result<RateLimitStatus, GatewayError> {
+    match taken {
+        Taken::Allowed { remaining } => {
+            let per_unit = Duration::from_secs_f64(60.0 / f64::from(rate.per_minute.max(1)));
+            let missing = rate.burst.saturating_sub(remaining);
+            Ok(RateLimitStatus {
+                policy,
+                remaining,
+                reset_secs: (per_unit * missing).as_secs_f64().ceil() as u64,
+                policies: policies.clone(),
+            })
+        }
+        Taken::Refused { wait } => Err(GatewayError::RateLimited(RateLimitStatus {
+            policy,
+            remaining: 0,
+            reset_secs: (wait.as_secs_f64().ceil() as u64).max(1),
+            policies: policies.clone(),
+        })),
+    }
+}
+
+/// How long a client waits after `state-unavailable`: long enough not to hammer a gateway
+/// whose store is down, short enough to notice it is back.
+const STATE_RETRY_AFTER_SECS: u64 = 1;
+
+/// What a limiter does when its store cannot answer: refuse (`closed`) or admit, logging at
+/// most once per [`OPEN_LOG_EVERY`] and counting every admission (`open`).
+struct OnStoreFailure {
+    mode: FailMode,
+    last_log: AtomicU64,
+    started: Instant,
+}
+
+/// A store that stays down must not flood the log with one line per admitted request.
+const OPEN_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl OnStoreFailure {
+    fn new(mode: FailMode) -> Self {
+        OnStoreFailure {
+            mode,
+            last_log: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+        }
+    }
+
+    /// `Ok(None)` (admitted without a status) or the refusal.
+    fn decide(
+        &self,
+        e: &Unavailable,
+        policy: &'static str,
+        metrics: &LimitMetrics,
+    ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        match self.mode {
+            FailMode::Closed => {
+                metrics.decided(policy, "unavailable");
+                Err(GatewayError::StateUnavailable {
+                    retry_after_secs: STATE_RETRY_AFTER_SECS,
+                })
+            }
+            FailMode::Open => {
+                metrics.decided(policy, "failed_open");
+                let now = self.started.elapsed().as_secs();
+                let last = self.last_log.load(Ordering::Relaxed);
+                if (last == u64::MAX || now >= last + OPEN_LOG_EVERY.as_secs())
+                    && self
+                        .last_log
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "rate limits cannot be checked (state backend unavailable); admitting without them, as state.on_unavailable.limits = \"open\" says"
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The caller and tenant limits of one gateway process.
+pub struct Limits {
+    store: Arc<dyn RateStore>,
+    caller_rate: Rate,
+    tenant_rate: Rate,
+    max_tracked_callers: usize,
+    eviction: Duration,
+    policies: Arc<str>,
+    metrics: LimitMetrics,
+    on_failure: OnStoreFailure,
+}
+
 impl Limits {
-    /// Builds the limiters from configuration.
+    /// The limits from configuration, in this process's memory ([`GovernorStore`]).
     pub fn new(cfg: &LimitsConfig) -> Self {
         let policies = format!(
             "\"per-caller\";q={};w=60, \"per-tenant\";q={};w=60",
             cfg.per_caller.per_minute, cfg.per_tenant.per_minute
         );
         Limits {
-            per_caller: RateLimiter::keyed(quota(cfg.per_caller))
-                .with_middleware::<StateInformationMiddleware>(),
-            per_tenant: RateLimiter::keyed(quota(cfg.per_tenant))
-                .with_middleware::<StateInformationMiddleware>(),
+            store: Arc::new(GovernorStore::new(&[
+                ("per-caller", cfg.per_caller),
+                ("per-tenant", cfg.per_tenant),
+            ])),
             caller_rate: cfg.per_caller,
             tenant_rate: cfg.per_tenant,
             max_tracked_callers: cfg.max_tracked_callers,
             eviction: Duration::from_secs(cfg.eviction_seconds),
             policies: policies.into(),
             metrics: LimitMetrics::default(),
+            on_failure: OnStoreFailure::new(FailMode::Closed),
         }
+    }
+
+    /// The same limits kept in `store` (e.g. [`RedisRates`]), doing what `on_unavailable`
+    /// says when it cannot answer.
+    pub fn with_store(mut self, store: Arc<dyn RateStore>, on_unavailable: FailMode) -> Self {
+        self.store = store;
+        self.on_failure = OnStoreFailure::new(on_unavailable);
+        self
     }
 
     /// The same, counting decisions into `metrics`; [`Limits::update_gauges`] sets its
@@ -77,102 +400,91 @@ impl Limits {
     /// Sets `rate_limit_tracked_keys`: called when `/metrics` is scraped, since counting the
     /// keys visits every shard of the limiter's map, too much for every request.
     pub fn update_gauges(&self) {
-        for (policy, limiter) in [
-            ("per-caller", &self.per_caller),
-            ("per-tenant", &self.per_tenant),
-        ] {
-            self.metrics
-                .tracked_keys
-                .get_or_create(&PolicyLabels { policy })
-                .set(limiter.len() as i64);
+        for policy in ["per-caller", "per-tenant"] {
+            if let Some(n) = self.store.tracked(policy) {
+                self.metrics
+                    .tracked_keys
+                    .get_or_create(&PolicyLabels { policy })
+                    .set(n as i64);
+            }
         }
     }
 
-    /// Takes one request from the caller's and then the tenant's allowance.
+    /// Takes one request from the caller's and then the tenant's allowance, in one store call
+    /// (one Redis round trip).
     ///
     /// The caller is checked first so that one noisy caller is stopped before it eats the
-    /// tenant's allowance. Returns the tighter of the two statuses for the response headers.
-    pub fn check(&self, tenant_id: &str, object_id: &str) -> Result<RateLimitStatus, GatewayError> {
-        let caller_key = format!("{tenant_id}:{object_id}");
-        if self.per_caller.len() >= self.max_tracked_callers {
-            self.evict();
-            if self.per_caller.len() >= self.max_tracked_callers {
-                tracing::warn!(
-                    cap = self.max_tracked_callers,
-                    "limiter is tracking its maximum number of callers"
-                );
-                self.metrics.decided("per-caller", "full");
-                return Err(GatewayError::LimiterFull {
-                    retry_after_secs: self.eviction.as_secs().max(1),
-                });
-            }
-        }
-        let caller = self.take(&self.per_caller, caller_key, "per-caller", self.caller_rate)?;
-        let tenant = self.take(
-            &self.per_tenant,
-            tenant_id.to_string(),
-            "per-tenant",
-            self.tenant_rate,
-        )?;
-        Ok(if tenant.remaining < caller.remaining {
-            tenant
-        } else {
-            caller
-        })
-    }
-
-    fn take(
+    /// tenant's allowance. Returns the tighter of the two statuses for the response headers,
+    /// or `None` when the store could not answer and `state.on_unavailable.limits = "open"`
+    /// admitted the request without a status.
+    pub async fn check(
         &self,
-        limiter: &KeyedLimiter,
-        key: String,
-        policy: &'static str,
-        rate: Rate,
-    ) -> Result<RateLimitStatus, GatewayError> {
-        let per_unit = Duration::from_secs_f64(60.0 / f64::from(rate.per_minute.max(1)));
-        let decision = limiter.check_key(&key);
-        self.metrics.decided(
-            policy,
-            if decision.is_ok() {
-                "allowed"
-            } else {
-                "limited"
-            },
-        );
-        match decision {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let missing = rate.burst.saturating_sub(remaining);
-                Ok(RateLimitStatus {
-                    policy,
-                    remaining,
-                    reset_secs: (per_unit * missing).as_secs_f64().ceil() as u64,
-                    policies: self.policies.clone(),
-                })
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(limiter.clock().now());
-                Err(GatewayError::RateLimited(RateLimitStatus {
-                    policy,
-                    remaining: 0,
-                    // Whole seconds, rounded up, never 0: a client retrying at once would fail.
-                    reset_secs: (wait.as_secs_f64().ceil() as u64).max(1),
-                    policies: self.policies.clone(),
-                }))
+        tenant_id: &str,
+        object_id: &str,
+    ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        if let Some(n) = self.store.tracked("per-caller") {
+            if n >= self.max_tracked_callers {
+                self.store.evict();
+                if self.store.tracked("per-caller").unwrap_or(0) >= self.max_tracked_callers {
+                    tracing::warn!(
+                        cap = self.max_tracked_callers,
+                        "limiter is tracking its maximum number of callers"
+                    );
+                    self.metrics.decided("per-caller", "full");
+                    return Err(GatewayError::LimiterFull {
+                        retry_after_secs: self.eviction.as_secs().max(1),
+                    });
+                }
             }
         }
+        // `{tid}`: a Redis Cluster hash tag, so a caller's cell and its tenant's share a slot
+        // and one script may touch both.
+        let caller_key = format!("{{{tenant_id}}}:{object_id}");
+        let tenant_key = format!("{{{tenant_id}}}");
+        let cells = [
+            Cell {
+                policy: "per-caller",
+                key: &caller_key,
+                rate: self.caller_rate,
+            },
+            Cell {
+                policy: "per-tenant",
+                key: &tenant_key,
+                rate: self.tenant_rate,
+            },
+        ];
+        let taken = match self.store.take(&cells).await {
+            Ok(t) => t,
+            Err(e) => return self.on_failure.decide(&e, "per-caller", &self.metrics),
+        };
+        let mut statuses = Vec::with_capacity(2);
+        for (cell, t) in cells.iter().zip(taken) {
+            self.metrics.decided(
+                cell.policy,
+                match t {
+                    Taken::Allowed { .. } => "allowed",
+                    Taken::Refused { .. } => "limited",
+                },
+            );
+            statuses.push(status(cell.policy, cell.rate, t, &self.policies)?);
+        }
+        Ok(statuses.into_iter().reduce(|caller, tenant| {
+            if tenant.remaining < caller.remaining {
+                tenant
+            } else {
+                caller
+            }
+        }))
     }
 
     /// Drops keys whose state is indistinguishable from a fresh one.
     pub fn evict(&self) {
-        for l in [&self.per_caller, &self.per_tenant] {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
+        self.store.evict();
     }
 
-    /// How many callers are tracked now.
+    /// How many callers are tracked now (0 for a store that does not count them).
     pub fn tracked_callers(&self) -> usize {
-        self.per_caller.len()
+        self.store.tracked("per-caller").unwrap_or(0)
     }
 
     /// Runs [`Limits::evict`] on a timer until the gateway stops.
@@ -191,52 +503,58 @@ impl Limits {
 }
 
 /// One webhook source's own allowance (`[hooks.NAME] limits`): a source is one caller, so one
-/// GCRA cell (governor's direct limiter) and no key to track.
+/// GCRA cell, in this process's memory or in the shared store beside the callers' cells.
 pub struct SourceLimit {
-    limiter: RateLimiter<
-        governor::state::NotKeyed,
-        governor::state::InMemoryState,
-        DefaultClock,
-        StateInformationMiddleware,
-    >,
+    store: Arc<dyn RateStore>,
+    key: String,
     rate: Rate,
     policies: Arc<str>,
+    on_failure: OnStoreFailure,
+    metrics: LimitMetrics,
 }
 
 impl SourceLimit {
-    /// `per_minute` with bursts of `burst`.
+    /// `per_minute` with bursts of `burst`, in this process's memory.
     pub fn new(rate: Rate) -> Self {
+        Self::with_store(
+            "source",
+            rate,
+            Arc::new(GovernorStore::new(&[("per-source", rate)])),
+            FailMode::Closed,
+        )
+    }
+
+    /// The source `name`'s allowance kept in `store` (shared by the replicas), doing what
+    /// `on_unavailable` says when the store cannot answer.
+    pub fn with_store(
+        name: &str,
+        rate: Rate,
+        store: Arc<dyn RateStore>,
+        on_unavailable: FailMode,
+    ) -> Self {
         SourceLimit {
-            limiter: RateLimiter::direct(quota(rate))
-                .with_middleware::<StateInformationMiddleware>(),
+            store,
+            key: format!("{{hook:{name}}}"),
             rate,
             policies: format!("\"per-source\";q={};w=60", rate.per_minute).into(),
+            on_failure: OnStoreFailure::new(on_unavailable),
+            metrics: LimitMetrics::default(),
         }
     }
 
-    /// Takes one request from the source's allowance.
-    pub fn check(&self) -> Result<RateLimitStatus, GatewayError> {
-        let per_unit = Duration::from_secs_f64(60.0 / f64::from(self.rate.per_minute.max(1)));
-        match self.limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let missing = self.rate.burst.saturating_sub(remaining);
-                Ok(RateLimitStatus {
-                    policy: "per-source",
-                    remaining,
-                    reset_secs: (per_unit * missing).as_secs_f64().ceil() as u64,
-                    policies: self.policies.clone(),
-                })
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                Err(GatewayError::RateLimited(RateLimitStatus {
-                    policy: "per-source",
-                    remaining: 0,
-                    reset_secs: (wait.as_secs_f64().ceil() as u64).max(1),
-                    policies: self.policies.clone(),
-                }))
-            }
+    /// Takes one request from the source's allowance; `None` as in [`Limits::check`].
+    pub async fn check(&self) -> Result<Option<RateLimitStatus>, GatewayError> {
+        let cells = [Cell {
+            policy: "per-source",
+            key: &self.key,
+            rate: self.rate,
+        }];
+        match self.store.take(&cells).await {
+            Ok(taken) => match taken.first() {
+                Some(&t) => status("per-source", self.rate, t, &self.policies).map(Some),
+                None => Ok(None),
+            },
+            Err(e) => self.on_failure.decide(&e, "per-source", &self.metrics),
         }
     }
 }
@@ -313,6 +631,15 @@ impl Drop for InFlightSlot {
 mod tests {
     use super::*;
 
+    /// [`Limits::check`] on a runtime of its own (the memory store never waits).
+    fn check(l: &Limits, t: &str, o: &str) -> Result<RateLimitStatus, GatewayError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(l.check(t, o))
+            .map(|s| s.expect("the memory store always answers"))
+    }
+
     fn limits(per_minute: u32, burst: u32, cap: usize) -> Limits {
         Limits::new(&LimitsConfig {
             per_caller: Rate { per_minute, burst },
@@ -354,9 +681,9 @@ mod tests {
     fn the_burst_passes_then_the_caller_is_refused_with_a_whole_second_wait() {
         let l = limits(10, 3, 100);
         for expected_remaining in [2, 1, 0] {
-            assert_eq!(l.check("t", "u").unwrap().remaining, expected_remaining);
+            assert_eq!(check(&l, "t", "u").unwrap().remaining, expected_remaining);
         }
-        match l.check("t", "u") {
+        match check(&l, "t", "u") {
             Err(GatewayError::RateLimited(s)) => {
                 assert_eq!(s.policy, "per-caller");
                 assert!((1..=6).contains(&s.reset_secs), "{}", s.reset_secs);
@@ -364,7 +691,7 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         // Another caller of the same tenant is unaffected.
-        assert!(l.check("t", "v").is_ok());
+        assert!(check(&l, "t", "v").is_ok());
     }
 
     #[test]
@@ -382,28 +709,167 @@ mod tests {
             eviction_seconds: 60,
             max_in_flight_per_caller: 32,
         });
-        assert!(l.check("t", "a").is_ok());
-        assert!(l.check("t", "b").is_ok());
+        assert!(check(&l, "t", "a").is_ok());
+        assert!(check(&l, "t", "b").is_ok());
         assert!(matches!(
-            l.check("t", "c"),
+            check(&l, "t", "c"),
             Err(GatewayError::RateLimited(RateLimitStatus {
                 policy: "per-tenant",
                 ..
             }))
         ));
-        assert!(l.check("other", "c").is_ok());
+        assert!(check(&l, "other", "c").is_ok());
     }
 
     #[test]
     fn tracked_callers_are_capped() {
         let l = limits(10, 3, 2);
-        assert!(l.check("t", "a").is_ok());
-        assert!(l.check("t", "b").is_ok());
+        assert!(check(&l, "t", "a").is_ok());
+        assert!(check(&l, "t", "b").is_ok());
         // Both keys are still recent (they used part of their burst), so eviction keeps them.
         assert!(matches!(
-            l.check("t", "c"),
+            check(&l, "t", "c"),
             Err(GatewayError::LimiterFull { .. })
         ));
         assert_eq!(l.tracked_callers(), 2);
+    }
+}
+
+/// The Lua GCRA against governor on the same sequences (Redis at `REDIS_URL`; skipped with a
+/// printed reason when it is unset). Rates of one request a minute leave nothing to refill
+/// during a test, so Redis's clock and this process's agree on every decision.
+#[cfg(test)]
+mod redis_tests {
+    use super::*;
+    use crate::config::{OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
+    use crate::metrics::StateMetrics;
+    use crate::secret::Secret;
+
+    fn redis(prefix: &str) -> Option<Redis> {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            eprintln!("REDIS_URL is unset: skipping the Redis GCRA test");
+            return None;
+        };
+        let cfg = StateConfig {
+            backend: StateBackendKind::Redis,
+            redis_url: Some(RedisUrl::new(Secret::new(url), "test".into())),
+            key_prefix: prefix.into(),
+            timeout_ms: 2000,
+            on_unavailable: OnUnavailable {
+                limits: FailMode::Closed,
+            },
+        };
+        Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
+    }
+
+    async fn delete_prefix(r: &Redis, prefix: &str) {
+        let mut conn = r.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Same admits, refusals and remaining counts; waits within a second of each other.
+    fn assert_same(memory: &[Taken], shared: &[Taken]) {
+        assert_eq!(memory.len(), shared.len(), "{memory:?} vs {shared:?}");
+        for (m, s) in memory.iter().zip(shared) {
+            match (m, s) {
+                (Taken::Allowed { remaining: a }, Taken::Allowed { remaining: b }) => {
+                    assert_eq!(a, b, "{memory:?} vs {shared:?}")
+                }
+                (Taken::Refused { wait: a }, Taken::Refused { wait: b }) => {
+                    assert!(a.abs_diff(*b) < Duration::from_secs(1), "{a:?} vs {b:?}")
+                }
+                _ => panic!("memory {m:?}, redis {s:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lua_gcra_admits_refuses_and_counts_as_governor_does_on_one_and_two_cells() {
+        let prefix = format!("sg-test:{}:", uuid::Uuid::new_v4().simple());
+        let Some(r) = redis(&prefix) else { return };
+        let caller = Rate {
+            per_minute: 1,
+            burst: 3,
+        };
+        let tenant = Rate {
+            per_minute: 1,
+            burst: 5,
+        };
+        let memory = GovernorStore::new(&[("per-caller", caller), ("per-tenant", tenant)]);
+        let shared = RedisRates::new(r.clone());
+        // Callers a, a, a, a (refused by its own cell), b, b, c (the tenant's burst is gone
+        // after a's three and b's two), c.
+        for who in ["a", "a", "a", "a", "b", "b", "c", "c"] {
+            let cells = [
+                Cell {
+                    policy: "per-caller",
+                    key: who,
+                    rate: caller,
+                },
+                Cell {
+                    policy: "per-tenant",
+                    key: "t",
+                    rate: tenant,
+                },
+            ];
+            let m = memory.take_now(&cells).unwrap();
+            let s = shared.take(&cells).await.unwrap();
+            assert_same(&m, &s);
+        }
+        // One cell alone (a source's), past its burst.
+        let source = Rate {
+            per_minute: 2,
+            burst: 2,
+        };
+        let memory = GovernorStore::new(&[("per-source", source)]);
+        for _ in 0..4 {
+            let cells = [Cell {
+                policy: "per-source",
+                key: "{hook:s}",
+                rate: source,
+            }];
+            assert_same(
+                &memory.take_now(&cells).unwrap(),
+                &shared.take(&cells).await.unwrap(),
+            );
+        }
+        delete_prefix(&r, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_cell_left_alone_expires_when_it_is_whole_again() {
+        let prefix = format!("sg-test:{}:", uuid::Uuid::new_v4().simple());
+        let Some(r) = redis(&prefix) else { return };
+        let shared = RedisRates::new(r.clone());
+        let rate = Rate {
+            per_minute: 60,
+            burst: 2,
+        };
+        let cells = [Cell {
+            policy: "per-caller",
+            key: "x",
+            rate,
+        }];
+        shared.take(&cells).await.unwrap();
+        let mut conn = r.connection();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}rate:per-caller:x"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // One request at 60 a minute is whole again after a second.
+        assert!((1..=1000).contains(&ttl), "{ttl}");
+        delete_prefix(&r, &prefix).await;
     }
 }

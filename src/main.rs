@@ -176,6 +176,21 @@ fn main() -> ExitCode {
                         h.tenant_id
                     );
                 }
+                match &c.state.redis_url {
+                    // The URL with its password masked, and where it came from.
+                    Some(url) => println!(
+                        "# state: redis at {} (from {}), keys under {:?}, {} ms per call, limits fail {} when it is unreachable, delivery ids fail closed",
+                        url.redacted(),
+                        url.source,
+                        c.state.key_prefix,
+                        c.state.timeout_ms,
+                        match c.state.on_unavailable.limits {
+                            sync_gateway::config::FailMode::Closed => "closed",
+                            sync_gateway::config::FailMode::Open => "open",
+                        }
+                    ),
+                    None => println!("# state: memory (this process only; one replica)"),
+                }
                 print!("{}", c.to_masked_toml());
                 ExitCode::SUCCESS
             }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub runs: RunMetrics,
     /// Microsoft Graph's answers (`upstream`).
     pub graph: GraphMetrics,
+    /// The shared-state backend (`state`).
+    pub state: StateMetrics,
 }
 
 /// Which service identity (the `identity` label).
@@ -78,6 +80,8 @@ impl Metrics {
         limits.register_into(&mut registry);
         let runs = RunMetrics::default();
         runs.register_into(&mut registry);
+        let state = StateMetrics::default();
+        state.register_into(&mut registry);
         let graph = GraphMetrics::default();
         graph.register_into(&mut registry);
         Arc::new(Metrics {
@@ -89,6 +93,7 @@ impl Metrics {
             callers,
             credentials,
             limits,
+            state,
             runs,
             graph,
         })
@@ -587,6 +592,47 @@ impl LimitMetrics {
         self.decisions
             .get_or_create(&LimitLabels { policy, decision })
             .inc();
+    }
+}
+
+/// Which call to the shared-state backend (the label of `state_backend_failures_total`).
+/// Bounded: fixed words (`rate_check`, `delivery_claim`, `delivery_keep`, `delivery_release`,
+/// `ping`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateOperationLabels {
+    /// The operation.
+    pub operation: &'static str,
+}
+
+/// The shared-state backend (`state`): Redis calls that failed, and whether it is reachable.
+#[derive(Clone, Default)]
+pub struct StateMetrics {
+    /// `state_backend_failures_total{operation}`: calls that failed or timed out.
+    pub failures: Family<StateOperationLabels, Counter>,
+    /// `state_backend_up`: 1 while the last call succeeded (always 1 for the memory backend).
+    pub up: Gauge,
+}
+
+impl StateMetrics {
+    fn register_into(&self, r: &mut Registry) {
+        r.register(
+            "state_backend_failures",
+            "Calls to the shared-state backend (Redis) that failed or timed out, by operation",
+            self.failures.clone(),
+        );
+        r.register(
+            "state_backend_up",
+            "1 while the shared-state backend answered its last call (the memory backend: always 1)",
+            self.up.clone(),
+        );
+    }
+
+    /// Counts one failed call of `operation` and marks the backend down.
+    pub fn failed(&self, operation: &'static str) {
+        self.failures
+            .get_or_create(&StateOperationLabels { operation })
+            .inc();
+        self.up.set(0);
     }
 }
 

@@ -560,11 +560,17 @@ async fn post_hook_in_trace(
     .await;
     // A delivery that was handled stays claimed (its retries are duplicates); one refused is
     // forgotten, so the sender's retry is served.
+    // A shared store that fails here leaves the claim in progress until the replay window
+    // ends: the sender's retries are answered 503 `delivery-in-progress` meanwhile, never run
+    // twice (fail closed). The answer to this request stands: its work is done or refused.
     if let Some(id) = &claimed {
-        match &outcome {
-            Ok(HookOutcome::Accepted { run, .. }) => source.deliveries.keep(id, Some(run.id)),
-            Ok(_) => source.deliveries.keep(id, None),
-            Err(_) => source.deliveries.release(id),
+        let settled = match &outcome {
+            Ok(HookOutcome::Accepted { run, .. }) => source.deliveries.keep(id, Some(run.id)).await,
+            Ok(_) => source.deliveries.keep(id, None).await,
+            Err(_) => source.deliveries.release(id).await,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(source = %name, error = %e, "a claimed delivery id could not be kept or released");
         }
     }
     gw.hooks.count(&name, hook.outcome);
@@ -679,7 +685,7 @@ async fn hook_delivery(
 
     // 8. Replays: one delivery id, one run, whatever the sender retries.
     if let Some(id) = &hook.delivery_id {
-        match source.deliveries.claim(id) {
+        match source.deliveries.claim(id).await? {
             Claim::New => *claimed = Some(id.clone()),
             Claim::Duplicate(Seen::InProgress) => return Err(GatewayError::DeliveryInProgress),
             Claim::Duplicate(Seen::Done(run)) => {

@@ -37,7 +37,8 @@ impl GatewayError {
             | ClientCredentialRejected { .. }
             | ServiceIdentityLoginRequired { .. }
             | SessionStoreUnavailable { .. }
-            | DeliveryInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            | DeliveryInProgress
+            | StateUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ExchangeFailed(_) | UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             UpstreamBusy { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::CONFLICT)
@@ -79,6 +80,7 @@ impl GatewayError {
             UpstreamTimeout => "Microsoft Graph timed out",
             InvalidSignature(_) => "Invalid webhook signature",
             DeliveryInProgress => "Delivery in progress",
+            StateUnavailable { .. } => "Shared state unavailable",
             Internal => "Internal error",
             NotFound => "Not found",
             MethodNotAllowed { .. } => "Method not allowed",
@@ -139,6 +141,7 @@ impl GatewayError {
             UpstreamTimeout => "Microsoft Graph did not answer in time; the sync may or may not have been triggered".into(),
             InvalidSignature(why) => why.clone(),
             DeliveryInProgress => "another request is handling this delivery now; retry to learn its outcome".into(),
+            StateUnavailable { .. } => "the gateway cannot reach its shared state (Redis) to check this request's limits or delivery id, so it did nothing; retry after Retry-After".into(),
             Internal => "an unexpected error occurred".into(),
             NotFound => "no such resource (the gateway serves POST /sync, GET /sync/runs/{id}, GET /sync/status, POST /hooks/{source} for configured sources)".into(),
             MethodNotAllowed { allow } => format!("this resource accepts {allow}"),
@@ -151,7 +154,9 @@ impl GatewayError {
             RateLimited(s) => Some(s.reset_secs.max(1)),
             // A slot frees as soon as one of the caller's own requests is answered.
             TooManyInFlight { .. } | DeliveryInProgress => Some(1),
-            LimiterFull { retry_after_secs } => Some(*retry_after_secs),
+            LimiterFull { retry_after_secs } | StateUnavailable { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
             IdentityProviderUnavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),

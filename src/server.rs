@@ -10,19 +10,22 @@ use crate::background::Background;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
 use crate::config::{Config, SYNC_PERMISSION};
+use crate::config::{FailMode, StateBackendKind};
 use crate::credentials::application::ApplicationIdentities;
 use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
 use crate::credentials::obo::OboClient;
 use crate::credentials::service_identity::{ServiceIdentities, SessionHealth};
 use crate::credentials::Credentials;
-use crate::hooks::Hooks;
-use crate::limits::{InFlight, Limits};
+use crate::hooks::deliveries::{DeliveryStore, RedisDeliveries};
+use crate::hooks::{Hooks, SourceState};
+use crate::limits::{InFlight, Limits, RateStore, RedisRates, SourceLimit};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Gateway};
 use crate::policy::CallerPolicy;
 use crate::runs::schedule::Scheduler;
 use crate::runs::RunPolicy;
+use crate::state::Redis;
 use crate::upstream::Graph;
 use actix_web::body::BoxBody;
 use actix_web::dev::{Server, Service};
@@ -72,6 +75,10 @@ pub enum StartError {
         /// The cause.
         source: crate::credentials::client_auth::CertificateError,
     },
+    /// The shared-state backend (`[state]`) could not be set up (not: reached; the gateway
+    /// starts while Redis is down).
+    #[error("state.redis_url: {0}")]
+    State(#[from] crate::state::Unavailable),
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -111,6 +118,8 @@ struct Health {
     metrics: Arc<Metrics>,
     /// Set when the process was told to stop: `/readyz` answers 503 from then on.
     stopping: Arc<AtomicBool>,
+    /// The Redis connection, with the redis backend; and what limits do without it.
+    state: Option<(Redis, FailMode)>,
 }
 
 impl Application {
@@ -156,7 +165,23 @@ impl Application {
                 tracing::error!(error = %e, "the start of the gateway could not be recorded");
             }
         }
-        let limits = Arc::new(Limits::new(&config.limits).with_metrics(metrics.limits.clone()));
+        // The one place choosing where shared state lives (`[state] backend`).
+        let redis = match config.state.backend {
+            StateBackendKind::Memory => {
+                metrics.state.up.set(1);
+                None
+            }
+            StateBackendKind::Redis => Some(Redis::new(&config.state, metrics.state.clone())?),
+        };
+        let limits_on_unavailable = config.state.on_unavailable.limits;
+        let rate_store: Option<Arc<dyn RateStore>> = redis
+            .clone()
+            .map(|r| Arc::new(RedisRates::new(r)) as Arc<dyn RateStore>);
+        let mut limits = Limits::new(&config.limits).with_metrics(metrics.limits.clone());
+        if let Some(store) = &rate_store {
+            limits = limits.with_store(store.clone(), limits_on_unavailable);
+        }
+        let limits = Arc::new(limits);
         let weak_limits = Arc::downgrade(&limits);
         metrics.on_scrape(move || {
             if let Some(l) = weak_limits.upgrade() {
@@ -256,7 +281,28 @@ impl Application {
             audit: audit.clone(),
             wait_for_run,
             status_scope: config.graph.status_scope(),
-            hooks: Arc::new(Hooks::new(&config.hooks, audit.clone(), &metrics)?),
+            hooks: Arc::new(match (&redis, &rate_store) {
+                (Some(redis), Some(rates)) => {
+                    let deliveries = |name: &str, window, _evicted| {
+                        Arc::new(RedisDeliveries::new(redis.clone(), name, window))
+                            as Arc<dyn DeliveryStore>
+                    };
+                    let limit = |name: &str, rate| {
+                        SourceLimit::with_store(name, rate, rates.clone(), limits_on_unavailable)
+                    };
+                    let state = SourceState {
+                        deliveries: &deliveries,
+                        limit: &limit,
+                    };
+                    Hooks::new(&config.hooks, audit.clone(), &metrics, &state)?
+                }
+                _ => Hooks::new(
+                    &config.hooks,
+                    audit.clone(),
+                    &metrics,
+                    &SourceState::memory(),
+                )?,
+            }),
             metrics: metrics.requests.clone(),
         };
 
@@ -298,6 +344,7 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
             stopping: stopping.clone(),
+            state: redis.clone().map(|r| (r, limits_on_unavailable)),
         });
         let expose_openapi = config.server.expose_openapi;
         // actix caps connections per worker; the configured figure is for the whole process.
@@ -571,7 +618,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when signing keys are loaded for every tenant and the audit trail is writable.
+/// Ready when signing keys are loaded for every tenant and the audit trail is writable, and,
+/// with the redis state backend, Redis answers a `PING` (`checks.state`: `memory`,
+/// `reachable` or `unreachable`). An unreachable Redis makes the answer 503 while limits fail
+/// closed (this replica would refuse every limited request: better the balancer sends them to
+/// a replica that reaches Redis) and `degraded` (200) while they fail open (callers are served;
+/// only webhook deliveries are refused).
 /// A service identity that an application acts as, without a usable session, makes the answer
 /// `degraded` (still 200: user callers are served); every identity is listed with its state and
 /// whether it is in use.
@@ -582,6 +634,18 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let keys = h.keys.is_ready();
     let audit = h.audit.is_healthy();
     let mut degraded = false;
+    let (state, state_ok) = match &h.state {
+        None => ("memory", true),
+        Some((redis, mode)) => match redis.ping().await {
+            Ok(()) => ("reachable", true),
+            Err(_) if *mode == FailMode::Open => {
+                degraded = true;
+                ("unreachable", true)
+            }
+            Err(_) => ("unreachable", false),
+        },
+    };
+    let ready = keys && audit && state_ok;
     let identities: serde_json::Map<String, serde_json::Value> = h
         .identities
         .statuses()
@@ -593,14 +657,14 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
         })
         .collect();
     let body = json!({
-        "status": match (keys && audit, degraded) {
+        "status": match (ready, degraded) {
             (false, _) => "not ready",
             (true, true) => "degraded",
             (true, false) => "ready",
         },
-        "checks": {"signing_keys": keys, "audit": audit, "service_identities": identities},
+        "checks": {"signing_keys": keys, "audit": audit, "service_identities": identities, "state": state},
     });
-    if keys && audit {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

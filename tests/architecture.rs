@@ -193,7 +193,7 @@ fn layer(module: &Module) -> (u8, &'static str) {
     match module[0].as_str() {
         "domain" | "error" | "secret" | "trace" => (0, "domain"),
         "config" => (1, "config"),
-        "audit" | "metrics" | "background" | "retry" | "telemetry" | "otel" | "clock" => {
+        "audit" | "metrics" | "background" | "retry" | "telemetry" | "otel" | "clock" | "state" => {
             (2, "runtime")
         }
         "caller" | "policy" | "limits" | "credentials" | "upstream" | "runs" | "hooks" => {

@@ -109,16 +109,16 @@ def test_two_replicas_are_refused_with_the_reason(tmp_path):
     with pytest.raises(helm.HelmValuesError) as e:
         render.render({"replicaCount": 2})
     message = str(e.value)
-    assert "shared-state backend" in message and "per process" in message, message
+    assert "sync schedules and service-identity sessions are shared" in message, message
     findings = " ".join(render.lint({"replicaCount": 2}))
-    assert "shared-state backend" in findings
+    assert "sync schedules and service-identity sessions are shared" in findings
     # And without the schema (helm --skip-schema-validation), the template refuses it too.
     unschemed = tmp_path / "sync-gateway"
     shutil.copytree(render.CHART, unschemed)
     (unschemed / "values.schema.json").unlink()
     with helm.Chart.load(str(unschemed)) as chart, pytest.raises(helm.HelmRenderError) as e:
         chart.render({"replicaCount": 2}, name=render.RELEASE)
-    assert "per process until the shared-state backend exists" in str(e.value), str(e.value)
+    assert "sessions are per process until they are shared" in str(e.value), str(e.value)
     assert render.find(objects({"replicaCount": 1}), "Deployment")["spec"]["replicas"] == 1
 
 
@@ -219,7 +219,8 @@ def raw_keys() -> dict[str, set[str]]:
     sections = {"RawServer": "server", "RawEntra": "entra", "RawCallers": "callers",
                 "RawGraph": "graph", "RawLimits": "limits", "RawAudit": "audit",
                 "RawSyncAction": "actions.sync", "RawIdentity": "identities", "RawHook": "hooks",
-                "RawTelemetry": "telemetry"}
+                "RawTelemetry": "telemetry",
+                "RawState": "state"}
     out = {}
     for struct, section in sections.items():
         body = re.search(r"struct " + struct + r" \{(.*?)\n\}", src, re.S)
@@ -238,6 +239,8 @@ CHART_SET = {
     "identities": {"store_path", "store_key", "store_key_file"},
     # Signing secrets only ever come from a referenced Secret (secretsSecret), mounted as the file.
     "hooks": {"secrets", "secrets_file"},
+    # The Redis URL may carry a password: only ever from secrets.redisUrl, as the environment.
+    "state": {"redis_url", "redis_url_file"},
 }
 
 
@@ -249,7 +252,7 @@ def test_the_values_schema_covers_every_key_the_gateway_reads():
     def keys(node):
         return set(node["properties"])
 
-    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit", "telemetry")}
+    offered = {s: keys(config[s]) for s in ("server", "entra", "callers", "graph", "limits", "audit", "telemetry", "state")}
     offered["actions.sync"] = keys(config["actions"]["properties"]["sync"])
     offered["identities"] = set(schema["properties"]["identities"]["additionalProperties"]["properties"]) - {"storeKeySecret"}
     offered["hooks"] = set(schema["properties"]["hooks"]["additionalProperties"]["properties"]) - {"secretsSecret"}

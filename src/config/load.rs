@@ -87,6 +87,7 @@ pub(super) fn load(
         identities: section(&figment, "identities", &origins, &mut errors),
         hooks: section(&figment, "hooks", &origins, &mut errors),
         telemetry: section(&figment, "telemetry", &origins, &mut errors),
+        state: section(&figment, "state", &origins, &mut errors),
     };
     // A value that did not parse left its section at the defaults; validating those would
     // add errors about values nobody wrote.

@@ -31,6 +31,8 @@ pub struct Config {
     pub identities: BTreeMap<String, IdentityConfig>,
     /// `[hooks.NAME]`: webhook and chat sources that may trigger a sync as a service identity.
     pub hooks: BTreeMap<String, HookSourceConfig>,
+    /// `[state]`: where the state replicas share lives (limits, webhook delivery ids).
+    pub state: StateConfig,
     /// `[telemetry]`: OpenTelemetry trace export (off by default).
     pub telemetry: TelemetryConfig,
 }
@@ -644,4 +646,97 @@ pub struct ChatAllow {
     pub channels: Vec<String>,
     /// User ids.
     pub users: Vec<String>,
+}
+
+/// `state.backend`: where shared state lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    /// In this process (one replica): governor and moka, as before `[state]` existed.
+    #[default]
+    Memory,
+    /// In Redis at `state.redis_url`, shared by every replica.
+    Redis,
+}
+
+/// `state.on_unavailable.*`: what a kind of state does while its store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse (503 `state-unavailable` with `Retry-After`).
+    #[default]
+    Closed,
+    /// Admit without the check, log (rate-limited) and count it.
+    Open,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Serialize)]
+pub struct StateConfig {
+    /// `state.backend`.
+    pub backend: StateBackendKind,
+    /// `state.redis_url` / `redis_url_file` (environment `SYNC_GATEWAY__STATE__REDIS_URL`):
+    /// set exactly when the backend is `redis`.
+    pub redis_url: Option<RedisUrl>,
+    /// `state.key_prefix`: every key the gateway writes starts with it, so several gateways
+    /// (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// `state.timeout_ms`: the bound on every Redis call, connection included.
+    pub timeout_ms: u64,
+    /// `state.on_unavailable`.
+    pub on_unavailable: OnUnavailable,
+}
+
+/// `state.on_unavailable`: one choice per kind of state that may choose (delivery ids always
+/// fail closed: a doubled webhook action is what the gateway exists to prevent).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OnUnavailable {
+    /// `state.on_unavailable.limits` (default `closed`).
+    pub limits: FailMode,
+}
+
+/// A validated `redis://` (loopback only) or `rediss://` URL. It may carry a password, so its
+/// `Debug` and serialization show `***` in the password's place.
+#[derive(Clone)]
+pub struct RedisUrl {
+    url: Secret,
+    /// Where it came from (the environment variable or the file), for `check-config`.
+    pub source: String,
+}
+
+impl RedisUrl {
+    /// A URL validation accepted; `source` says where it came from.
+    pub fn new(url: Secret, source: String) -> Self {
+        RedisUrl { url, source }
+    }
+
+    /// The URL itself, password included: only for the Redis client.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    /// The URL with its password (and a user's name beside it) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match Url::parse(self.url.expose()) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "***".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }

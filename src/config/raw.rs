@@ -8,7 +8,7 @@
 
 use super::duration::{Millis, Seconds};
 use super::model::DEFAULT_MAX_CONNECTIONS;
-use super::model::{AppConfig, AuditSinkKind, Rate};
+use super::model::{AppConfig, AuditSinkKind, FailMode, Rate, StateBackendKind};
 use super::names::{DEFAULT_STATUS_PATH, DEFAULT_SYNC_PATH};
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The top-level tables, in the order `gateway.example.toml` has them.
-pub(super) const SECTIONS: [&str; 10] = [
+pub(super) const SECTIONS: [&str; 11] = [
     "server",
     "entra",
     "callers",
@@ -27,6 +27,7 @@ pub(super) const SECTIONS: [&str; 10] = [
     "identities",
     "hooks",
     "telemetry",
+    "state",
 ];
 
 /// Every section, each deserialized on its own so that one pass reports a bad value in each.
@@ -42,6 +43,7 @@ pub(super) struct RawConfig {
     pub identities: BTreeMap<String, RawIdentity>,
     pub hooks: BTreeMap<String, RawHook>,
     pub telemetry: RawTelemetry,
+    pub state: RawState,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,4 +389,35 @@ impl Default for RawSyncAction {
             max_finished_runs: 10_000,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawState {
+    pub backend: StateBackendKind,
+    pub redis_url: Option<Secret>,
+    pub redis_url_file: Option<PathBuf>,
+    pub key_prefix: String,
+    pub timeout_ms: Millis,
+    pub on_unavailable: RawOnUnavailable,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: StateBackendKind::Memory,
+            redis_url: None,
+            redis_url_file: None,
+            key_prefix: "sync-gateway:".into(),
+            timeout_ms: Millis(250),
+            on_unavailable: RawOnUnavailable::default(),
+        }
+    }
+}
+
+/// `state.on_unavailable`: what each kind of shared state does while Redis cannot be reached.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawOnUnavailable {
+    pub limits: FailMode,
 }

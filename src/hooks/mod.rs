@@ -12,7 +12,7 @@ use crate::audit::AuditLog;
 use crate::config::{HookSourceConfig, Rate};
 use crate::limits::SourceLimit;
 use crate::metrics::Metrics;
-use deliveries::{Deliveries, MAX_DELIVERIES_PER_SOURCE};
+use deliveries::{Deliveries, DeliveryStore, MAX_DELIVERIES_PER_SOURCE};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,8 +25,8 @@ use std::time::Duration;
 pub struct Source {
     /// `[hooks.NAME]`, validated.
     pub config: HookSourceConfig,
-    /// The delivery ids it sent within its replay window.
-    pub deliveries: Deliveries,
+    /// The delivery ids it sent within its replay window (this process's or shared).
+    pub deliveries: Arc<dyn DeliveryStore>,
     /// Its own rate limit.
     pub limit: SourceLimit,
 }
@@ -48,6 +48,34 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// Builds a source's delivery-id store: its NAME, its replay window, the counter of ids
+/// evicted by the cap (the memory store's).
+pub type DeliveriesFactory<'a> = &'a dyn Fn(&str, Duration, Counter) -> Arc<dyn DeliveryStore>;
+
+/// Builds a source's rate limit: its NAME and rate.
+pub type SourceLimitFactory<'a> = &'a dyn Fn(&str, Rate) -> SourceLimit;
+
+/// Where the sources keep their state; `server.rs` chooses (the one place that wires concrete
+/// types). [`SourceState::memory`] is this process's memory.
+pub struct SourceState<'a> {
+    /// Delivery ids.
+    pub deliveries: DeliveriesFactory<'a>,
+    /// Rate limits.
+    pub limit: SourceLimitFactory<'a>,
+}
+
+impl SourceState<'static> {
+    /// Both in this process: moka for delivery ids, governor for limits.
+    pub fn memory() -> Self {
+        SourceState {
+            deliveries: &|_, window, evicted| {
+                Arc::new(Deliveries::new(window, MAX_DELIVERIES_PER_SOURCE, evicted))
+            },
+            limit: &|_, rate| SourceLimit::new(rate),
+        }
+    }
+}
+
 /// Every configured source, by name, and what they share.
 pub struct Hooks {
     sources: HashMap<String, Arc<Source>>,
@@ -63,6 +91,7 @@ impl Hooks {
         sources: &std::collections::BTreeMap<String, HookSourceConfig>,
         audit: AuditLog,
         metrics: &Metrics,
+        state: &SourceState<'_>,
     ) -> Result<Self, reqwest::Error> {
         let evicted = Family::<SourceLabels, Counter>::default();
         let requests = Family::<HookLabels, Counter>::default();
@@ -91,15 +120,18 @@ impl Hooks {
                     })
                     .clone();
                 let source = Source {
-                    deliveries: Deliveries::new(
+                    deliveries: (state.deliveries)(
+                        name,
                         Duration::from_secs(config.replay_window_seconds),
-                        MAX_DELIVERIES_PER_SOURCE,
                         counter,
                     ),
-                    limit: SourceLimit::new(Rate {
-                        per_minute: config.limits.per_minute,
-                        burst: config.limits.burst,
-                    }),
+                    limit: (state.limit)(
+                        name,
+                        Rate {
+                            per_minute: config.limits.per_minute,
+                            burst: config.limits.burst,
+                        },
+                    ),
                     config: config.clone(),
                 };
                 (name.clone(), Arc::new(source))

@@ -127,6 +127,9 @@ pub struct Setup {
     /// The audit trail cannot be written from the start, so the gateway never becomes ready:
     /// wait only for the signing keys.
     pub audit_broken_at_start: bool,
+    /// The state backend (Redis) cannot be reached from the start, so `/readyz` may never
+    /// answer 200: wait only for the signing keys.
+    pub state_unreachable_at_start: bool,
     /// Replaces the durable audit sink (a failing or hanging one).
     pub audit_sink: Option<Box<dyn AuditSink>>,
     /// Reuse these simulators and ids instead of starting new ones (a restart on one trail).
@@ -203,6 +206,7 @@ impl Default for Setup {
             prepare: None,
             sim: None,
             audit_broken_at_start: false,
+            state_unreachable_at_start: false,
             audit_sink: None,
             world: None,
             clock: None,
@@ -336,7 +340,7 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
         running: Some(running),
         _dir: dir,
     };
-    if setup.audit_broken_at_start {
+    if setup.audit_broken_at_start || setup.state_unreachable_at_start {
         test_app.wait_until_keys_loaded().await;
     } else if !setup.entra_down_at_start {
         test_app.wait_until_ready().await;

@@ -23,6 +23,7 @@ mod protocol;
 mod records;
 mod runs;
 mod shutdown;
+mod state;
 mod status;
 mod sync;
 mod tenants;

@@ -6,6 +6,7 @@ mod credentials;
 mod hooks;
 mod identities;
 mod origins;
+mod state;
 
 const TENANT: &str = "11111111-1111-1111-1111-111111111111";
 const CLIENT: &str = "22222222-2222-2222-2222-222222222222";

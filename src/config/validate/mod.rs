@@ -12,6 +12,7 @@ mod hooks;
 mod identities;
 mod secret;
 mod server;
+mod state;
 mod telemetry;
 
 pub use audit::{valid_schema_name, MIN_HMAC_KEY_BYTES};
@@ -60,6 +61,7 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
     let audit = c.audit(raw.audit);
     let sync = c.sync_action(raw.actions.sync);
     let telemetry = c.telemetry(raw.telemetry);
+    let state = c.state(raw.state);
 
     if !c.errors.is_empty() {
         return Err(c.errors);
@@ -78,5 +80,6 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
         identities,
         hooks,
         telemetry: telemetry.unwrap(),
+        state: state.unwrap(),
     })
 }

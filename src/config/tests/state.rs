@@ -1,0 +1,90 @@
+//! `[state]`: the backend, the Redis URL under the secret rule, the prefix and the bound.
+
+use super::*;
+
+const URL_VAR: &str = "SYNC_GATEWAY__STATE__REDIS_URL";
+
+fn load(state: &str, extra: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+    let mut env = secret_env();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_toml_and_env(&format!("{}\n[state]\n{state}\n", full_toml()), env).map_err(|e| e.0)
+}
+
+fn assert_error(errs: &[ConfigError], key: &str, text: &str) {
+    assert!(
+        has_error(errs, key, text),
+        "no {key}: ...{text}... in {errs:#?}"
+    );
+}
+
+#[test]
+fn without_a_state_table_the_backend_is_memory_with_the_defaults() {
+    let c = Config::from_toml_and_env(&full_toml(), secret_env()).unwrap();
+    assert_eq!(c.state.backend, StateBackendKind::Memory);
+    assert!(c.state.redis_url.is_none());
+    assert_eq!(c.state.key_prefix, "sync-gateway:");
+    assert_eq!(c.state.timeout_ms, 250);
+    assert_eq!(c.state.on_unavailable.limits, FailMode::Closed);
+}
+
+#[test]
+fn the_redis_backend_takes_its_url_from_the_environment_and_names_where_it_came_from() {
+    let c = load(
+        "backend = \"redis\"\non_unavailable = { limits = \"open\" }",
+        &[(URL_VAR, "redis://:pw@127.0.0.1:6379/1")],
+    )
+    .unwrap();
+    let url = c.state.redis_url.unwrap();
+    assert_eq!(url.expose(), "redis://:pw@127.0.0.1:6379/1");
+    assert!(url.source.contains(URL_VAR), "{}", url.source);
+    assert_eq!(c.state.on_unavailable.limits, FailMode::Open);
+}
+
+#[test]
+fn the_redis_backend_without_a_url_is_refused_naming_the_variable() {
+    let errs = load("backend = \"redis\"", &[]).unwrap_err();
+    assert_error(&errs, "state.redis_url", URL_VAR);
+}
+
+#[test]
+fn a_redis_url_with_a_password_written_in_the_file_is_refused() {
+    let errs = load(
+        "backend = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:6379\"",
+        &[],
+    )
+    .unwrap_err();
+    assert_error(
+        &errs,
+        "state.redis_url",
+        "must not be written in the configuration file",
+    );
+    assert!(!format!("{errs:?}").contains(":pw@"));
+}
+
+#[test]
+fn plaintext_redis_to_a_remote_host_is_refused_without_echoing_the_password() {
+    let errs = load(
+        "backend = \"redis\"",
+        &[(URL_VAR, "redis://:hunter2@redis.example.com:6379")],
+    )
+    .unwrap_err();
+    assert_error(&errs, "state.redis_url", "rediss://");
+    assert!(!format!("{errs:?}").contains("hunter2"));
+}
+
+#[test]
+fn a_zero_timeout_and_an_empty_prefix_are_refused_by_key() {
+    let errs = load("timeout_ms = 0\nkey_prefix = \"\"", &[]).unwrap_err();
+    assert_error(&errs, "state.timeout_ms", "between 1 and");
+    assert_error(&errs, "state.key_prefix", "printable");
+}
+
+#[test]
+fn an_unknown_fail_mode_is_refused_by_key() {
+    let errs = load("on_unavailable = { limits = \"maybe\" }", &[]).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.key.starts_with("state.on_unavailable")),
+        "{errs:#?}"
+    );
+}
