@@ -19,7 +19,7 @@ use crate::caller::{Authenticator, Caller, HookCaller};
 use crate::credentials::ActingIdentity;
 use crate::domain::{Decision, RateLimitStatus};
 use crate::error::GatewayError;
-use crate::hooks::verify::{self, Verified};
+use crate::hooks::verify;
 use crate::hooks::Source;
 use crate::limits::{InFlight, InFlightSlot, Limits};
 use crate::policy::CallerPolicy;
@@ -67,8 +67,6 @@ pub struct Admitted {
     pub body: Option<Bytes>,
     /// Where the caller stands against its limits, when the entrance is limited.
     pub limit: Option<RateLimitStatus>,
-    /// A webhook delivery's verified signature: its delivery id and signed time.
-    pub signed: Option<Verified>,
     /// Held until the answer; its drop frees the caller's slot.
     _slot: Option<InFlightSlot>,
 }
@@ -106,8 +104,8 @@ impl Admission {
         }
         // 2. authenticate (a signature covers the body, so the body is read first)
         let mut body = body;
-        let (caller, early_body, signed) = match entrance.proof {
-            Proof::Bearer => (self.authenticate(req).await?, None, None),
+        let (caller, early_body) = match entrance.proof {
+            Proof::Bearer => (self.authenticate(req).await?, None),
             Proof::Signature(source) => {
                 let (Some(limit), Some(b)) = (entrance.body_limit, body.take()) else {
                     return Err(GatewayError::Internal);
@@ -128,7 +126,7 @@ impl Admission {
                     tenant_id: source.config.tenant_id.to_string(),
                     run_as: source.config.run_as.as_str().into(),
                 }));
-                (caller, Some(bytes), Some(signed))
+                (caller, Some(bytes))
             }
         };
         record.caller = Some(caller.summary());
@@ -162,7 +160,6 @@ impl Admission {
             acting,
             body: bytes,
             limit,
-            signed,
             _slot: slot,
         })
     }
