@@ -640,7 +640,7 @@ pub enum HookTest {
 /// is not empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChatAllow {
-    /// Slack team ids, Discord guild ids, Teams tenant ids, Mattermost team ids.
+    /// Slack team ids, Discord guild ids, Teams team ids (`channelData.team.id`), Mattermost team ids.
     pub teams: Vec<String>,
     /// Channel ids.
     pub channels: Vec<String>,
