@@ -5,6 +5,10 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::sync::Arc;
 
+/// The longest `reason` a request may give, in characters (`POST /sync`'s body, a chat
+/// command's text): the audit schema's bound on `reason` leaves room above it.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// Lower-case hex of bytes (hashes, trace and span ids).
 pub fn hex(h: &[u8]) -> String {
     // By table: `write!` per byte was 1% of a proxied request's CPU (one `prev` per record).

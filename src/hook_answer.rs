@@ -48,8 +48,9 @@ pub enum HookOutcome {
 /// The answer to a delivery that was not refused.
 pub fn answer(kind: HookKind, outcome: &HookOutcome) -> HttpResponse {
     match kind {
-        HookKind::Slack | HookKind::Mattermost => chat(kind, &text(outcome)),
-        HookKind::TeamsOutgoing => chat(kind, &text(outcome)),
+        HookKind::Slack | HookKind::Mattermost | HookKind::TeamsOutgoing => {
+            chat(kind, &text(outcome))
+        }
         HookKind::Discord => match outcome {
             HookOutcome::Pong => ok(json!({ "type": 1 })),
             // Deferred, private: the outcome edits it once the run is done.

@@ -29,14 +29,12 @@ use crate::admit::{Admission, Entrance, Proof, RequestBody};
 use crate::audit::{
     AuditEvent, AuditLog, HookDelivery, OutcomeWrite, RequestRecord, UpstreamSummary,
 };
-use crate::config::HookSourceConfig;
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
 use crate::domain::RateLimitStatus;
 use crate::hook_answer::HookOutcome;
 use crate::hooks::deliveries::{Claim, Seen};
-use crate::hooks::event::{self, ChatCommand, HookEvent, Verb};
-use crate::hooks::replies::{self, ReplyTarget};
+use crate::hooks::event::{self, HookEvent, Verb};
 use crate::hooks::{Hooks, Source};
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
@@ -54,8 +52,7 @@ use uuid::Uuid;
 /// The largest request body read; a `reason` is at most 500 characters.
 pub const MAX_BODY_BYTES: usize = 4096;
 
-/// The longest `reason` accepted, in characters.
-pub const MAX_REASON_CHARS: usize = 500;
+pub use crate::domain::MAX_REASON_CHARS;
 
 /// Everything the lifecycles need, shared by all workers.
 pub struct Gateway {
@@ -669,7 +666,7 @@ async fn hook_delivery(
                     "You are not allowed to trigger the Autopilot sync from here; ask the gateway's operator to add your team, channel or user to the source's `allow` list.".into(),
                 ));
             }
-            match follow_up_target(gw, config, &command).await {
+            match gw.hooks.replies.target_of(config, &command).await {
                 Ok(target) => follow_up = target,
                 Err(why) => {
                     // Never fetched; recorded (a `hook_reply` record) and told to the user.
@@ -711,43 +708,6 @@ async fn hook_delivery(
         limit: admitted.limit.clone(),
         requested_by,
     })
-}
-
-/// Where a chat command's outcome will be posted, if the sender gave a place: only on the
-/// source's allowed hosts; a refused URL is recorded and the command refused, never fetched.
-async fn follow_up_target(
-    gw: &Gateway,
-    config: &HookSourceConfig,
-    command: &ChatCommand,
-) -> Result<Option<ReplyTarget>, replies::RefusedTarget> {
-    let target = match (&command.response_url, &command.discord) {
-        (Some(url), _) => replies::response_url_target(config, url).map_err(|e| (e, url.clone())),
-        (None, Some(d)) => replies::discord_target(config, &d.application_id, d.token.expose())
-            .map_err(|e| {
-                (
-                    e,
-                    config
-                        .api_base_url
-                        .as_ref()
-                        .map(|u| u.to_string())
-                        .unwrap_or_default(),
-                )
-            }),
-        (None, None) => return Ok(None),
-    };
-    match target {
-        Ok(t) => Ok(Some(t)),
-        Err((why, url)) => {
-            let shown = url::Url::parse(&url)
-                .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()))
-                .unwrap_or_else(|_| "(not a URL)".into());
-            gw.hooks
-                .replies
-                .refused(&config.name, None, &why, shown)
-                .await;
-            Err(why)
-        }
-    }
 }
 
 /// `GET /sync/runs/{id}`: a run of the caller's own tenant. Audited like every request.

@@ -241,7 +241,7 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     /// The caller's stated reason, if given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    // Over `pipeline::MAX_REASON_CHARS`, with room; the schema also admits its hash.
+    // Over `domain::MAX_REASON_CHARS`, with room; the schema also admits its hash.
     #[schemars(length(max = 600))]
     pub reason: Option<String>,
     /// The way in, when it is not a bearer-token route: `hook` for `POST /hooks/{source}`.

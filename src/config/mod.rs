@@ -30,7 +30,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::*;
 pub use validate::{
-    parse_service_url, valid_schema_name, MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS, MIN_HMAC_KEY_BYTES,
+    is_loopback_host, parse_service_url, valid_schema_name, MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS,
+    MIN_HMAC_KEY_BYTES,
 };
 
 use std::path::Path;

@@ -5,8 +5,8 @@
 use crate::config::{ChatAllow, HookFilter, HookKind, HookTest};
 use serde_json::Value;
 
-/// The longest chat text read as a reason, in characters (the reason of `POST /sync` too).
-pub const MAX_REASON_CHARS: usize = 500;
+use crate::domain::MAX_REASON_CHARS;
+use crate::secret::Secret;
 
 /// What a delivery asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +44,9 @@ pub struct ChatCommand {
     pub user_name: Option<String>,
     /// What the user asked.
     pub verb: Verb,
-    /// Slack and Mattermost: where the outcome is posted later.
-    pub response_url: Option<String>,
+    /// Slack and Mattermost: where the outcome is posted later. Anyone holding it can post to
+    /// the user's channel, so it redacts itself like any credential.
+    pub response_url: Option<Secret>,
     /// Discord: the interaction's application id and token, for the follow-up.
     pub discord: Option<DiscordInteraction>,
 }
@@ -56,7 +57,7 @@ pub struct DiscordInteraction {
     /// `application_id`.
     pub application_id: String,
     /// The interaction `token` (valid 15 minutes): a credential, never logged or recorded.
-    pub token: crate::secret::Secret,
+    pub token: Secret,
 }
 
 /// The command's words: `sync [reason]` (or nothing: a sync without a reason), `help`, or a
@@ -178,7 +179,7 @@ fn form_command(body: &[u8]) -> Result<HookEvent, MalformedBody> {
         user_id: field("user_id"),
         user_name: field("user_name"),
         verb: verb(&field("text").unwrap_or_default()),
-        response_url: field("response_url"),
+        response_url: field("response_url").map(Secret::new),
         discord: None,
     }))
 }
@@ -288,7 +289,7 @@ fn discord_interaction(json: &Value) -> Result<HookEvent, MalformedBody> {
         response_url: None,
         discord: Some(DiscordInteraction {
             application_id,
-            token: crate::secret::Secret::new(token),
+            token: Secret::new(token),
         }),
     }))
 }
@@ -360,7 +361,7 @@ mod tests {
             }
         );
         assert_eq!(
-            c.response_url.as_deref(),
+            c.response_url.as_ref().map(Secret::expose),
             Some("https://hooks.slack.com/commands/1/2")
         );
     }

@@ -8,6 +8,7 @@
 //! has a timeout and a bounded retry; and one command posts at most [`MAX_POSTS`] times (Slack
 //! and Mattermost accept 5 posts to one `response_url` within 30 minutes).
 
+use super::event::ChatCommand;
 use crate::audit::{AdminEvent, AuditLog};
 use crate::config::{HookKind, HookSourceConfig};
 use crate::domain::RunState;
@@ -21,6 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 use uuid::Uuid;
+
+/// Discord's API, where follow-ups go when the source names no `api_base_url`.
+const DISCORD_API: &str = "https://discord.com/api/v10";
 
 /// Posts one command may make (the sender's limit is 5 within 30 minutes).
 pub const MAX_POSTS: usize = 4;
@@ -134,7 +138,7 @@ pub fn discord_target(
     let base = source
         .api_base_url
         .clone()
-        .unwrap_or_else(|| Url::parse("https://discord.com/api/v10").expect("a valid URL"));
+        .unwrap_or_else(|| Url::parse(DISCORD_API).expect("a valid URL"));
     let url = Url::parse(&format!(
         "{}/webhooks/{application_id}/{token}/messages/@original",
         base.as_str().trim_end_matches('/')
@@ -148,15 +152,9 @@ fn check_url(url: &Url) -> Result<(), RefusedTarget> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(RefusedTarget::UserInfo);
     }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(()),
-        "http" if loopback => Ok(()),
+        "http" if crate::config::is_loopback_host(url) => Ok(()),
         _ => Err(RefusedTarget::NotHttps),
     }
 }
@@ -194,22 +192,41 @@ impl Replies {
         })
     }
 
-    /// Records that a command's follow-up URL was refused (the command was answered saying so).
-    pub async fn refused(
+    /// Where a chat command's outcome will be posted, if its sender gave a place: only on the
+    /// source's allowed hosts. A refused URL is recorded (a `hook_reply` record, a log line and
+    /// the counter) and never fetched.
+    pub async fn target_of(
         &self,
-        source: &str,
-        run_id: Option<Uuid>,
-        why: &RefusedTarget,
-        shown: String,
-    ) {
-        self.posted
-            .get_or_create(&ReplyLabels {
-                source: source.to_string(),
-                outcome: "refused",
-            })
-            .inc();
-        tracing::warn!(source, target = %shown, reason = %why, "a follow-up URL was refused");
-        self.record(source, run_id, shown, None, 0, "refused").await;
+        source: &HookSourceConfig,
+        command: &ChatCommand,
+    ) -> Result<Option<ReplyTarget>, RefusedTarget> {
+        let (target, url) = match (&command.response_url, &command.discord) {
+            (Some(url), _) => (response_url_target(source, url.expose()), url.expose()),
+            (None, Some(d)) => (
+                discord_target(source, &d.application_id, d.token.expose()),
+                source
+                    .api_base_url
+                    .as_ref()
+                    .map_or(DISCORD_API, Url::as_str),
+            ),
+            (None, None) => return Ok(None),
+        };
+        if let Err(why) = &target {
+            // Scheme and host only: the path of a refused URL may still be a credential.
+            let shown = Url::parse(url)
+                .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()))
+                .unwrap_or_else(|_| "(not a URL)".into());
+            self.posted
+                .get_or_create(&ReplyLabels {
+                    source: source.name.clone(),
+                    outcome: "refused",
+                })
+                .inc();
+            tracing::warn!(source = %source.name, target = %shown, reason = %why, "a follow-up URL was refused");
+            self.record(&source.name, None, shown, None, 0, "refused")
+                .await;
+        }
+        target.map(Some)
     }
 
     /// Follows `cell` until it is final and posts what happened to `target`: a reschedule when

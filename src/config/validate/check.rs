@@ -85,15 +85,24 @@ impl Check {
     }
 }
 
-/// Parses a URL the gateway calls: `https://`, or `http://` only for loopback hosts.
-pub fn parse_service_url(v: &str) -> Result<Url, String> {
-    let u = Url::parse(v).map_err(|e| format!("not a URL ({e}): {v:?}"))?;
-    let loopback = match u.host() {
+/// Whether `u`'s host is this machine (`localhost`, 127.0.0.0/8, `::1`): the one place plain
+/// `http://` is allowed, in the configuration and for URLs a sender hands the gateway.
+pub fn is_loopback_host(u: &Url) -> bool {
+    match u.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => return Err(format!("has no host: {v:?}")),
-    };
+        None => false,
+    }
+}
+
+/// Parses a URL the gateway calls: `https://`, or `http://` only for loopback hosts.
+pub fn parse_service_url(v: &str) -> Result<Url, String> {
+    let u = Url::parse(v).map_err(|e| format!("not a URL ({e}): {v:?}"))?;
+    if u.host().is_none() {
+        return Err(format!("has no host: {v:?}"));
+    }
+    let loopback = is_loopback_host(&u);
     match u.scheme() {
         "https" => {}
         "http" if loopback => {}

@@ -16,7 +16,7 @@ mod state;
 mod telemetry;
 
 pub use audit::{valid_schema_name, MIN_HMAC_KEY_BYTES};
-pub use check::parse_service_url;
+pub use check::{is_loopback_host, parse_service_url};
 pub use hooks::{MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS};
 
 use check::Check;
