@@ -49,6 +49,12 @@ impl Receiver {
                         json,
                     ));
                     a.notify_waiters();
+                    // A path asking for it is redirected elsewhere (a follow-up must not follow).
+                    if req.path().contains("redirect-me") {
+                        return HttpResponse::TemporaryRedirect()
+                            .insert_header(("Location", "/elsewhere"))
+                            .finish();
+                    }
                     HttpResponse::Ok().finish()
                 }
             }))
@@ -1008,4 +1014,41 @@ async fn a_delivery_sent_chunked_is_verified_over_its_whole_body() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert_eq!(h.record_of(&id)["hook"]["outcome"], "accepted");
+}
+
+#[tokio::test]
+async fn a_follow_up_is_not_redirected_elsewhere() {
+    let h = spawn_hooks().await;
+    let kind = HookKind::Slack;
+    let id = id(kind, "redirect-me");
+    assert_eq!(h.deliver(kind, Key::New, &id).await.status(), 200);
+    let reply = wait_for_reply_record(&h).await;
+    // The receiver's 307 is the answer: not followed, not retried.
+    assert_eq!(reply["outcome"], "failed");
+    assert_eq!(reply["status"], 307);
+    assert_eq!(reply["attempts"], 1);
+    let posts = h.receiver.received();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert!(posts[0].1.contains("redirect-me"));
+}
+
+#[tokio::test]
+async fn a_run_graph_makes_wait_is_posted_as_rescheduled() {
+    let h = spawn_hooks().await;
+    h.app
+        .sims
+        .graph
+        .push_responses([sync_gateway::sim::graph::GraphResponse::TooMany {
+            retry_after_secs: Some(600),
+        }]);
+    let kind = HookKind::Slack;
+    let id = id(kind, "rescheduled");
+    assert_eq!(h.deliver(kind, Key::New, &id).await.status(), 200);
+    let posts = h.receiver.wait_for(1).await;
+    let text = posts[0].2["text"].as_str().unwrap();
+    assert!(text.contains("Intune asked to wait"), "{text}");
+    assert!(
+        text.contains(h.record_of(&id)["run_id"].as_str().unwrap()),
+        "{text}"
+    );
 }
