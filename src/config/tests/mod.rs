@@ -186,6 +186,12 @@ fn plain_http_is_allowed_only_for_loopback() {
     assert!(parse_service_url("http://graph.microsoft.com").is_err());
     assert!(parse_service_url("https://graph.microsoft.com").is_ok());
     assert!(parse_service_url("ftp://127.0.0.1").is_err());
+    let with_password = parse_service_url("https://user:hunter2@collector.example").unwrap_err();
+    assert!(
+        with_password.contains("user information"),
+        "{with_password}"
+    );
+    assert!(!with_password.contains("hunter2"), "{with_password}");
 }
 
 #[test]

@@ -99,6 +99,11 @@ pub fn is_loopback_host(u: &Url) -> bool {
 /// Parses a URL the gateway calls: `https://`, or `http://` only for loopback hosts.
 pub fn parse_service_url(v: &str) -> Result<Url, String> {
     let u = Url::parse(v).map_err(|e| format!("not a URL ({e}): {v:?}"))?;
+    // A credential in a URL would be printed by check-config and logged; and the value is not
+    // echoed here for the same reason.
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry user information (user:password@): credentials come from files or the environment".into());
+    }
     if u.host().is_none() {
         return Err(format!("has no host: {v:?}"));
     }
