@@ -212,6 +212,51 @@ pub fn application_permission_missing(permission: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// Every stable kind [`GatewayError::kind`] returns (a unit test keeps the two in step).
+pub const KINDS: &[&str] = &[
+    "app-only-caller",
+    "audit-unavailable",
+    "bad-request",
+    "client-credential-rejected",
+    "consent-required",
+    "delivery-in-progress",
+    "exchange-failed",
+    "gateway-misconfigured",
+    "identity-provider-unavailable",
+    "insufficient-role",
+    "insufficient-scope",
+    "internal",
+    "invalid-signature",
+    "invalid-token",
+    "keys-unavailable",
+    "limiter-full",
+    "method-not-allowed",
+    "missing-credentials",
+    "not-found",
+    "payload-too-large",
+    "rate-limited",
+    "request-timeout",
+    "service-identity-login-required",
+    "session-store-unavailable",
+    "state-unavailable",
+    "step-up-required",
+    "too-many-in-flight",
+    "upstream-busy",
+    "upstream-failed",
+    "upstream-forbidden",
+    "upstream-timeout",
+];
+
+/// The stable kind spelled `name`, as the `&'static str` the kinds are (a run's error read
+/// back from the shared state); `internal` for a word this version does not know.
+pub fn kind_named(name: &str) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("internal")
+}
+
 impl GatewayError {
     /// The stable kind: the last segment of the problem `type`, and the audit reason code.
     pub fn kind(&self) -> &'static str {

@@ -758,6 +758,7 @@ mod redis_tests {
             on_unavailable: OnUnavailable {
                 limits: FailMode::Closed,
             },
+            encryption_key: None,
         };
         Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
     }

@@ -735,8 +735,7 @@ async fn get_run_in_trace(
             .await?;
         let acting = admitted.acting;
         let id = Uuid::parse_str(&id).map_err(|_| GatewayError::NotFound)?;
-        let cell = gw.runs.get(id).ok_or(GatewayError::NotFound)?;
-        let run = cell.view();
+        let run = gw.runs.find(id).await?.ok_or(GatewayError::NotFound)?;
         // Another tenant's run is indistinguishable from a missing one.
         if run.tenant_id != acting.tenant_id() {
             return Err(GatewayError::NotFound);

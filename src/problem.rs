@@ -338,6 +338,18 @@ mod tests {
     }
 
     #[test]
+    fn the_list_of_kinds_is_every_kind_the_errors_have() {
+        let mut from_source = kinds_in_source();
+        from_source.sort();
+        from_source.dedup();
+        let mut listed: Vec<String> = crate::error::KINDS.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, from_source);
+        assert_eq!(crate::error::kind_named("upstream-busy"), "upstream-busy");
+        assert_eq!(crate::error::kind_named("no-such-kind"), "internal");
+    }
+
+    #[test]
     fn a_challenge_description_cannot_break_out_of_its_quotes() {
         let e = GatewayError::InvalidToken(TokenRejection::new("malformed", "bad \"x\"\r\n"));
         let c = e.challenge().unwrap();

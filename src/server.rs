@@ -9,8 +9,8 @@ use crate::audit::{AdminEvent, AuditLog, AuditSink};
 use crate::background::Background;
 use crate::caller::keys::KeyStore;
 use crate::caller::Authenticator;
+use crate::config::StateBackendKind;
 use crate::config::{Config, SYNC_PERMISSION};
-use crate::config::{FailMode, StateBackendKind};
 use crate::credentials::application::ApplicationIdentities;
 use crate::credentials::client_auth::ClientAuth;
 use crate::credentials::endpoint::EntraClient;
@@ -118,8 +118,8 @@ struct Health {
     metrics: Arc<Metrics>,
     /// Set when the process was told to stop: `/readyz` answers 503 from then on.
     stopping: Arc<AtomicBool>,
-    /// The Redis connection, with the redis backend; and what limits do without it.
-    state: Option<(Redis, FailMode)>,
+    /// The Redis connection, with the redis backend.
+    state: Option<Redis>,
 }
 
 impl Application {
@@ -247,6 +247,15 @@ impl Application {
             audit.clone(),
             options.clock.unwrap_or_else(crate::clock::system),
             metrics.runs.clone(),
+            // With the Redis backend the schedule is shared too; validation made the key
+            // required there.
+            redis.clone().zip(
+                config
+                    .state
+                    .encryption_key
+                    .as_ref()
+                    .map(|(k, _)| crate::state::Sealer::new(k)),
+            ),
         );
         let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(
@@ -344,7 +353,7 @@ impl Application {
                 .collect(),
             metrics: metrics.clone(),
             stopping: stopping.clone(),
-            state: redis.clone().map(|r| (r, limits_on_unavailable)),
+            state: redis.clone(),
         });
         let expose_openapi = config.server.expose_openapi;
         // actix caps connections per worker; the configured figure is for the whole process.
@@ -620,10 +629,9 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when signing keys are loaded for every tenant and the audit trail is writable, and,
 /// with the redis state backend, Redis answers a `PING` (`checks.state`: `memory`,
-/// `reachable` or `unreachable`). An unreachable Redis makes the answer 503 while limits fail
-/// closed (this replica would refuse every limited request: better the balancer sends them to
-/// a replica that reaches Redis) and `degraded` (200) while they fail open (callers are served;
-/// only webhook deliveries are refused).
+/// `reachable` or `unreachable`). An unreachable Redis makes the answer 503 whatever
+/// `state.on_unavailable.limits` says: the run schedule always fails closed, so this replica
+/// would refuse every `POST /sync`; better the balancer sends them to one that reaches Redis.
 /// A service identity that an application acts as, without a usable session, makes the answer
 /// `degraded` (still 200: user callers are served); every identity is listed with its state and
 /// whether it is in use.
@@ -636,12 +644,8 @@ async fn readyz(h: web::Data<Health>) -> HttpResponse {
     let mut degraded = false;
     let (state, state_ok) = match &h.state {
         None => ("memory", true),
-        Some((redis, mode)) => match redis.ping().await {
+        Some(redis) => match redis.ping().await {
             Ok(()) => ("reachable", true),
-            Err(_) if *mode == FailMode::Open => {
-                degraded = true;
-                ("unreachable", true)
-            }
             Err(_) => ("unreachable", false),
         },
     };

@@ -129,3 +129,108 @@ fn redacted_error(e: &redis::RedisError) -> String {
         text
     }
 }
+
+/// AES-256-GCM under `state.encryption_key`, for what a replica keeps in Redis that another
+/// replica must read back and nobody else may (a run's joiners' credentials). Each value gets a
+/// fresh random nonce; the additional data binds it to the key it is stored under, so a value
+/// copied to another key does not open.
+#[derive(Clone)]
+pub struct Sealer {
+    key: std::sync::Arc<aws_lc_rs::aead::LessSafeKey>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(********)")
+    }
+}
+
+impl Sealer {
+    /// A sealer under `key`.
+    pub fn new(key: &crate::secret::StoreKey) -> Self {
+        use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+        let unbound = UnboundKey::new(&AES_256_GCM, key.bytes()).expect("32 bytes");
+        Sealer {
+            key: std::sync::Arc::new(LessSafeKey::new(unbound)),
+        }
+    }
+
+    /// `plaintext` sealed for the Redis key `bound_to`: base64 of nonce and ciphertext.
+    pub fn seal(&self, bound_to: &str, plaintext: &[u8]) -> String {
+        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        use base64::Engine;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
+        let mut data = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(bound_to.as_bytes()),
+                &mut data,
+            )
+            .expect("AES-GCM seals any length the gateway writes");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    /// The plaintext of a value [`Sealer::seal`] made for `bound_to`, or `None` if it was
+    /// made under another key, for another Redis key, or altered.
+    pub fn open(&self, bound_to: &str, sealed: &str) -> Option<Vec<u8>> {
+        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if raw.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut data)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod sealer_tests {
+    use super::Sealer;
+    use crate::secret::StoreKey;
+
+    fn sealer(byte: u8) -> Sealer {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+        Sealer::new(&StoreKey::from_base64(&key).unwrap())
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_for_its_key_and_its_redis_key() {
+        let s = sealer(7);
+        let sealed = s.seal("p:run:1:actor:a", b"the token");
+        assert!(!sealed.contains("the token"));
+        assert_eq!(s.open("p:run:1:actor:a", &sealed).unwrap(), b"the token");
+        assert!(
+            s.open("p:run:2:actor:a", &sealed).is_none(),
+            "moved to another key"
+        );
+        assert!(
+            sealer(8).open("p:run:1:actor:a", &sealed).is_none(),
+            "another key"
+        );
+        let mut tampered = sealed.into_bytes();
+        let last = tampered.len() - 3;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(s.open("p:run:1:actor:a", &tampered).is_none(), "altered");
+    }
+
+    #[test]
+    fn the_same_plaintext_seals_differently_each_time() {
+        let s = sealer(1);
+        assert_ne!(s.seal("k", b"x"), s.seal("k", b"x"));
+    }
+}

@@ -685,6 +685,10 @@ pub struct StateConfig {
     pub timeout_ms: u64,
     /// `state.on_unavailable`.
     pub on_unavailable: OnUnavailable,
+    /// `state.encryption_key` (environment only) or the contents of `state.encryption_key_file`
+    /// (32 bytes, base64), with where it came from: the AES-256-GCM key under which a run's
+    /// joiners' credentials are kept in Redis. Set exactly when the backend is `redis`.
+    pub encryption_key: Option<(StoreKey, String)>,
 }
 
 /// `state.on_unavailable`: one choice per kind of state that may choose (delivery ids always

@@ -400,6 +400,8 @@ pub(super) struct RawState {
     pub key_prefix: String,
     pub timeout_ms: Millis,
     pub on_unavailable: RawOnUnavailable,
+    pub encryption_key: Option<Secret>,
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for RawState {
@@ -411,6 +413,8 @@ impl Default for RawState {
             key_prefix: "sync-gateway:".into(),
             timeout_ms: Millis(250),
             on_unavailable: RawOnUnavailable::default(),
+            encryption_key: None,
+            encryption_key_file: None,
         }
     }
 }

@@ -65,6 +65,29 @@ impl DelegatedToken {
         self.usable_until > Instant::now() + margin
     }
 
+    /// The token itself and how much longer it is usable: only for a shared run's actor,
+    /// which the scheduler keeps sealed in Redis for the replica that will act
+    /// (`runs::shared`).
+    pub(crate) fn for_sealing(&self) -> (Secret, Duration) {
+        let text = self.authorization.to_str().unwrap_or_default();
+        let token = text.strip_prefix("Bearer ").unwrap_or(text);
+        (
+            Secret::new(token),
+            self.usable_until.saturating_duration_since(Instant::now()),
+        )
+    }
+
+    /// A token read back from its sealed form ([`DelegatedToken::for_sealing`]).
+    pub(crate) fn unsealed(
+        secret: Secret,
+        remaining: Duration,
+        application: bool,
+    ) -> Result<Self, GatewayError> {
+        let mut token = Self::new(secret, remaining)?;
+        token.application = application;
+        Ok(token)
+    }
+
     /// Whether the gateway may still use it (the expiry buffer already applied).
     pub fn is_usable(&self) -> bool {
         Instant::now() < self.usable_until

@@ -54,6 +54,10 @@ pub(super) trait Host: Sync {
     ) -> impl Future<Output = ()> + Send;
     /// Pushes the tenant's next start out to `t`.
     fn hold_until(&self, tenant: &str, t: DateTime<Utc>) -> impl Future<Output = ()> + Send;
+    /// Whether this process still holds the run (always, in memory; on the shared schedule,
+    /// whether its lease still carries this replica's fencing token). Asked before every
+    /// attempt: a replica that lost the run must not call Graph for it.
+    fn still_holds(&self, cell: &RunCell) -> impl Future<Output = bool> + Send;
     /// Writes the run's `event` record, durable before it returns (fail closed).
     fn record(
         &self,
@@ -101,6 +105,12 @@ pub(super) async fn run(inner: &impl Host, cell: &Arc<RunCell>) -> Outcome {
         } else {
             RunEvent::Attempt
         };
+        if !inner.still_holds(cell).await {
+            // Another replica took the run over (this one stalled past its lease): it carries
+            // the requests now, and calling Graph from here too could sync twice.
+            tracing::warn!(run = %cell.id(), "the run's lease was lost; leaving it to the replica that holds it");
+            return Outcome::Done;
+        }
         if let Err(e) = inner.record(cell, event, Some(attempt.clone())).await {
             tracing::error!(run = %cell.id(), error = %e, "pre-call record not durable; Graph not called");
             let err = GatewayError::AuditUnavailable(

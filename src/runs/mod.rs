@@ -10,6 +10,7 @@
 mod archive;
 pub mod execute;
 pub mod schedule;
+mod shared;
 
 use crate::audit::AttemptSummary;
 use crate::credentials::{ActingIdentity, DelegatedToken};
@@ -149,9 +150,30 @@ impl RunCell {
         request: Uuid,
         actor: Actor,
     ) -> Arc<RunCell> {
+        Self::with_id(
+            Uuid::now_v7(),
+            action,
+            tenant_id,
+            state,
+            not_before,
+            request,
+            actor,
+        )
+    }
+
+    /// A new run with a given id (one the shared schedule already knows).
+    pub(super) fn with_id(
+        id: Uuid,
+        action: &'static str,
+        tenant_id: String,
+        state: RunState,
+        not_before: Option<DateTime<Utc>>,
+        request: Uuid,
+        actor: Actor,
+    ) -> Arc<RunCell> {
         Arc::new(RunCell {
             run: Mutex::new(Run {
-                id: Uuid::now_v7(),
+                id,
                 action,
                 tenant_id,
                 state,
@@ -170,6 +192,40 @@ impl RunCell {
             merged_into: Mutex::new(None),
             changed: watch::channel(0).0,
         })
+    }
+
+    /// A replica's local copy of a shared run it follows but does not execute (yet): its view
+    /// as Redis has it, no requests or actors of its own.
+    pub(super) fn follower(run: Run) -> Arc<RunCell> {
+        Arc::new(RunCell {
+            run: Mutex::new(run),
+            covered: Mutex::new(Vec::new()),
+            actors: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            merged_into: Mutex::new(None),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// Shows `run` (read from the shared schedule) as this run's view.
+    pub(super) fn show(&self, run: Run) {
+        self.update(|r| *r = run);
+    }
+
+    /// Takes the requests and actors the shared schedule holds for this run, before this
+    /// replica executes it. Actors that could not be read (expired) leave the local ones.
+    pub(super) fn take_over(&self, covered: Vec<Uuid>, actors: Vec<Actor>, covers: usize) {
+        *self.covered.lock() = covered;
+        if !actors.is_empty() {
+            *self.actors.lock() = actors;
+        }
+        self.update(|r| r.covers.count = covers.max(r.covers.count));
+    }
+
+    /// The run now carries its requests in `target`.
+    pub(super) fn merge_into(&self, target: Arc<RunCell>) {
+        *self.merged_into.lock() = Some(target);
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// The run's id.
@@ -285,6 +341,12 @@ impl RunCell {
     /// The audit ids of the requests it covers (at most [`MAX_COVERED_IDS`]).
     pub fn covered(&self) -> Vec<Uuid> {
         self.covered.lock().clone()
+    }
+
+    /// A request joined this run on the shared schedule, which now counts `covers`.
+    pub(super) fn joined_shared(&self, request: Uuid, actor: Actor, covers: usize) {
+        self.join(request, actor);
+        self.update(|r| r.covers.count = covers.max(r.covers.count));
     }
 
     fn join(&self, request: Uuid, actor: Actor) {

@@ -7,6 +7,7 @@
 //! `not_before` = the end of the cooldown. The cooldown is learned from Graph too: read once per
 //! tenant at first use (so a restart does not fire early), and again whenever Graph answers 429.
 
+use super::shared::{self, SharedRuns};
 use super::{after, execute, Actor, OutcomeRecord, Run, RunCell, RunPolicy, RunState};
 use crate::audit::{AttemptSummary, AuditEvent, AuditLog, OutcomeWrite, RunRecord};
 use crate::clock::Clock;
@@ -18,7 +19,7 @@ use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,17 @@ pub(super) struct Inner {
     active: Mutex<HashMap<Uuid, Arc<RunCell>>>,
     finished: super::archive::Archive<Arc<RunCell>>,
     shutting_down: AtomicBool,
+    /// With `state.backend = "redis"`: the schedule every replica shares.
+    shared: Option<SharedRuns>,
+    /// Shared runs this process executes, with the fencing token of its lease.
+    fences: Arc<Mutex<HashMap<Uuid, String>>>,
+    /// Shared runs this process has a task for (waiting, executing or following), so the
+    /// sweep does not start a second one.
+    driven: Mutex<HashSet<Uuid>>,
+    /// Tenants whose Graph settings this process read since start (shared schedule).
+    learned: Mutex<HashSet<String>>,
+    /// Held while they are read, so concurrent first requests wait for the one read.
+    learning: tokio::sync::Mutex<()>,
     /// The runtime the scheduler was built on (the process's own). Runs are spawned there, not
     /// on the HTTP worker that took the request: a worker's runtime ends when the listener
     /// closes, and with it any run still waiting for its turn.
@@ -121,9 +133,12 @@ impl Scheduler {
         audit: AuditLog,
         clock: Arc<dyn Clock>,
         metrics: RunMetrics,
+        shared: Option<(crate::state::Redis, crate::state::Sealer)>,
     ) -> Scheduler {
         let finished = super::archive::Archive::new(policy.max_finished, policy.retention);
-        Scheduler {
+        let shared = shared.map(|(redis, sealer)| SharedRuns::new(redis, sealer, policy.retention));
+        let sweeps = shared.is_some();
+        let scheduler = Scheduler {
             inner: Arc::new(Inner {
                 policy,
                 graph,
@@ -135,9 +150,19 @@ impl Scheduler {
                 active: Mutex::new(HashMap::new()),
                 finished,
                 shutting_down: AtomicBool::new(false),
+                shared,
+                fences: Arc::new(Mutex::new(HashMap::new())),
+                driven: Mutex::new(HashSet::new()),
+                learned: Mutex::new(HashSet::new()),
+                learning: tokio::sync::Mutex::new(()),
                 runtime: tokio::runtime::Handle::current(),
             }),
+        };
+        if sweeps {
+            let inner = scheduler.inner.clone();
+            drop(scheduler.inner.runtime.spawn(sweep(inner)));
         }
+        scheduler
     }
 
     /// The action's settings.
@@ -152,6 +177,9 @@ impl Scheduler {
         tenant: &str,
         actor: Actor,
     ) -> Result<Submitted, GatewayError> {
+        if self.inner.shared.is_some() {
+            return self.submit_shared(request, tenant, actor).await;
+        }
         let inner = &self.inner;
         let slot_lock = inner.slot(tenant);
         let mut slot = slot_lock.lock().await;
@@ -205,7 +233,19 @@ impl Scheduler {
         Ok(Submitted::Scheduled(cell))
     }
 
-    /// The run `id` (following merges), if it is live or finished recently.
+    /// The run `id` as callers see it (following merges), if it is live or finished recently;
+    /// on the shared schedule, as any replica would answer.
+    pub async fn find(&self, id: Uuid) -> Result<Option<Run>, GatewayError> {
+        if let Some(shared) = &self.inner.shared {
+            return shared
+                .load(id, self.inner.policy.action)
+                .await
+                .map_err(state_unavailable);
+        }
+        Ok(self.get(id).map(|c| c.view()))
+    }
+
+    /// The run `id` (following merges), if it is live or finished recently in this process.
     pub fn get(&self, id: Uuid) -> Option<Arc<RunCell>> {
         let inner = &self.inner;
         let found = inner
@@ -219,6 +259,9 @@ impl Scheduler {
 
     /// The running and scheduled runs of `tenant`, and when the next run could start.
     pub async fn tenant_runs(&self, tenant: &str) -> TenantRuns {
+        if let Some(shared) = &self.inner.shared {
+            return self.tenant_runs_shared(shared, tenant).await;
+        }
         let slot_lock = self.inner.slot(tenant);
         let slot = slot_lock.lock().await;
         let now = self.inner.clock.now();
@@ -239,6 +282,15 @@ impl Scheduler {
         // hold a shutdown forever.
         let deadline = after(inner.clock.now(), drain);
         let real_deadline = tokio::time::Instant::now() + drain;
+        if inner.shared.is_some() {
+            // A shared scheduled run is not this replica's to abandon: another replica (or
+            // this one after a restart) claims it when it is due. Runs executing here get the
+            // drain to finish; one that does not loses its lease and is taken over.
+            while !inner.fences.lock().is_empty() && tokio::time::Instant::now() < real_deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return;
+        }
         inner.abandon_scheduled(|nb| nb > deadline).await;
         while !inner.active_is_empty()
             && inner.clock.now() < deadline
@@ -288,6 +340,9 @@ async fn drive(inner: Arc<Inner>, cell: Arc<RunCell>, started: bool) {
 /// was learned meanwhile, then marks it running. False if the run is no longer scheduled
 /// (merged or abandoned).
 async fn wait_for_turn(inner: &Inner, cell: &Arc<RunCell>) -> bool {
+    if let Some(shared) = &inner.shared {
+        return wait_for_shared_turn(inner, shared, cell).await;
+    }
     let tenant = cell.tenant_id();
     loop {
         let not_before = cell.view().not_before.unwrap_or_else(|| inner.clock.now());
@@ -395,6 +450,9 @@ impl Inner {
     /// (merging into it if one exists, since it starts after every request either covers).
     /// True if `cell` itself is now the scheduled run.
     pub(super) async fn requeue(&self, cell: &Arc<RunCell>, next: DateTime<Utc>) -> bool {
+        if let Some(shared) = &self.shared {
+            return self.requeue_shared(shared, cell, next).await;
+        }
         let tenant = cell.tenant_id();
         let slot_lock = self.slot(&tenant);
         let mut slot = slot_lock.lock().await;
@@ -443,7 +501,7 @@ impl Inner {
             cell.set_failure(f.clone());
         }
         let tenant = cell.tenant_id();
-        {
+        if self.shared.is_none() {
             let slot_lock = self.slot(&tenant);
             let mut slot = slot_lock.lock().await;
             if slot.running.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)) {
@@ -464,6 +522,7 @@ impl Inner {
             // Not durable yet: callers reading the run see that until the record is written.
             r.outcome_record = Some(OutcomeRecord::Pending);
         });
+        self.publish_finish(cell).await;
         self.retire(cell);
         let event = if state == RunState::Abandoned {
             RunEvent::Abandoned
@@ -486,10 +545,21 @@ impl Inner {
                 }
             }
         }
+        if let Some(shared) = &self.shared {
+            publish_outcome_record_when_known(&self.runtime, shared.clone(), cell.clone());
+        }
     }
 
     /// Pushes the tenant's next start out to `t` (e.g. after a timeout, when Graph may have synced).
     pub(super) async fn hold_until(&self, tenant: &str, t: DateTime<Utc>) {
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.hold_until(tenant, t).await {
+                // The run's lease still sets `next_allowed` to its start + the cooldown.
+                tracing::warn!(error = %e, "could not push the tenant's next start out on the shared schedule");
+            }
+            self.metrics.next_allowed(tenant, t);
+            return;
+        }
         let slot_lock = self.slot(tenant);
         let mut slot = slot_lock.lock().await;
         let t = slot.next_allowed.map_or(t, |n| n.max(t));
@@ -639,6 +709,9 @@ impl execute::Host for Inner {
     async fn hold_until(&self, tenant: &str, t: DateTime<Utc>) {
         Inner::hold_until(self, tenant, t).await
     }
+    async fn still_holds(&self, cell: &RunCell) -> bool {
+        Inner::still_holds(self, cell).await
+    }
     async fn record(
         &self,
         cell: &RunCell,
@@ -646,5 +719,514 @@ impl execute::Host for Inner {
         attempt: Option<AttemptSummary>,
     ) -> Result<(), crate::audit::AuditError> {
         Inner::record(self, cell, event, attempt).await
+    }
+}
+
+/// Redis could not be reached: the schedule fails closed (a double sync is what the gateway
+/// exists to prevent).
+fn state_unavailable(e: crate::state::Unavailable) -> GatewayError {
+    tracing::warn!(error = %e, "the shared run schedule could not be reached; refusing");
+    GatewayError::StateUnavailable {
+        retry_after_secs: 1,
+    }
+}
+
+/// How often a replica looks at the shared schedule: for runs another replica left behind
+/// (scheduled by a replica that died, or orphaned by one that died running them), and for the
+/// progress of runs it follows but does not execute. Real time: it races other processes.
+const SHARED_POLL: Duration = Duration::from_millis(500);
+
+/// Waits until `cell`'s outcome is durable (or known lost) in this replica's chain, then says
+/// so on the shared schedule, so every replica's `GET /sync/runs/{id}` shows it.
+fn publish_outcome_record_when_known(
+    runtime: &tokio::runtime::Handle,
+    shared: SharedRuns,
+    cell: Arc<RunCell>,
+) {
+    drop(runtime.spawn(async move {
+        let mut rx = cell.subscribe();
+        // Bounded: an outcome kept for a trail that stays down is published as pending.
+        let limit = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            match cell.outcome_record() {
+                Some(OutcomeRecord::Pending) | None => {}
+                Some(o) => {
+                    shared.publish_outcome_record(cell.id(), o).await;
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(limit, rx.changed()).await.is_err() {
+                return;
+            }
+        }
+    }));
+}
+
+/// The shared schedule's sweep, on every replica: puts runs whose executor died back in line,
+/// and claims scheduled runs that are due and that no task of this process waits for (their
+/// creator died, or only another replica saw them).
+async fn sweep(inner: Arc<Inner>) {
+    let Some(shared) = inner.shared.clone() else {
+        return;
+    };
+    while !inner.shutting_down.load(Ordering::SeqCst) {
+        tokio::time::sleep(SHARED_POLL).await;
+        let tenants = match shared.tenants().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "the shared schedule could not be swept");
+                continue;
+            }
+        };
+        for tenant in tenants {
+            let now = inner.clock.now();
+            let swept = match shared.sweep(&tenant, now).await {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            if let Some(orphan) = swept.orphan {
+                tracing::warn!(run = %orphan, tenant = %tenant,
+                    "a run's replica stopped holding it; its requests wait for the tenant's next run");
+            }
+            let Some((id, due)) = swept.scheduled else {
+                continue;
+            };
+            if due > now || inner.driven.lock().contains(&id) {
+                continue;
+            }
+            let run = match shared.load(id, inner.policy.action).await {
+                Ok(Some(r)) => r,
+                _ => continue,
+            };
+            let cell = inner.follow_cell(run);
+            if inner.driven.lock().insert(id) {
+                drop(inner.runtime.spawn(drive(inner.clone(), cell, false)));
+            }
+        }
+    }
+}
+
+/// The shared counterpart of the memory slot's wait: claims the run on Redis when it is due
+/// and the tenant's running run (on any replica) is done. False if another replica took it or
+/// it moved into another run; this process then follows it until it is final.
+async fn wait_for_shared_turn(inner: &Inner, shared: &SharedRuns, cell: &Arc<RunCell>) -> bool {
+    let tenant = cell.tenant_id();
+    let id = cell.id();
+    let mut first = true;
+    loop {
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            inner.driven.lock().remove(&id);
+            return false;
+        }
+        if !first {
+            let not_before = cell.view().not_before.unwrap_or_else(|| inner.clock.now());
+            tokio::select! {
+                _ = inner.clock.sleep_until(not_before) => {}
+                _ = tokio::time::sleep(SHARED_POLL) => {}
+            }
+        }
+        first = false;
+        let now = inner.clock.now();
+        if cell.view().not_before.is_some_and(|nb| now < nb) {
+            continue;
+        }
+        match shared.claim(&tenant, id, now, inner.policy.cooldown).await {
+            Err(e) => {
+                tracing::debug!(run = %id, error = %e, "could not claim a due run; trying again")
+            }
+            Ok(shared::Claim::Busy) => {}
+            Ok(shared::Claim::Wait(t)) => cell.update(|r| r.not_before = Some(t)),
+            Ok(shared::Claim::Gone) => {
+                follow(inner, shared, cell).await;
+                return false;
+            }
+            Ok(shared::Claim::Claimed { fence, orphan }) => {
+                if let Some(o) = orphan {
+                    tracing::warn!(run = %o, into = %id,
+                        "a run whose replica stopped holding it is carried by the run starting now");
+                }
+                match shared.for_execution(&tenant, id).await {
+                    Ok(found) => {
+                        let covers = shared
+                            .load(id, inner.policy.action)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map_or(0, |r| r.covers.count);
+                        cell.take_over(found.covered, found.actors, covers);
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "could not read the run's joiners; acting as the ones this replica knows");
+                    }
+                }
+                inner.fences.lock().insert(id, fence);
+                inner.spawn_heartbeat(cell.clone());
+                inner
+                    .metrics
+                    .transition(RunState::Scheduled.as_str(), RunState::Running.as_str());
+                inner
+                    .metrics
+                    .next_allowed(&tenant, after(now, inner.policy.cooldown));
+                cell.update(|r| {
+                    r.state = RunState::Running;
+                    r.not_before = None;
+                    r.started_at.get_or_insert(now);
+                });
+                return true;
+            }
+        }
+    }
+}
+
+/// Keeps `cell` (a run another replica executes, or that merged into one) current from the
+/// shared schedule until it is final, so waiters and follow-ups here see its outcome.
+async fn follow(inner: &Inner, shared: &SharedRuns, cell: &Arc<RunCell>) {
+    let mut current = cell.clone();
+    loop {
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let found = match shared.load(current.id(), inner.policy.action).await {
+            Ok(Some(run)) => run,
+            Ok(None) => break,
+            Err(_) => {
+                tokio::time::sleep(SHARED_POLL).await;
+                continue;
+            }
+        };
+        if found.id != current.id() {
+            // Merged: this run's requests ride on another one now.
+            let target = inner.follow_cell(found);
+            current.merge_into(target.clone());
+            inner.retire_local(&current);
+            current = target;
+            continue;
+        }
+        let done = found.state.is_final();
+        current.show(found);
+        if done {
+            break;
+        }
+        tokio::time::sleep(SHARED_POLL).await;
+    }
+    inner.retire_local(&current);
+    inner.driven.lock().remove(&cell.id());
+}
+
+impl Scheduler {
+    /// [`Scheduler::submit`] on the shared schedule: one script decides (join, start now, or
+    /// schedule), then this replica keeps a local copy of the run for its caller.
+    async fn submit_shared(
+        &self,
+        request: Uuid,
+        tenant: &str,
+        actor: Actor,
+    ) -> Result<Submitted, GatewayError> {
+        let inner = &self.inner;
+        let Some(shared) = inner.shared.as_ref() else {
+            return Err(GatewayError::Internal);
+        };
+        inner.learn_shared(shared, tenant, &actor.token).await;
+        let now = inner.clock.now();
+        let new_id = Uuid::now_v7();
+        let decided = shared
+            .submit(tenant, now, inner.policy.cooldown, new_id, request, &actor)
+            .await
+            .map_err(state_unavailable)?;
+        match decided {
+            shared::Submitted::Started { id, fence } => {
+                let cell = RunCell::with_id(
+                    id,
+                    inner.policy.action,
+                    tenant.to_string(),
+                    RunState::Running,
+                    None,
+                    request,
+                    actor,
+                );
+                inner.metrics.transition("new", RunState::Running.as_str());
+                inner
+                    .metrics
+                    .next_allowed(tenant, after(now, inner.policy.cooldown));
+                cell.update(|r| r.started_at = Some(now));
+                inner.fences.lock().insert(id, fence);
+                inner.driven.lock().insert(id);
+                inner.track(&cell);
+                inner.spawn_heartbeat(cell.clone());
+                self.spawn_run(drive(self.inner.clone(), cell.clone(), true));
+                Ok(Submitted::Started(cell))
+            }
+            shared::Submitted::Scheduled { id, not_before } => {
+                let cell = RunCell::with_id(
+                    id,
+                    inner.policy.action,
+                    tenant.to_string(),
+                    RunState::Scheduled,
+                    Some(not_before),
+                    request,
+                    actor,
+                );
+                if inner
+                    .record(&cell, RunEvent::Scheduled, None)
+                    .await
+                    .is_err()
+                {
+                    if let Err(e) = shared.withdraw(tenant, id).await {
+                        tracing::warn!(run = %id, error = %e, "could not withdraw a scheduled run whose record failed");
+                    }
+                    return Err(not_recorded());
+                }
+                inner.metrics.transition("new", "scheduled");
+                inner.track(&cell);
+                if inner.driven.lock().insert(id) {
+                    self.spawn_run(drive(self.inner.clone(), cell.clone(), false));
+                }
+                Ok(Submitted::Scheduled(cell))
+            }
+            shared::Submitted::Joined {
+                id,
+                not_before,
+                covers,
+            } => {
+                let known = inner.active.lock().get(&id).cloned();
+                let cell = match known {
+                    Some(cell) => {
+                        cell.joined_shared(request, actor, covers);
+                        cell
+                    }
+                    None => {
+                        let cell = RunCell::with_id(
+                            id,
+                            inner.policy.action,
+                            tenant.to_string(),
+                            RunState::Scheduled,
+                            not_before,
+                            request,
+                            actor,
+                        );
+                        cell.update(|r| r.covers.count = covers);
+                        inner.track(&cell);
+                        cell
+                    }
+                };
+                if inner.driven.lock().insert(id) {
+                    self.spawn_run(drive(self.inner.clone(), cell.clone(), false));
+                }
+                Ok(Submitted::Scheduled(cell))
+            }
+        }
+    }
+
+    async fn tenant_runs_shared(&self, shared: &SharedRuns, tenant: &str) -> TenantRuns {
+        let now = self.inner.clock.now();
+        let action = self.inner.policy.action;
+        let Ok(slot) = shared.slot(tenant).await else {
+            // Status is a read: it answers with what it cannot see left out.
+            return TenantRuns {
+                running: None,
+                scheduled: None,
+                next_start: now,
+            };
+        };
+        let mut running = None;
+        if let Some(id) = slot.running {
+            running = shared.load(id, action).await.ok().flatten();
+        }
+        let mut scheduled = None;
+        if let Some(id) = slot.scheduled {
+            scheduled = shared.load(id, action).await.ok().flatten();
+        }
+        TenantRuns {
+            running,
+            scheduled,
+            next_start: slot.next_allowed.map_or(now, |t| t.max(now)),
+        }
+    }
+}
+
+impl Inner {
+    /// A local copy of shared run `run` (the one this process already has, or a new follower).
+    fn follow_cell(&self, run: Run) -> Arc<RunCell> {
+        let mut active = self.active.lock();
+        if let Some(c) = active.get(&run.id) {
+            return c.clone();
+        }
+        let cell = RunCell::follower(run);
+        active.insert(cell.id(), cell.clone());
+        cell
+    }
+
+    /// Forgets a shared run's local copy once it changes no more here.
+    fn retire_local(&self, cell: &Arc<RunCell>) {
+        if self.active.lock().remove(&cell.id()).is_some() {
+            self.finished
+                .insert(cell.id(), cell.clone(), self.clock.instant());
+        }
+    }
+
+    /// Reads Graph's settings once per tenant in this process (as the memory scheduler does)
+    /// and pushes the shared next start out if a sync was triggered recently.
+    async fn learn_shared(&self, shared: &SharedRuns, tenant: &str, token: &DelegatedToken) {
+        if self.learned.lock().contains(tenant) {
+            return;
+        }
+        let _one_read = self.learning.lock().await;
+        if self.learned.lock().contains(tenant) {
+            return;
+        }
+        match self
+            .graph
+            .read_settings(&self.policy.status_path, token)
+            .await
+        {
+            Ok(s) => {
+                if let Some(t) = s.last_manual_sync_trigger {
+                    let allowed = self.policy.cooldown_after(t);
+                    if allowed > self.clock.now() {
+                        tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
+                        if shared.hold_until(tenant, allowed).await.is_err() {
+                            // Not learned: the next request reads again.
+                            return;
+                        }
+                        self.metrics.next_allowed(tenant, allowed);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the Autopilot settings; relying on Graph's answers");
+            }
+        }
+        // Bounded: tenants come only from validated tokens of allowed tenants.
+        self.learned.lock().insert(tenant.to_string());
+    }
+
+    /// Renews the lease of a run this process executes, a third of the lease at a time, for
+    /// as long as it does; publishes its attempts so other replicas can show them.
+    fn spawn_heartbeat(&self, cell: Arc<RunCell>) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let fences = self.fences.clone();
+        drop(self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(shared::RUN_LEASE / 3).await;
+                let Some(fence) = fences.lock().get(&cell.id()).cloned() else {
+                    return;
+                };
+                let view = cell.view();
+                match shared.renew(&view.tenant_id, view.id, &fence, Some(&view)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(run = %view.id, "the run's lease was taken over");
+                        fences.lock().remove(&view.id);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(run = %view.id, error = %e, "could not renew the run's lease"),
+                }
+            }
+        }));
+    }
+
+    /// Whether this process still holds `cell` (see [`execute::Host::still_holds`]).
+    async fn still_holds(&self, cell: &RunCell) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        let Some(fence) = self.fences.lock().get(&cell.id()).cloned() else {
+            return false;
+        };
+        let view = cell.view();
+        match shared
+            .renew(&view.tenant_id, view.id, &fence, Some(&view))
+            .await
+        {
+            Ok(held) => {
+                if !held {
+                    self.fences.lock().remove(&view.id);
+                }
+                held
+            }
+            // Redis is unreachable: nobody can take the run over while it is, and the fence
+            // refuses this replica's later changes if someone did.
+            Err(_) => true,
+        }
+    }
+
+    /// Publishes a final run on the shared schedule (a few tries: other replicas wait for the
+    /// slot it frees); nothing when this process does not hold it.
+    async fn publish_finish(&self, cell: &Arc<RunCell>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let id = cell.id();
+        let Some(fence) = self.fences.lock().remove(&id) else {
+            return;
+        };
+        let view = cell.view();
+        for attempt in 0..5u32 {
+            match shared.finish(&view, &fence).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!(run = %id, "the run's lease was lost before it finished; its outcome is in this replica's audit chain only");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, attempt, "could not publish a finished run");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        self.driven.lock().remove(&id);
+    }
+
+    /// [`Inner::requeue`] on the shared schedule.
+    async fn requeue_shared(
+        &self,
+        shared: &SharedRuns,
+        cell: &Arc<RunCell>,
+        next: DateTime<Utc>,
+    ) -> bool {
+        let id = cell.id();
+        let Some(fence) = self.fences.lock().remove(&id) else {
+            return false;
+        };
+        let tenant = cell.tenant_id();
+        self.metrics.next_allowed(&tenant, next);
+        match shared.requeue(&cell.view(), &fence, next).await {
+            Ok(shared::Requeued::Scheduled) => {
+                self.metrics
+                    .transition(RunState::Running.as_str(), RunState::Scheduled.as_str());
+                cell.update(|r| {
+                    r.state = RunState::Scheduled;
+                    r.not_before = Some(next);
+                });
+                let record = self.run_record(cell, RunEvent::Rescheduled, None, None);
+                let write = self.audit.append_outcome(&record).await;
+                keep_outcome(&self.runtime, cell, write, RunEvent::Rescheduled, false);
+                true
+            }
+            Ok(shared::Requeued::Merged(target)) => {
+                self.metrics
+                    .transition(RunState::Running.as_str(), "merged");
+                cell.update(|r| r.state = RunState::Scheduled);
+                if let Ok(Some(run)) = shared.load(target, self.policy.action).await {
+                    cell.merge_into(self.follow_cell(run));
+                }
+                self.retire_local(cell);
+                self.driven.lock().remove(&id);
+                let record = self.run_record(cell, RunEvent::Merged, None, Some(target));
+                let write = self.audit.append_outcome(&record).await;
+                keep_outcome(&self.runtime, cell, write, RunEvent::Merged, false);
+                false
+            }
+            Ok(shared::Requeued::Fenced) | Err(_) => {
+                // Another replica holds it now (or will, once the lease runs out): its
+                // requests go on in the shared schedule, not here.
+                tracing::warn!(run = %id, "could not put the run back in the shared schedule; the replica that takes it over carries it");
+                self.retire_local(cell);
+                self.driven.lock().remove(&id);
+                false
+            }
+        }
     }
 }

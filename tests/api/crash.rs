@@ -27,8 +27,6 @@ fn served_port(log: &std::path::Path) -> Option<u16> {
 
 /// Starts the real binary with `serve --config` against `world`, and waits until it is ready:
 /// (the child, its base URL).
-// The caller waits for the child: it kills it, or stops it with SIGTERM, and then waits.
-#[allow(clippy::zombie_processes)]
 pub(crate) async fn serve(
     world: &World,
     dir: &std::path::Path,
@@ -40,6 +38,19 @@ pub(crate) async fn serve(
         .sims
         .graph
         .set_mode(GraphMode::Always(GraphResponse::Accept));
+    serve_with_env(world, dir, extra, &[], stdout).await
+}
+
+/// [`serve`] as Graph is set now, with more environment (`env`) for the child.
+// The caller waits for the child: it kills it, or stops it with SIGTERM, and then waits.
+#[allow(clippy::zombie_processes)]
+pub(crate) async fn serve_with_env(
+    world: &World,
+    dir: &std::path::Path,
+    extra: &[(String, String)],
+    env: &[(&str, &str)],
+    stdout: Stdio,
+) -> (Child, String) {
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_toml(world, &dir.join("audit.jsonl"), extra)).unwrap();
     let log = dir.join("stderr.log");
@@ -47,6 +58,7 @@ pub(crate) async fn serve(
         .args(["serve", "--config"])
         .arg(&config)
         .env("SYNC_GATEWAY__ENTRA__CLIENT_SECRET", &world.secret)
+        .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

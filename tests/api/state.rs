@@ -11,7 +11,7 @@ use sync_gateway::config::HookKind;
 use sync_gateway::sim::hooks::{new_secret, sample_body, sign, SigningKey};
 
 /// Redis for these tests, or `None` (and a printed reason) when `REDIS_URL` is unset.
-fn redis_url(test: &str) -> Option<String> {
+pub(crate) fn redis_url(test: &str) -> Option<String> {
     match std::env::var("REDIS_URL") {
         Ok(url) => Some(url),
         Err(_) => {
@@ -21,20 +21,29 @@ fn redis_url(test: &str) -> Option<String> {
     }
 }
 
+/// The replicas' shared `state.encryption_key` (32 bytes, base64).
+pub const STATE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 /// A key prefix no other test uses.
-fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     format!("sg-test:{}:", uuid::Uuid::new_v4().simple())
 }
 
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 /// A gateway on the redis backend at `url` under `prefix`, in `world` if given.
-fn on_redis(url: &str, prefix: &str, world: Option<World>) -> Setup {
+pub(crate) fn on_redis(url: &str, prefix: &str, world: Option<World>) -> Setup {
     Setup {
         world,
-        env: vec![("SYNC_GATEWAY__STATE__REDIS_URL".into(), url.into())],
+        env: vec![
+            ("SYNC_GATEWAY__STATE__REDIS_URL".into(), url.into()),
+            (
+                "SYNC_GATEWAY__STATE__ENCRYPTION_KEY".into(),
+                STATE_KEY.into(),
+            ),
+        ],
         ..Setup::default()
     }
     .set("state.backend", "\"redis\"")
@@ -43,7 +52,7 @@ fn on_redis(url: &str, prefix: &str, world: Option<World>) -> Setup {
 
 /// `n` gateways on one Redis and one world (the same simulators, tenants and registration),
 /// each configured by `tune`.
-async fn replicas(
+pub(crate) async fn replicas(
     n: usize,
     url: &str,
     prefix: &str,
@@ -59,7 +68,7 @@ async fn replicas(
 }
 
 /// Deletes every key under `prefix`.
-async fn delete_keys(url: &str, prefix: &str) {
+pub(crate) async fn delete_keys(url: &str, prefix: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -77,7 +86,7 @@ async fn delete_keys(url: &str, prefix: &str) {
 }
 
 /// A loopback port nothing listens on.
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(l);
@@ -275,7 +284,8 @@ async fn an_unreachable_redis_with_limits_closed_answers_503_state_unavailable_a
 }
 
 #[tokio::test]
-async fn an_unreachable_redis_with_limits_open_admits_the_request() {
+async fn an_unreachable_redis_with_limits_open_passes_the_limiter_but_the_shared_schedule_refuses_with_503(
+) {
     let url = format!("redis://127.0.0.1:{}", closed_port());
     let app = spawn_app_with(
         Setup {
@@ -286,14 +296,28 @@ async fn an_unreachable_redis_with_limits_open_admits_the_request() {
     )
     .await;
     let resp = app.post_sync(&app.token()).await;
-    assert_eq!(resp.status(), 202);
-    // No limit was checked, so none is claimed in the headers.
+    // The limiter admitted without a limit (none is claimed in the headers), and the run
+    // schedule, which always fails closed, refused: a sync it cannot coordinate could double.
+    assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("ratelimit").is_none());
-    assert_eq!(app.sims.graph.sync_calls(), 1);
+    assert!(header(&resp, "retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        problem_of(resp).await["type"],
+        problem_type("state-unavailable")
+    );
+    assert_eq!(app.sims.graph.sync_calls(), 0);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for operation in ["rate_check", "run_submit"] {
+        assert!(
+            metrics.contains(&format!(
+                "sync_gateway_state_backend_failures_total{{operation=\"{operation}\"}}"
+            )),
+            "{operation}: {metrics}"
+        );
+    }
     let ready = app.get("/readyz").await;
-    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body["status"], "degraded");
     assert_eq!(body["checks"]["state"], "unreachable");
 }
 
@@ -334,7 +358,8 @@ async fn the_memory_backend_reports_its_state_as_memory_and_up() {
 }
 
 /// A `redis-server` this test starts on `port` (no persistence), stopped when dropped.
-struct OwnRedis(std::process::Child);
+/// A `redis-server` of the test's own, killed when dropped.
+pub(crate) struct OwnRedis(pub(crate) std::process::Child);
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {

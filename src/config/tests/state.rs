@@ -3,6 +3,9 @@
 use super::*;
 
 const URL_VAR: &str = "SYNC_GATEWAY__STATE__REDIS_URL";
+const KEY_VAR: &str = "SYNC_GATEWAY__STATE__ENCRYPTION_KEY";
+/// 32 bytes, base64.
+const A_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn load(state: &str, extra: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
     let mut env = secret_env();
@@ -31,9 +34,12 @@ fn without_a_state_table_the_backend_is_memory_with_the_defaults() {
 fn the_redis_backend_takes_its_url_from_the_environment_and_names_where_it_came_from() {
     let c = load(
         "backend = \"redis\"\non_unavailable = { limits = \"open\" }",
-        &[(URL_VAR, "redis://:pw@127.0.0.1:6379/1")],
+        &[(URL_VAR, "redis://:pw@127.0.0.1:6379/1"), (KEY_VAR, A_KEY)],
     )
     .unwrap();
+    let (key, source) = c.state.encryption_key.as_ref().unwrap();
+    assert_eq!(key.bytes()[31], 31);
+    assert!(source.contains(KEY_VAR), "{source}");
     let url = c.state.redis_url.unwrap();
     assert_eq!(url.expose(), "redis://:pw@127.0.0.1:6379/1");
     assert!(url.source.contains(URL_VAR), "{}", url.source);
@@ -86,5 +92,43 @@ fn an_unknown_fail_mode_is_refused_by_key() {
         errs.iter()
             .any(|e| e.key.starts_with("state.on_unavailable")),
         "{errs:#?}"
+    );
+}
+
+#[test]
+fn the_redis_backend_without_an_encryption_key_is_refused_naming_the_variable() {
+    let errs = load(
+        "backend = \"redis\"",
+        &[(URL_VAR, "redis://127.0.0.1:6379")],
+    )
+    .unwrap_err();
+    assert_error(&errs, "state.encryption_key", KEY_VAR);
+}
+
+#[test]
+fn an_encryption_key_of_the_wrong_length_is_refused_without_echoing_it() {
+    let errs = load(
+        "backend = \"redis\"",
+        &[
+            (URL_VAR, "redis://127.0.0.1:6379"),
+            (KEY_VAR, "c2hvcnQta2V5"),
+        ],
+    )
+    .unwrap_err();
+    assert_error(&errs, "state.encryption_key", "32 bytes");
+    assert!(!format!("{errs:?}").contains("c2hvcnQta2V5"));
+}
+
+#[test]
+fn an_encryption_key_written_in_the_configuration_file_is_refused() {
+    let errs = load(
+        &format!("backend = \"redis\"\nencryption_key = \"{A_KEY}\""),
+        &[(URL_VAR, "redis://127.0.0.1:6379")],
+    )
+    .unwrap_err();
+    assert_error(
+        &errs,
+        "state.encryption_key",
+        "must not be written in the configuration file",
     );
 }

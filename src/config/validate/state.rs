@@ -7,6 +7,7 @@ use super::secret::SecretKey;
 use crate::config::model::{OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
 use crate::config::names::ENV_PREFIX;
 use crate::config::raw::RawState;
+use crate::secret::StoreKey;
 use std::net::IpAddr;
 use url::Url;
 
@@ -21,6 +22,12 @@ const REDIS_URL: SecretKey<'static> = SecretKey {
     key: "state.redis_url",
     file_key: Some("state.redis_url_file"),
     harmless: |url| Url::parse(url).is_ok_and(|u| u.password().is_none()),
+};
+
+const ENCRYPTION_KEY: SecretKey<'static> = SecretKey {
+    key: "state.encryption_key",
+    file_key: Some("state.encryption_key_file"),
+    harmless: |_| false,
 };
 
 /// Checks a Redis URL: `rediss://`, or `redis://` only for loopback hosts; no other scheme.
@@ -116,6 +123,15 @@ impl Check {
             );
             ok = false;
         }
+        let encryption_key = match raw.backend {
+            StateBackendKind::Redis => {
+                let key = self.encryption_key(raw.encryption_key, raw.encryption_key_file);
+                ok &= key.is_some();
+                key
+            }
+            // Nothing is encrypted for Redis in memory mode; a key left over is harmless.
+            StateBackendKind::Memory => None,
+        };
         ok.then_some(StateConfig {
             backend: raw.backend,
             redis_url,
@@ -124,7 +140,38 @@ impl Check {
             on_unavailable: OnUnavailable {
                 limits: raw.on_unavailable.limits,
             },
+            encryption_key,
         })
+    }
+
+    /// `state.encryption_key[_file]`: required with the Redis backend, where a run another
+    /// replica may take over keeps its joiners' credentials, which must never be in the clear.
+    fn encryption_key(
+        &mut self,
+        value: Option<crate::secret::Secret>,
+        file: Option<std::path::PathBuf>,
+    ) -> Option<(StoreKey, String)> {
+        let (encoded, source) = match self.secret(&ENCRYPTION_KEY, value, file) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.err_plain(
+                    ENCRYPTION_KEY.key,
+                    format!(
+                        "is required with backend = \"redis\": set {} or state.encryption_key_file (32 random bytes, base64, e.g. `openssl rand -base64 32`; the same on every replica)",
+                        ENCRYPTION_KEY.env_var()
+                    ),
+                );
+                return None;
+            }
+            Err(()) => return None,
+        };
+        match StoreKey::from_base64(encoded.expose()) {
+            Ok(k) => Some((k, source)),
+            Err(e) => {
+                self.err(ENCRYPTION_KEY.key, format!("{e} (from {source})"));
+                None
+            }
+        }
     }
 }
 
