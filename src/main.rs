@@ -179,7 +179,7 @@ fn main() -> ExitCode {
                 match &c.state.redis_url {
                     // The URL with its password masked, and where it came from.
                     Some(url) => println!(
-                        "# state: redis at {} (from {}), keys under {:?}, {} ms per call, limits fail {} when it is unreachable, delivery ids fail closed",
+                        "# state: redis at {} (from {}), keys under {:?}, {} ms per call, limits fail {} when it is unreachable, run schedules and delivery ids fail closed, joiners' credentials sealed with the key from {}",
                         url.redacted(),
                         url.source,
                         c.state.key_prefix,
@@ -187,7 +187,11 @@ fn main() -> ExitCode {
                         match c.state.on_unavailable.limits {
                             sync_gateway::config::FailMode::Closed => "closed",
                             sync_gateway::config::FailMode::Open => "open",
-                        }
+                        },
+                        c.state
+                            .encryption_key
+                            .as_ref()
+                            .map_or("nowhere", |(_, source)| source.as_str())
                     ),
                     None => println!("# state: memory (this process only; one replica)"),
                 }

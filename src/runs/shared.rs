@@ -227,7 +227,9 @@ if running and redis.call('EXISTS', runkey(running) .. ':lease') == 0 then
   if sched then
     merge(running, sched)
   else
-    redis.call('HSET', runkey(running), 'state', 'scheduled', 'not_before', math.max(na, now))
+    -- A second past the next allowed start: the dead run may have reached Graph, which
+    -- counts its window from when it received the call, a moment after the run started.
+    redis.call('HSET', runkey(running), 'state', 'scheduled', 'not_before', math.max(na + 1000, now))
     redis.call('HSET', SLOT, 'scheduled', running)
   end
   orphan = running
