@@ -425,23 +425,30 @@ impl Inner {
 
     /// Reads Graph's settings once per tenant so a restart inside the cooldown waits it out.
     async fn learn_at_first_use(&self, slot: &mut Slot, tenant: &str, token: &DelegatedToken) {
+        if let Some(allowed) = self.cooldown_from_settings(token).await {
+            let t = slot.next_allowed.map_or(allowed, |n| n.max(allowed));
+            self.set_next_allowed(slot, tenant, t);
+        }
+    }
+
+    /// When the cooldown of a sync triggered recently (by anyone: the portal, another
+    /// gateway) ends, as Graph's settings say; `None` if none runs or they cannot be read.
+    async fn cooldown_from_settings(&self, token: &DelegatedToken) -> Option<DateTime<Utc>> {
         match self
             .graph
             .read_settings(&self.policy.status_path, token)
             .await
         {
             Ok(s) => {
-                if let Some(t) = s.last_manual_sync_trigger {
-                    let allowed = self.policy.cooldown_after(t);
-                    if allowed > self.clock.now() {
-                        tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
-                        let t = slot.next_allowed.map_or(allowed, |n| n.max(allowed));
-                        self.set_next_allowed(slot, tenant, t);
-                    }
-                }
+                let allowed = self.policy.cooldown_after(s.last_manual_sync_trigger?);
+                (allowed > self.clock.now()).then(|| {
+                    tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
+                    allowed
+                })
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the Autopilot settings; relying on Graph's answers");
+                None
             }
         }
     }
@@ -1074,27 +1081,21 @@ impl Inner {
         if self.learned.lock().contains(tenant) {
             return;
         }
-        match self
-            .graph
-            .read_settings(&self.policy.status_path, token)
-            .await
-        {
-            Ok(s) => {
-                if let Some(t) = s.last_manual_sync_trigger {
-                    let allowed = self.policy.cooldown_after(t);
-                    if allowed > self.clock.now() {
-                        tracing::info!(next_allowed = %allowed, "a sync was triggered recently; the next run waits for the cooldown");
-                        if shared.hold_until(tenant, allowed).await.is_err() {
-                            // Not learned: the next request reads again.
-                            return;
-                        }
-                        self.metrics.next_allowed(tenant, allowed);
-                    }
+        // Once for the whole schedule, not per replica: a replica starting later would read
+        // the other replicas' own runs in Graph's settings and hold the next run back again.
+        match shared.learned(tenant).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let allowed = self.cooldown_from_settings(token).await;
+                if shared.learned_from_graph(tenant, allowed).await.is_err() {
+                    // Not learned: the next request reads again.
+                    return;
+                }
+                if let Some(t) = allowed {
+                    self.metrics.next_allowed(tenant, t);
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the Autopilot settings; relying on Graph's answers");
-            }
+            Err(_) => return,
         }
         // Bounded: tenants come only from validated tokens of allowed tenants.
         self.learned.lock().insert(tenant.to_string());

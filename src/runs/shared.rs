@@ -208,9 +208,11 @@ redis.call('HSET', SLOT, 'scheduled', id)
 return {'scheduled', ''}
 "#;
 
-/// ARGV[4] the time before which no run of the tenant may start.
+/// ARGV[4] the time before which no run of the tenant may start (0: none), [5] '1' when it
+/// comes from reading Graph's settings at first use (then no other replica reads them again).
 const HOLD: &str = r#"
 redis.call('HSET', SLOT, 'next_allowed', math.max(num(redis.call('HGET', SLOT, 'next_allowed')), tonumber(ARGV[4])))
+if ARGV[5] == '1' then redis.call('HSET', SLOT, 'learned', 1) end
 return 1
 "#;
 
@@ -799,10 +801,32 @@ impl SharedRuns {
         tenant: &str,
         t: DateTime<Utc>,
     ) -> Result<(), Unavailable> {
+        self.hold(tenant, ms(t), false).await
+    }
+
+    async fn hold(&self, tenant: &str, t_ms: i64, learned: bool) -> Result<(), Unavailable> {
         let mut inv = self.invocation(&self.hold, tenant);
-        inv.arg(ms(t));
+        inv.arg(t_ms).arg(if learned { "1" } else { "0" });
         let _: i64 = self.run("run_hold", inv).await?;
         Ok(())
+    }
+
+    /// Whether some replica already read the tenant's Graph settings since the schedule began
+    /// (a later read would see this gateway's own runs and push the next start out again).
+    pub(super) async fn learned(&self, tenant: &str) -> Result<bool, Unavailable> {
+        Ok(self
+            .hash(&format!("run-slot:{tenant}"))
+            .await?
+            .contains_key("learned"))
+    }
+
+    /// What the first read of the tenant's Graph settings taught: no run before `t`, if any.
+    pub(super) async fn learned_from_graph(
+        &self,
+        tenant: &str,
+        t: Option<DateTime<Utc>>,
+    ) -> Result<(), Unavailable> {
+        self.hold(tenant, t.map_or(0, ms), true).await
     }
 
     /// Says whether final run `id`'s outcome is in this replica's audit chain (best effort:
@@ -851,16 +875,20 @@ impl SharedRuns {
         })
     }
 
-    /// The tenant's running and scheduled runs and next allowed start.
-    pub(super) async fn slot(&self, tenant: &str) -> Result<SlotView, Unavailable> {
-        let key = self.redis.key(&format!("run-slot:{tenant}"));
+    /// The hash at `{prefix}{key}` (empty when there is none).
+    async fn hash(&self, key: &str) -> Result<HashMap<String, String>, Unavailable> {
+        let key = self.redis.key(key);
         let mut conn = self.redis.connection();
-        let h: HashMap<String, String> = self
-            .redis
+        self.redis
             .call("run_read", async move {
                 redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
             })
-            .await?;
+            .await
+    }
+
+    /// The tenant's running and scheduled runs and next allowed start.
+    pub(super) async fn slot(&self, tenant: &str) -> Result<SlotView, Unavailable> {
+        let h = self.hash(&format!("run-slot:{tenant}")).await?;
         Ok(SlotView {
             running: h.get("running").and_then(|v| parse_id(v)),
             scheduled: h.get("scheduled").and_then(|v| parse_id(v)),
@@ -877,14 +905,7 @@ impl SharedRuns {
         let mut id = id;
         // A merge chain is short (one per requeue); the bound only guards against a loop.
         for _ in 0..8 {
-            let key = self.redis.key(&format!("run:{id}"));
-            let mut conn = self.redis.connection();
-            let h: HashMap<String, String> = self
-                .redis
-                .call("run_read", async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
-                .await?;
+            let h = self.hash(&format!("run:{id}")).await?;
             if h.is_empty() {
                 return Ok(None);
             }

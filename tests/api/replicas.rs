@@ -83,6 +83,50 @@ async fn storm(apps: &[TestApp], users: &[String], n: usize) -> Vec<(u16, Value)
     set.join_all().await
 }
 
+/// Two replicas on Redis (`prefix`) with Intune's rule of `cooldown` seconds in real time
+/// (two processes cannot share a manual clock): one in this process (the survivor) and one
+/// in a child process (the doomed, to be killed), with `more` configuration for the child:
+/// (the survivor, the child, its base URL, its directory).
+async fn survivor_and_doomed(
+    url: &str,
+    prefix: &str,
+    cooldown: u64,
+    more: &[(&str, &str)],
+) -> (TestApp, std::process::Child, String, tempfile::TempDir) {
+    let survivor = spawn_app_with(
+        Setup {
+            graph_mode: GraphMode::Normal,
+            intune_cooldown: Some(Duration::from_secs(cooldown)),
+            ..on_redis(url, prefix, None)
+        }
+        .set("actions.sync.cooldown_seconds", &cooldown.to_string()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec![
+        ("state.backend".to_string(), "\"redis\"".to_string()),
+        ("state.key_prefix".to_string(), quoted(prefix)),
+        (
+            "actions.sync.cooldown_seconds".to_string(),
+            cooldown.to_string(),
+        ),
+    ];
+    extra.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env = [
+        ("SYNC_GATEWAY__STATE__REDIS_URL", url),
+        ("SYNC_GATEWAY__STATE__ENCRYPTION_KEY", STATE_KEY),
+    ];
+    let (doomed, base) = serve_with_env(
+        &survivor.world,
+        dir.path(),
+        &extra,
+        &env,
+        std::process::Stdio::null(),
+    )
+    .await;
+    (survivor, doomed, base, dir)
+}
+
 #[tokio::test]
 async fn a_storm_spread_over_three_replicas_makes_one_immediate_run_and_one_trailing_run() {
     let Some(url) = redis_url("storm over replicas") else {
@@ -244,38 +288,7 @@ async fn a_scheduled_run_whose_replica_is_killed_is_started_once_by_another_repl
         return;
     };
     let prefix = unique_prefix();
-    // Real time (two processes cannot share a manual clock): a short cooldown.
-    let cooldown = 3;
-    let survivor = spawn_app_with(
-        Setup {
-            graph_mode: GraphMode::Normal,
-            intune_cooldown: Some(Duration::from_secs(cooldown)),
-            ..on_redis(&url, &prefix, None)
-        }
-        .set("actions.sync.cooldown_seconds", &cooldown.to_string()),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = [
-        ("state.backend".to_string(), "\"redis\"".to_string()),
-        ("state.key_prefix".to_string(), quoted(&prefix)),
-        (
-            "actions.sync.cooldown_seconds".to_string(),
-            cooldown.to_string(),
-        ),
-    ];
-    let env = [
-        ("SYNC_GATEWAY__STATE__REDIS_URL", url.as_str()),
-        ("SYNC_GATEWAY__STATE__ENCRYPTION_KEY", STATE_KEY),
-    ];
-    let (mut doomed, base) = serve_with_env(
-        &survivor.world,
-        dir.path(),
-        &extra,
-        &env,
-        std::process::Stdio::null(),
-    )
-    .await;
+    let (survivor, mut doomed, base, dir) = survivor_and_doomed(&url, &prefix, 3, &[]).await;
     let http = reqwest::Client::new();
     let token = survivor.token();
     let post = |token: String| {
@@ -331,31 +344,10 @@ async fn a_stopped_redis_fails_closed_nothing_reaches_graph_twice_and_service_re
         return;
     }
     let port = closed_port();
-    let child = match std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok(c) => OwnRedis(c),
-        Err(e) => {
-            eprintln!("no redis-server to start ({e}), skipping");
-            return;
-        }
+    let Some(child) = OwnRedis::start(port) else {
+        return;
     };
     let url = format!("redis://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let prefix = unique_prefix();
     let apps = replicas(2, &url, &prefix, |s| intune_in_virtual_time(s, 600)).await;
     let users: Vec<String> = (0..10).map(|_| apps[0].token()).collect();
@@ -435,39 +427,9 @@ async fn a_run_whose_replica_dies_mid_call_is_taken_over_once_its_lease_runs_out
         return;
     };
     let prefix = unique_prefix();
-    let cooldown = 2;
-    let survivor = spawn_app_with(
-        Setup {
-            graph_mode: GraphMode::Normal,
-            intune_cooldown: Some(Duration::from_secs(cooldown)),
-            ..on_redis(&url, &prefix, None)
-        }
-        .set("actions.sync.cooldown_seconds", &cooldown.to_string()),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = [
-        ("state.backend".to_string(), "\"redis\"".to_string()),
-        ("state.key_prefix".to_string(), quoted(&prefix)),
-        (
-            "actions.sync.cooldown_seconds".to_string(),
-            cooldown.to_string(),
-        ),
-        // Long enough that the run is still calling Graph when its replica is killed.
-        ("graph.timeout_seconds".to_string(), "30".to_string()),
-    ];
-    let env = [
-        ("SYNC_GATEWAY__STATE__REDIS_URL", url.as_str()),
-        ("SYNC_GATEWAY__STATE__ENCRYPTION_KEY", STATE_KEY),
-    ];
-    let (mut doomed, base) = serve_with_env(
-        &survivor.world,
-        dir.path(),
-        &extra,
-        &env,
-        std::process::Stdio::null(),
-    )
-    .await;
+    // The Graph timeout is long enough that the run is still calling when its replica dies.
+    let (survivor, mut doomed, base, dir) =
+        survivor_and_doomed(&url, &prefix, 2, &[("graph.timeout_seconds", "30")]).await;
     // Graph holds the call: the doomed replica is mid-run when it dies.
     survivor.sims.graph.set_mode(GraphMode::Always(
         sync_gateway::sim::graph::GraphResponse::Hang,

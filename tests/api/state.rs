@@ -361,6 +361,38 @@ async fn the_memory_backend_reports_its_state_as_memory_and_up() {
 /// A `redis-server` of the test's own, killed when dropped.
 pub(crate) struct OwnRedis(pub(crate) std::process::Child);
 
+impl OwnRedis {
+    /// A `redis-server` keeping nothing on disk on `port`, once it accepts connections;
+    /// `None` (and a printed reason) when there is none to start.
+    pub(crate) fn start(port: u16) -> Option<OwnRedis> {
+        let child = match std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => OwnRedis(c),
+            Err(e) => {
+                eprintln!("no redis-server to start ({e}), skipping");
+                return None;
+            }
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(child)
+    }
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -380,23 +412,8 @@ async fn a_redis_that_comes_back_serves_again_without_a_restart() {
     let token = app.token();
     assert_eq!(app.post_sync(&token).await.status(), 503);
     // Redis appears on the port the gateway was given.
-    let child = match std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok(c) => OwnRedis(c),
-        Err(e) => {
-            eprintln!("no redis-server to start ({e}), skipping the recovery half");
-            return;
-        }
+    let Some(child) = OwnRedis::start(port) else {
+        return;
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
