@@ -758,6 +758,8 @@ mod redis_tests {
             on_unavailable: OnUnavailable {
                 limits: FailMode::Closed,
             },
+            replica_id: crate::domain::ReplicaId::parse("test").unwrap(),
+            replica_id_source: "test".into(),
         };
         Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
     }

@@ -400,6 +400,8 @@ pub(super) struct RawState {
     pub key_prefix: String,
     pub timeout_ms: Millis,
     pub on_unavailable: RawOnUnavailable,
+    /// Unset: `HOSTNAME`, else the machine's hostname (validation resolves it).
+    pub replica_id: Option<String>,
 }
 
 impl Default for RawState {
@@ -411,6 +413,7 @@ impl Default for RawState {
             key_prefix: "sync-gateway:".into(),
             timeout_ms: Millis(250),
             on_unavailable: RawOnUnavailable::default(),
+            replica_id: None,
         }
     }
 }
