@@ -21,6 +21,7 @@ mod otlp;
 mod postgres;
 mod protocol;
 mod records;
+mod replicas;
 mod runs;
 mod shutdown;
 mod state;

@@ -11,7 +11,7 @@ use sync_gateway::config::HookKind;
 use sync_gateway::sim::hooks::{new_secret, sample_body, sign, SigningKey};
 
 /// Redis for these tests, or `None` (and a printed reason) when `REDIS_URL` is unset.
-fn redis_url(test: &str) -> Option<String> {
+pub(crate) fn redis_url(test: &str) -> Option<String> {
     match std::env::var("REDIS_URL") {
         Ok(url) => Some(url),
         Err(_) => {
@@ -22,16 +22,16 @@ fn redis_url(test: &str) -> Option<String> {
 }
 
 /// A key prefix no other test uses.
-fn unique_prefix() -> String {
+pub(crate) fn unique_prefix() -> String {
     format!("sg-test:{}:", uuid::Uuid::new_v4().simple())
 }
 
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 /// A gateway on the redis backend at `url` under `prefix`, in `world` if given.
-fn on_redis(url: &str, prefix: &str, world: Option<World>) -> Setup {
+pub(crate) fn on_redis(url: &str, prefix: &str, world: Option<World>) -> Setup {
     Setup {
         world,
         env: vec![("SYNC_GATEWAY__STATE__REDIS_URL".into(), url.into())],
@@ -59,7 +59,7 @@ async fn replicas(
 }
 
 /// Deletes every key under `prefix`.
-async fn delete_keys(url: &str, prefix: &str) {
+pub(crate) async fn delete_keys(url: &str, prefix: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
