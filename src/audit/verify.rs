@@ -774,7 +774,10 @@ mod tests {
         let legacy = ChainReport::new(verify(&[run("r1", "started")]), "audit.jsonl");
         assert_eq!(legacy.name, "audit.jsonl");
         // One chain is reported as a single trail always was.
-        assert_eq!(render_chains(&[legacy]), verify(&[run("r1", "started")]).render());
+        assert_eq!(
+            render_chains(&[legacy]),
+            verify(&[run("r1", "started")]).render()
+        );
     }
 
     #[test]
