@@ -59,12 +59,10 @@ fn replica_id_rule() -> String {
     format!("1 to {MAX_REPLICA_ID_CHARS} characters of A-Z a-z 0-9 . _ - (not only dots)")
 }
 
-/// The machine's hostname, the last default of `state.replica_id` (Linux: the kernel's
-/// `hostname`, else `/etc/hostname`).
+/// The machine's hostname, the last default of `state.replica_id`.
 pub(crate) fn machine_hostname() -> Option<String> {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
+    whoami::hostname()
+        .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
 }
