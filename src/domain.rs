@@ -221,9 +221,73 @@ impl From<TenantId> for String {
     }
 }
 
+/// The longest replica id: a DNS label's length, so any pod name (a StatefulSet's `name-0`, a
+/// Deployment's `name-hash-suffix`) fits, and a file name or stream built from it stays short.
+pub const MAX_REPLICA_ID_CHARS: usize = 63;
+
+/// Which replica wrote an audit chain (`state.replica_id`, by default the pod name): 1 to
+/// [`MAX_REPLICA_ID_CHARS`] characters of `A-Z a-z 0-9 . _ -`, so it can go into a file name,
+/// a PostgreSQL value and a JSON string as it is. Only [`ReplicaId::parse`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ReplicaId(String);
+
+impl ReplicaId {
+    /// `text` as a replica id, or `None` when it is empty, too long or has another character
+    /// (a `/` would leave the audit directory, a space or quote would need escaping).
+    pub fn parse(text: &str) -> Option<ReplicaId> {
+        let ok = !text.is_empty()
+            && text.len() <= MAX_REPLICA_ID_CHARS
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            // `.` and `..` name directories, not files.
+            && text.bytes().any(|b| b != b'.');
+        ok.then(|| ReplicaId(text.to_string()))
+    }
+
+    /// The id as written in records, file names and streams.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_id_is_1_to_63_file_name_safe_characters() {
+        for good in [
+            "sync-gateway-0",
+            "gw-7d9f8c6b5-x2k4q",
+            "a",
+            "node_1.example",
+            &"x".repeat(63),
+        ] {
+            assert_eq!(ReplicaId::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            &"x".repeat(64),
+            "a/b",
+            "../x",
+            ".",
+            "..",
+            "pod 0",
+            "pod\"0",
+            "pöd",
+            "a:b",
+        ] {
+            assert!(ReplicaId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_tenant_id_is_a_guid_in_entras_lower_case_form() {

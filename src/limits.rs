@@ -759,6 +759,8 @@ mod redis_tests {
                 limits: FailMode::Closed,
             },
             encryption_key: None,
+            replica_id: crate::domain::ReplicaId::parse("test").unwrap(),
+            replica_id_source: "test".into(),
         };
         Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
     }

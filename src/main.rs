@@ -72,10 +72,13 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the chain and the checkpoint signatures; report the first broken link (file and
-    /// line), missing files, a torn last line and runs without a finish. Exit 0 when intact,
-    /// 1 when not, 2 when the trail cannot be read.
+    /// line), missing files, a torn last line and runs without a finish. Several chains (one per
+    /// replica: audit.<replica>.jsonl files, or PostgreSQL streams) are each checked on their
+    /// own, with one result line per chain. Exit 0 when every chain is intact, 1 when one is
+    /// not, 2 when the trail cannot be read.
     Verify {
-        /// The trail's files, in any order (e.g. audit.jsonl*).
+        /// The trail's files, in any order (e.g. audit*.jsonl*), or a directory: every *.jsonl
+        /// file in it and their rotated files.
         #[arg(required_unless_present = "postgres_url")]
         paths: Vec<PathBuf>,
         /// A public key (PEM) of the checkpoint signer; repeat for rotated keys.
@@ -91,6 +94,10 @@ enum AuditCommand {
         /// The schema of the PostgreSQL sink.
         #[arg(long, default_value = "sync_gateway_audit")]
         postgres_schema: String,
+        /// Verify only this PostgreSQL stream (a replica id; "" for a single gateway's chain)
+        /// instead of every stream in the table.
+        #[arg(long, requires = "postgres_url")]
+        postgres_stream: Option<String>,
     },
     /// Print the value a sensitive field (client IP, UPN, reason) has in the trail when
     /// audit hashing is on, to search for it.
@@ -126,6 +133,12 @@ fn main() -> ExitCode {
             Ok((c, checked)) => {
                 println!("# configuration is valid; effective values (secrets masked):");
                 println!("# client authentication: {}", checked.client_auth);
+                println!(
+                    "# replica id: {} ({}); {}",
+                    c.state.replica_id,
+                    c.state.replica_id_source,
+                    audit_chain_of(&c)
+                );
                 for note in &checked.notes {
                     println!("# note: {note}");
                 }
@@ -277,6 +290,53 @@ fn run(f: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error
     }
 }
 
+/// Where this replica's audit chain goes, for `check-config`.
+fn audit_chain_of(c: &Config) -> String {
+    use sync_gateway::audit;
+    match c.audit.durable_sink() {
+        sync_gateway::config::AuditSinkKind::Postgres => {
+            let stream = audit::postgres_stream(&c.state);
+            format!(
+                "audit chain: {}",
+                audit::stream_source(&c.audit.postgres_schema, &stream)
+            )
+        }
+        _ => match audit::trail_path(&c.audit, &c.state) {
+            Some(p) => format!("audit chain: {}", p.display()),
+            None => "no durable audit sink".into(),
+        },
+    }
+}
+
+/// Verifies `only` stream, or every stream the table holds (the default stream when it holds
+/// none), each on its own.
+fn verify_postgres_chains(
+    pg: &sync_gateway::audit::PostgresOptions,
+    opts: &sync_gateway::audit::verify::VerifyOptions,
+    only: Option<String>,
+) -> std::io::Result<Vec<sync_gateway::audit::verify::ChainReport>> {
+    use sync_gateway::audit::{self, verify::ChainReport};
+    let streams = match only {
+        Some(s) => vec![s],
+        None => audit::postgres_streams(pg)?,
+    };
+    let streams = if streams.is_empty() {
+        vec![audit::DEFAULT_STREAM.to_string()]
+    } else {
+        streams
+    };
+    streams
+        .iter()
+        .map(|s| {
+            let report = audit::verify_postgres_stream(pg, opts, s)?;
+            Ok(ChainReport::new(
+                report,
+                audit::stream_source(&pg.schema, s),
+            ))
+        })
+        .collect()
+}
+
 fn audit_command(cmd: AuditCommand) -> ExitCode {
     use sync_gateway::audit::{self, verify};
     match cmd {
@@ -285,6 +345,7 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
             public_keys,
             postgres_url,
             postgres_schema,
+            postgres_stream,
         } => {
             let mut keys = Vec::new();
             for p in &public_keys {
@@ -297,21 +358,22 @@ fn audit_command(cmd: AuditCommand) -> ExitCode {
                 }
             }
             let opts = verify::VerifyOptions { keys };
-            let report = match postgres_url {
-                Some(url) if paths.is_empty() => audit::verify_postgres(
+            let chains = match postgres_url {
+                Some(url) if paths.is_empty() => verify_postgres_chains(
                     &audit::PostgresOptions {
                         url,
                         schema: postgres_schema,
                         timeout: std::time::Duration::from_secs(10),
                     },
                     &opts,
+                    postgres_stream,
                 ),
-                _ => verify::verify_files(&paths, &opts),
+                _ => verify::verify_chains(&paths, &opts),
             };
-            match report {
-                Ok(r) => {
-                    print!("{}", r.render());
-                    if r.intact() {
+            match chains {
+                Ok(chains) => {
+                    print!("{}", verify::render_chains(&chains));
+                    if chains.iter().all(|c| c.report.intact()) {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

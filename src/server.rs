@@ -149,10 +149,14 @@ impl Application {
             )
             .with_metrics(metrics.callers.clone()),
         );
-        let audit =
-            crate::audit::open_configured(&config.audit, metrics.audit.clone(), options.audit_sink)
-                .await
-                .map_err(|(path, source)| StartError::Audit { path, source })?;
+        let audit = crate::audit::open_configured(
+            &config.audit,
+            &config.state,
+            metrics.audit.clone(),
+            options.audit_sink,
+        )
+        .await
+        .map_err(|(path, source)| StartError::Audit { path, source })?;
         // Recorded before anything is served; a failure here is the same failure every request
         // will meet (503), so it is logged rather than fatal.
         for event in [

@@ -240,7 +240,9 @@ CHART_SET = {
     # Signing secrets only ever come from a referenced Secret (secretsSecret), mounted as the file.
     "hooks": {"secrets", "secrets_file"},
     # The Redis URL may carry a password: only ever from secrets.redisUrl, as the environment.
-    "state": {"redis_url", "redis_url_file"},
+    # replica_id is each pod's own: its default, HOSTNAME, is the pod name; one ConfigMap value
+    # would give every replica the same id, hence one audit chain written by several processes.
+    "state": {"redis_url", "redis_url_file", "replica_id"},
 }
 
 

@@ -38,6 +38,11 @@ pub(crate) struct ChainFields {
     /// SHA-256 of the previous record's exact bytes (64 zeros before the first).
     #[schemars(pattern(super::formats::SHA256_HEX))]
     prev: String,
+    /// The replica that wrote the record (`state.replica_id`, by default the pod name): the
+    /// chain is that replica's. Absent from records written before replica ids existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::formats::REPLICA_ID), length(min = 1, max = 63))]
+    replica: Option<String>,
 }
 
 /// Where the chain stands: the last durable record.
@@ -67,6 +72,12 @@ impl Tail {
     /// [`Tail::link`], appending the line (without a newline) to `out`, so that a batch is
     /// built in one buffer without a copy per record.
     pub fn link_into(&mut self, body: &[u8], out: &mut Vec<u8>) {
+        self.link_member_into(body, b"", out);
+    }
+
+    /// [`Tail::link_into`], with `member` (`"name":value`, already serialized, or empty) put
+    /// right after `prev`: the writer's `replica`, which every record of its chain carries.
+    pub fn link_member_into(&mut self, body: &[u8], member: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
         let seq = self.seq + 1;
         out.extend_from_slice(b"{\"seq\":");
@@ -74,6 +85,10 @@ impl Tail {
         out.extend_from_slice(b",\"prev\":\"");
         out.extend_from_slice(hex(&self.hash).as_bytes());
         out.push(b'"');
+        if !member.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(member);
+        }
         // `body` is `{...}`: splice its members after ours. Every caller passes a serialized
         // object (`AuditLog` refuses anything else before it gets here); should one ever not,
         // the chain still gets a valid line, never a panic or a broken record.

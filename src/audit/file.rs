@@ -322,6 +322,20 @@ fn kind_of(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// The active file of `replica`'s own chain beside the configured `path` (redis backend, where
+/// replicas may share one volume): the replica id goes before the last extension,
+/// `audit.jsonl` → `audit.pod-0.jsonl` (a name without one gets it appended: `audit` →
+/// `audit.pod-0`). Its rotated files are numbered like any active file's,
+/// `audit.pod-0.jsonl.000001`, so every chain's files sort together.
+pub fn replica_path(path: &Path, replica: &str) -> PathBuf {
+    let name = file_name(path);
+    let named = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{replica}.{ext}"),
+        _ => format!("{name}.{replica}"),
+    };
+    path.with_file_name(named)
+}
+
 /// `path` with the rotation number appended: `audit.jsonl.000003`.
 pub fn numbered(path: &Path, n: u64) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -485,6 +499,22 @@ mod tests {
         std::fs::write(&p, format!("{{\"seq\":1}}\n{long}\n")).unwrap();
         let (_, line) = last_complete_line(&mut File::open(&p).unwrap()).unwrap();
         assert_eq!(line.unwrap(), long.as_bytes());
+    }
+
+    #[test]
+    fn a_replicas_file_carries_its_id_before_the_extension() {
+        assert_eq!(
+            replica_path(Path::new("/x/audit.jsonl"), "pod-0"),
+            Path::new("/x/audit.pod-0.jsonl")
+        );
+        assert_eq!(
+            replica_path(Path::new("/x/trail"), "pod-0"),
+            Path::new("/x/trail.pod-0")
+        );
+        assert_eq!(
+            replica_path(Path::new("/x/.audit"), "a"),
+            Path::new("/x/.audit.a")
+        );
     }
 
     #[test]

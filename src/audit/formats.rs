@@ -18,6 +18,10 @@ pub const KEY_ID: &str = "^[0-9a-f]{16}$";
 /// A problem kind (`code`, a run's `error`): lower-case words joined by `-`.
 pub const PROBLEM_KIND: &str = "^[a-z-]+$";
 
+/// A replica id (`state.replica_id`, `crate::domain::ReplicaId`): 1 to 63 characters of
+/// `A-Z a-z 0-9 . _ -`, not only dots (the length is the field's own bound).
+pub const REPLICA_ID: &str = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$";
+
 /// A base64 Ed25519 signature (64 bytes).
 pub const SIGNATURE: &str = "^[A-Za-z0-9+/]{86}==$";
 

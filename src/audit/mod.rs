@@ -34,11 +34,15 @@ pub use event::{
     AdminEvent, AdminRecord, AttemptSummary, AuditEvent, CallerSummary, HookDelivery,
     RequestRecord, RunRecord, UpstreamSummary,
 };
-pub use file::{rotated_files, FileOptions, FileSink};
-pub use postgres::{valid_schema_name, verify_postgres, PostgresOptions, PostgresSink};
+pub use file::{replica_path, rotated_files, FileOptions, FileSink};
+pub use postgres::{
+    postgres_streams, stream_source, valid_schema_name, verify_postgres, verify_postgres_stream,
+    PostgresOptions, PostgresSink, DEFAULT_STREAM,
+};
 pub use redact::{ValueHasher, MIN_KEY_BYTES as MIN_HMAC_KEY_BYTES, SENSITIVE_FIELDS};
 pub use sink::{AuditSink, Batch, Opened};
 
+use crate::domain::ReplicaId;
 use crate::metrics::AuditMetrics;
 use serde_json::Value;
 use std::io;
@@ -114,6 +118,9 @@ pub struct AuditOptions {
     pub metrics: AuditMetrics,
     /// Outcome records kept at most while the sink fails ([`LATE_CAPACITY`]).
     pub late_capacity: usize,
+    /// The replica whose chain this is: every record names it (`replica`). `None` only for
+    /// tools and tests that write a trail outside a gateway.
+    pub replica: Option<ReplicaId>,
 }
 
 impl AuditOptions {
@@ -128,6 +135,7 @@ impl AuditOptions {
             stdout_copy: false,
             metrics: AuditMetrics::default(),
             late_capacity: LATE_CAPACITY,
+            replica: None,
         }
     }
 }
@@ -176,6 +184,13 @@ impl AuditLog {
             checkpoint_every: opts.checkpoint_every,
             stdout_copy: opts.stdout_copy,
             late_capacity: opts.late_capacity,
+            replica_member: opts
+                .replica
+                .as_ref()
+                .map(|r| {
+                    format!("\"replica\":{}", serde_json::Value::from(r.as_str())).into_bytes()
+                })
+                .unwrap_or_default(),
         };
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let s = shared.clone();
@@ -385,11 +400,40 @@ pub fn config_hash(config: &crate::config::Config) -> String {
     chain::hex(&chain::hash(config.to_masked_toml().as_bytes()))
 }
 
-/// Opens the trail configured in `[audit]`. `sink` replaces the configured durable sink (the
+/// The replica whose chain must be kept apart from the others': on the redis backend several
+/// replicas may share one audit volume or database, so each writes its own chain (file or
+/// stream); the memory backend is one process, which keeps the one chain it always wrote.
+fn own_chain(state: &crate::config::StateConfig) -> Option<&ReplicaId> {
+    (state.backend == crate::config::StateBackendKind::Redis).then_some(&state.replica_id)
+}
+
+/// The active audit file this process writes, if the durable sink is a file: `audit.path`, or
+/// on the redis backend the replica's own file beside it ([`replica_path`]).
+pub fn trail_path(
+    c: &crate::config::AuditConfig,
+    state: &crate::config::StateConfig,
+) -> Option<std::path::PathBuf> {
+    let path = c.path.as_ref()?;
+    Some(match own_chain(state) {
+        Some(r) => replica_path(path, r.as_str()),
+        None => path.clone(),
+    })
+}
+
+/// The PostgreSQL stream this process writes: its replica id on the redis backend, else the
+/// default stream ([`DEFAULT_STREAM`]).
+pub fn postgres_stream(state: &crate::config::StateConfig) -> String {
+    own_chain(state)
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_else(|| DEFAULT_STREAM.to_string())
+}
+
+/// Opens the trail configured in `[audit]`, as the chain of `state`'s replica. `sink` replaces the configured durable sink (the
 /// seam tests use to inject a failing or hanging one); rotation, checkpoints, hashing and the
 /// stdout copy still follow the configuration. The error names what could not be opened.
 pub async fn open_configured(
     c: &crate::config::AuditConfig,
+    state: &crate::config::StateConfig,
     metrics: AuditMetrics,
     sink: Option<Box<dyn AuditSink>>,
 ) -> Result<AuditLog, (String, io::Error)> {
@@ -399,18 +443,21 @@ pub async fn open_configured(
         (Some(s), _) => (format!("the {} sink", s.name()), s),
         (None, AuditSinkKind::Postgres) => (
             format!("PostgreSQL schema {}", c.postgres_schema),
-            Box::new(PostgresSink::new(PostgresOptions {
-                url: c
-                    .postgres_url
-                    .as_ref()
-                    .map(|u| u.expose().to_string())
-                    .unwrap_or_default(),
-                schema: c.postgres_schema.clone(),
-                timeout,
-            })),
+            Box::new(PostgresSink::for_stream(
+                PostgresOptions {
+                    url: c
+                        .postgres_url
+                        .as_ref()
+                        .map(|u| u.expose().to_string())
+                        .unwrap_or_default(),
+                    schema: c.postgres_schema.clone(),
+                    timeout,
+                },
+                postgres_stream(state),
+            )),
         ),
         (None, _) => {
-            let path = c.path.clone().unwrap_or_default();
+            let path = trail_path(c, state).unwrap_or_default();
             // Checked first: recovery lists the directory before anything opens the file.
             if let Some(dir) = path
                 .parent()
@@ -456,6 +503,7 @@ pub async fn open_configured(
         stdout_copy: c.stdout_copy(),
         metrics,
         late_capacity: LATE_CAPACITY,
+        replica: Some(state.replica_id.clone()),
     };
     // Opening may block for a while (connect, migrate, read the tail): not on the runtime.
     match tokio::task::spawn_blocking(move || AuditLog::start(sink, opts)).await {

@@ -3,6 +3,10 @@
 //! chain a file would hold. The table is created by a versioned migration at start and
 //! refuses updates and deletes.
 //!
+//! Each replica keeps its own chain in the one table: a `stream` column names it (the replica
+//! id on the redis backend, `''` for the single process of the memory backend and for every row
+//! written before streams existed), and `seq` and `prev` run per stream, keyed `(stream, seq)`.
+//!
 //! The writer thread is synchronous; the sink owns a small current-thread tokio runtime and
 //! bounds every round trip with `timeout` (connect, migration, each commit).
 
@@ -37,10 +41,15 @@ impl std::fmt::Debug for PostgresOptions {
 // Defined in `config`, which checks `audit.postgres_schema` without importing `audit`.
 pub use crate::config::valid_schema_name;
 
+/// The stream of the one chain of a single gateway (memory backend), and of every row written
+/// before streams existed: such a gateway continues the chain it wrote before.
+pub const DEFAULT_STREAM: &str = "";
+
 /// The migrations, in order; `migrations.version` records which ran.
 fn migrations(schema: &str) -> Vec<String> {
-    vec![format!(
-        r#"
+    vec![
+        format!(
+            r#"
 CREATE TABLE "{schema}".records (
     seq        BIGINT PRIMARY KEY,
     prev       TEXT NOT NULL,
@@ -58,21 +67,40 @@ END $$;
 CREATE TRIGGER records_append_only BEFORE UPDATE OR DELETE ON "{schema}".records
     FOR EACH ROW EXECUTE FUNCTION "{schema}".refuse_change();
 "#
-    )]
+        ),
+        // One chain per replica. Adding a column with a constant default rewrites no row (and
+        // fires no row trigger): the rows already there become the default stream's chain.
+        format!(
+            r#"
+ALTER TABLE "{schema}".records ADD COLUMN stream TEXT NOT NULL DEFAULT '';
+ALTER TABLE "{schema}".records DROP CONSTRAINT records_pkey;
+ALTER TABLE "{schema}".records ADD PRIMARY KEY (stream, seq);
+"#
+        ),
+    ]
 }
 
 /// The PostgreSQL sink; see the module docs.
 pub struct PostgresSink {
     opts: PostgresOptions,
+    /// The chain this sink writes: its `stream` value.
+    stream: String,
     rt: Option<tokio::runtime::Runtime>,
     client: Option<Client>,
 }
 
 impl PostgresSink {
-    /// A sink for `opts`; nothing connects until [`AuditSink::open`].
+    /// A sink for `opts` writing the default stream ([`DEFAULT_STREAM`]); nothing connects
+    /// until [`AuditSink::open`].
     pub fn new(opts: PostgresOptions) -> PostgresSink {
+        PostgresSink::for_stream(opts, DEFAULT_STREAM)
+    }
+
+    /// A sink for `opts` writing the chain `stream` (a replica id).
+    pub fn for_stream(opts: PostgresOptions, stream: impl Into<String>) -> PostgresSink {
         PostgresSink {
             opts,
+            stream: stream.into(),
             rt: None,
             client: None,
         }
@@ -120,13 +148,14 @@ impl PostgresSink {
 
     fn read_tail(&mut self) -> io::Result<(Tail, Option<Vec<u8>>)> {
         let sql = format!(
-            r#"SELECT seq, line FROM "{}".records ORDER BY seq DESC LIMIT 1"#,
+            r#"SELECT seq, line FROM "{}".records WHERE stream = $1 ORDER BY seq DESC LIMIT 1"#,
             self.opts.schema
         );
         let timeout = self.opts.timeout;
+        let stream = self.stream.clone();
         let client = self.client.take().ok_or_else(not_connected)?;
         let result = self.runtime()?.block_on(bounded(timeout, async {
-            client.query_opt(&sql, &[]).await.map_err(pg)
+            client.query_opt(&sql, &[&stream]).await.map_err(pg)
         }));
         self.client = Some(client);
         match result? {
@@ -252,16 +281,17 @@ impl AuditSink for PostgresSink {
             lines.push(String::from_utf8_lossy(line).into_owned());
         }
         let sql = format!(
-            r#"INSERT INTO "{}".records (seq, prev, hash, kind, line, record)
-               SELECT s, p, h, k, l, l::jsonb
+            r#"INSERT INTO "{}".records (stream, seq, prev, hash, kind, line, record)
+               SELECT $6, s, p, h, k, l, l::jsonb
                FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(s, p, h, k, l)"#,
             self.opts.schema
         );
         let timeout = self.opts.timeout;
+        let stream = self.stream.clone();
         let mut client = self.client.take().ok_or_else(not_connected)?;
         let result = self.runtime()?.block_on(bounded(timeout, async {
             let tx = client.transaction().await.map_err(pg)?;
-            tx.execute(&sql, &[&seqs, &prevs, &hashes, &kinds, &lines])
+            tx.execute(&sql, &[&seqs, &prevs, &hashes, &kinds, &lines, &stream])
                 .await
                 .map_err(pg)?;
             tx.commit().await.map_err(pg)
@@ -283,23 +313,60 @@ impl AuditSink for PostgresSink {
     }
 }
 
-/// Verifies the trail held in PostgreSQL, in `seq` order.
+/// Verifies the default stream's chain ([`DEFAULT_STREAM`]: a single gateway's), in `seq`
+/// order.
 pub fn verify_postgres(opts: &PostgresOptions, verify: &VerifyOptions) -> io::Result<Report> {
+    verify_postgres_stream(opts, verify, DEFAULT_STREAM)
+}
+
+/// The streams (chains) the table holds, in order; the default stream is `""`.
+pub fn postgres_streams(opts: &PostgresOptions) -> io::Result<Vec<String>> {
+    let mut sink = PostgresSink::new(opts.clone());
+    sink.connect()?;
+    let client = sink.client.take().ok_or_else(not_connected)?;
+    let sql = format!(
+        r#"SELECT DISTINCT stream FROM "{}".records ORDER BY stream"#,
+        opts.schema
+    );
+    let rows = sink
+        .runtime()?
+        .block_on(bounded(opts.timeout.max(Duration::from_secs(30)), async {
+            client.query(&sql, &[]).await.map_err(pg)
+        }))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// How a stream is named in findings: the table, and the stream unless it is the default.
+pub fn stream_source(schema: &str, stream: &str) -> String {
+    if stream == DEFAULT_STREAM {
+        format!("postgres:{schema}.records")
+    } else {
+        format!("postgres:{schema}.records[stream={stream}]")
+    }
+}
+
+/// Verifies the chain `stream` held in PostgreSQL, in `seq` order.
+pub fn verify_postgres_stream(
+    opts: &PostgresOptions,
+    verify: &VerifyOptions,
+    stream: &str,
+) -> io::Result<Report> {
     let mut sink = PostgresSink::new(opts.clone());
     sink.connect()?;
     let client = sink.client.take().ok_or_else(not_connected)?;
     let rt = sink.runtime()?;
     let mut v = Verifier::new(verify.clone());
-    let src = v.source(format!("postgres:{}.records", opts.schema));
+    let src = v.source(stream_source(&opts.schema, stream));
     let sql = format!(
-        r#"SELECT seq, line FROM "{}".records WHERE seq > $1 ORDER BY seq LIMIT 10000"#,
+        r#"SELECT seq, line FROM "{}".records WHERE stream = $2 AND seq > $1 ORDER BY seq LIMIT 10000"#,
         opts.schema
     );
+    let stream = stream.to_string();
     let mut after: i64 = -1;
     let mut row_no = 0u64;
     loop {
         let rows = rt.block_on(bounded(opts.timeout.max(Duration::from_secs(30)), async {
-            client.query(&sql, &[&after]).await.map_err(pg)
+            client.query(&sql, &[&after, &stream]).await.map_err(pg)
         }))?;
         if rows.is_empty() {
             break;

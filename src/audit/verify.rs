@@ -68,6 +68,9 @@ pub struct Report {
     pub unsigned_tail: u64,
     /// Other facts worth telling the operator.
     pub notes: Vec<String>,
+    /// The replica ids the records name (`replica`), each once, in the order first seen: one
+    /// for a replica's own chain; none for records written before replica ids existed.
+    pub replicas: Vec<String>,
 }
 
 impl Report {
@@ -79,6 +82,23 @@ impl Report {
 
     /// The human-readable report `audit verify` prints.
     pub fn render(&self) -> String {
+        let mut s = self.render_findings();
+        if self.intact() {
+            let _ = writeln!(s, "result: intact");
+        } else {
+            let _ = writeln!(
+                s,
+                "result: NOT intact ({} problem(s); the first broken link is {}:{})",
+                self.problems.len(),
+                self.problems[0].source,
+                self.problems[0].line
+            );
+        }
+        s
+    }
+
+    /// [`Report::render`] without its `result:` line: one chain's part of a report on several.
+    pub fn render_findings(&self) -> String {
         let mut s = String::new();
         let range = self
             .seq_range
@@ -110,17 +130,6 @@ impl Report {
         for p in &self.problems {
             let _ = writeln!(s, "BROKEN: {p}");
         }
-        if self.intact() {
-            let _ = writeln!(s, "result: intact");
-        } else {
-            let _ = writeln!(
-                s,
-                "result: NOT intact ({} problem(s); the first broken link is {}:{})",
-                self.problems.len(),
-                self.problems[0].source,
-                self.problems[0].line
-            );
-        }
         s
     }
 }
@@ -149,6 +158,8 @@ struct Head<'a> {
     seqs: Option<Vec<u64>>,
     #[serde(default)]
     late: bool,
+    #[serde(borrow, default)]
+    replica: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone)]
@@ -266,6 +277,11 @@ impl Verifier {
         };
         let h = hash(bytes);
         self.report.records += 1;
+        if let Some(r) = &head.replica {
+            if !self.report.replicas.iter().any(|seen| seen == r) {
+                self.report.replicas.push(r.to_string());
+            }
+        }
         let range = self.report.seq_range.get_or_insert((head.seq, head.seq));
         range.1 = head.seq;
         if self.first.is_none() {
@@ -513,6 +529,148 @@ pub fn verify_files(paths: &[PathBuf], opts: &VerifyOptions) -> io::Result<Repor
     Ok(v.finish())
 }
 
+/// One chain's verification: which chain, and its report.
+#[derive(Debug)]
+pub struct ChainReport {
+    /// What the chain is called: the replica id its records name (several, comma-separated,
+    /// when a single gateway's chain was written under different ids over time), else the
+    /// active file or stream.
+    pub name: String,
+    /// The report of this chain alone.
+    pub report: Report,
+}
+
+impl ChainReport {
+    /// `report` of the chain otherwise known as `fallback` (a file or stream name), named by
+    /// the replica ids its records carry when they carry any.
+    pub fn new(report: Report, fallback: impl Into<String>) -> ChainReport {
+        let name = if report.replicas.is_empty() {
+            fallback.into()
+        } else {
+            report.replicas.join(",")
+        };
+        ChainReport { name, report }
+    }
+
+    /// The one result line of this chain: its name, records, first and last `seq`, and `ok`
+    /// or the first problem.
+    pub fn summary(&self) -> String {
+        let r = &self.report;
+        let range = r
+            .seq_range
+            .map(|(a, b)| format!(", seq {a}..{b}"))
+            .unwrap_or_default();
+        let verdict = match r.problems.first() {
+            None => "ok".to_string(),
+            Some(p) => format!("BROKEN ({} problem(s)), first at {p}", r.problems.len()),
+        };
+        format!(
+            "chain {}: {} record(s){range}: {verdict}",
+            self.name, r.records
+        )
+    }
+}
+
+/// The report `audit verify` prints for `chains`: a single chain's report as it always was;
+/// for several, each chain's findings under a heading, then one result line per chain and the
+/// overall result.
+pub fn render_chains(chains: &[ChainReport]) -> String {
+    if let [one] = chains {
+        return one.report.render();
+    }
+    let mut s = String::new();
+    for c in chains {
+        let _ = writeln!(s, "== chain {} ==", c.name);
+        s.push_str(&c.report.render_findings());
+    }
+    for c in chains {
+        let _ = writeln!(s, "{}", c.summary());
+    }
+    let broken: Vec<&str> = chains
+        .iter()
+        .filter(|c| !c.report.intact())
+        .map(|c| c.name.as_str())
+        .collect();
+    if broken.is_empty() {
+        let _ = writeln!(s, "result: {} chain(s), all intact", chains.len());
+    } else {
+        let _ = writeln!(
+            s,
+            "result: NOT intact ({} of {} chain(s) broken: {})",
+            broken.len(),
+            chains.len(),
+            broken.join(", ")
+        );
+    }
+    s
+}
+
+/// The files of `paths`, with each directory replaced by the trail files in it: every regular,
+/// non-hidden file named `*.jsonl` (each replica's active file) or a rotated file of one
+/// (`*.jsonl.000001`). A trail under another name is given by its files.
+pub fn expand_paths(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        for entry in std::fs::read_dir(p)? {
+            let f = entry?.path();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let active = numbered_parts(&f).map(|(a, _)| a).unwrap_or(f.clone());
+            let is_trail = active
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".jsonl"));
+            if is_trail && !name.starts_with('.') && f.is_file() {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `paths` (files, any order) grouped into chains: an active file with its rotated files is one
+/// chain (`audit.pod-0.jsonl`, `audit.pod-0.jsonl.000001`, ...); chains in name order.
+pub fn group_chains(paths: &[PathBuf]) -> Vec<(PathBuf, Vec<PathBuf>)> {
+    let mut chains: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    for p in order_files(paths) {
+        let active = numbered_parts(&p).map(|(a, _)| a).unwrap_or(p.clone());
+        match chains.last_mut() {
+            Some((a, files)) if *a == active => files.push(p),
+            _ => chains.push((active, vec![p])),
+        }
+    }
+    chains
+}
+
+/// Verifies each chain among `paths` (files and directories, [`expand_paths`]) on its own.
+pub fn verify_chains(paths: &[PathBuf], opts: &VerifyOptions) -> io::Result<Vec<ChainReport>> {
+    let files = expand_paths(paths)?;
+    if files.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no trail files (*.jsonl and their rotated files) among the given paths",
+        ));
+    }
+    group_chains(&files)
+        .into_iter()
+        .map(|(active, files)| {
+            let report = verify_files(&files, opts)?;
+            Ok(ChainReport::new(report, file_label(&active)))
+        })
+        .collect()
+}
+
+fn file_label(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
 fn numbered_parts(p: &Path) -> Option<(PathBuf, u64)> {
     let name = p.file_name()?.to_str()?;
     let (base, _) = name.rsplit_once('.')?;
@@ -566,6 +724,60 @@ mod tests {
 
     fn run(id: &str, event: &str) -> serde_json::Value {
         json!({"v": 1, "kind": "run", "run_id": id, "event": event})
+    }
+
+    #[test]
+    fn files_group_into_one_chain_per_active_file_with_its_rotated_files_first() {
+        let p = |n: &str| PathBuf::from(format!("/x/{n}"));
+        let chains = group_chains(&[
+            p("audit.gw-b.jsonl"),
+            p("audit.gw-a.jsonl.000002"),
+            p("audit.gw-a.jsonl"),
+            p("audit.gw-a.jsonl.000001"),
+        ]);
+        assert_eq!(
+            chains,
+            [
+                (
+                    p("audit.gw-a.jsonl"),
+                    vec![
+                        p("audit.gw-a.jsonl.000001"),
+                        p("audit.gw-a.jsonl.000002"),
+                        p("audit.gw-a.jsonl")
+                    ]
+                ),
+                (p("audit.gw-b.jsonl"), vec![p("audit.gw-b.jsonl")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chain_is_named_by_the_replica_its_records_carry_else_by_its_file() {
+        let mut tail = Tail::EMPTY;
+        let mut v = Verifier::new(VerifyOptions::default());
+        let src = v.source("audit.gw-a.jsonl");
+        for (i, r) in [json!({"v": 1, "kind": "x"}), json!({"v": 1, "kind": "x"})]
+            .iter()
+            .enumerate()
+        {
+            let mut line = Vec::new();
+            tail.link_member_into(
+                &serde_json::to_vec(r).unwrap(),
+                br#""replica":"gw-a""#,
+                &mut line,
+            );
+            v.line(src, i as u64 + 1, &line, true, true);
+        }
+        let named = ChainReport::new(v.finish(), "audit.gw-a.jsonl");
+        assert_eq!(named.name, "gw-a");
+        assert_eq!(named.summary(), "chain gw-a: 2 record(s), seq 1..2: ok");
+        let legacy = ChainReport::new(verify(&[run("r1", "started")]), "audit.jsonl");
+        assert_eq!(legacy.name, "audit.jsonl");
+        // One chain is reported as a single trail always was.
+        assert_eq!(
+            render_chains(&[legacy]),
+            verify(&[run("r1", "started")]).render()
+        );
     }
 
     #[test]

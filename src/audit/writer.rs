@@ -95,6 +95,8 @@ pub(super) struct WriterOptions {
     pub stdout_copy: bool,
     /// Outcome records kept while the sink fails, at most.
     pub late_capacity: usize,
+    /// `"replica":"<id>"`, put on every line after `prev` (empty: none).
+    pub replica_member: Vec<u8>,
 }
 
 struct Failing {
@@ -221,7 +223,7 @@ pub(super) fn run(
                         buf: &mut Vec<u8>,
                         ranges: &mut Vec<Range<usize>>| {
                 let start = buf.len();
-                tail.link_into(body, buf);
+                tail.link_member_into(body, &opts.replica_member, buf);
                 ranges.push(start..buf.len());
                 buf.push(b'\n');
             };

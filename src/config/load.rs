@@ -3,7 +3,7 @@
 //! where the value came from (file and line, or the variable).
 
 use super::error::ConfigError;
-use super::names::{AZURE_ENV, ENV_PREFIX};
+use super::names::{AZURE_ENV, ENV_PREFIX, HOSTNAME_ENV};
 use super::origin::{line_col, EnvVars, Origins, TomlFile};
 use super::raw::{RawConfig, SECTIONS};
 use figment::error::Kind;
@@ -28,6 +28,8 @@ pub(super) struct Loaded {
     pub raw: RawConfig,
     pub origins: Origins,
     pub azure: AzureEnv,
+    /// `HOSTNAME` at load (the pod name under Kubernetes): the default `state.replica_id`.
+    pub hostname: Option<String>,
     /// Unknown top-level tables, reported with validation's findings.
     pub unknown: Vec<ConfigError>,
 }
@@ -55,10 +57,13 @@ pub(super) fn load(
         )]);
     }
     let mut azure = AzureEnv::default();
+    let mut hostname = None;
     let mut vars = Vec::new();
     for (k, v) in env {
         if k.starts_with(ENV_PREFIX) {
             vars.push((k, v));
+        } else if k == HOSTNAME_ENV {
+            hostname = Some(v);
         } else if AZURE_ENV.contains(&k.as_str()) {
             azure.0.insert(k, v);
         }
@@ -99,6 +104,7 @@ pub(super) fn load(
         raw,
         origins,
         azure,
+        hostname,
         unknown,
     })
 }

@@ -689,6 +689,17 @@ pub struct StateConfig {
     /// (32 bytes, base64), with where it came from: the AES-256-GCM key under which a run's
     /// joiners' credentials are kept in Redis. Set exactly when the backend is `redis`.
     pub encryption_key: Option<(StoreKey, String)>,
+    /// `state.replica_id` (environment `SYNC_GATEWAY__STATE__REPLICA_ID`), by default
+    /// `HOSTNAME` (the pod name), else the machine's hostname: which replica this process is.
+    /// It names the audit chain this process writes and anything else one replica owns.
+    /// Not in the effective configuration `check-config` prints and `config_loaded` hashes, so
+    /// replicas running one configuration show one hash; every audit record names it.
+    #[serde(skip)]
+    pub replica_id: crate::domain::ReplicaId,
+    /// Where `replica_id` came from (`from the file`, `the default, the HOSTNAME environment
+    /// variable`, ...), for `check-config`.
+    #[serde(skip)]
+    pub replica_id_source: String,
 }
 
 /// `state.on_unavailable`: one choice per kind of state that may choose (delivery ids always

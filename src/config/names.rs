@@ -29,3 +29,7 @@ pub const DEFAULT_DISCORD_API_BASE_URL: &str = "https://discord.com/api/v10";
 /// The hosts Slack's `response_url`s point at, the default of `hooks.NAME.response_url_hosts`
 /// for a slack source: a follow-up goes only where Slack itself said.
 pub const DEFAULT_SLACK_RESPONSE_URL_HOSTS: [&str; 1] = ["hooks.slack.com"];
+
+/// The variable whose value is the default `state.replica_id`: the pod name under Kubernetes
+/// (stable across restarts of the same pod), the container's hostname under Docker.
+pub const HOSTNAME_ENV: &str = "HOSTNAME";

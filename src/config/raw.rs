@@ -402,6 +402,8 @@ pub(super) struct RawState {
     pub on_unavailable: RawOnUnavailable,
     pub encryption_key: Option<Secret>,
     pub encryption_key_file: Option<PathBuf>,
+    /// Unset: `HOSTNAME`, else the machine's hostname (validation resolves it).
+    pub replica_id: Option<String>,
 }
 
 impl Default for RawState {
@@ -415,6 +417,7 @@ impl Default for RawState {
             on_unavailable: RawOnUnavailable::default(),
             encryption_key: None,
             encryption_key_file: None,
+            replica_id: None,
         }
     }
 }

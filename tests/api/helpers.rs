@@ -317,6 +317,9 @@ pub async fn spawn_app_with(mut setup: Setup) -> TestApp {
     }
     let config = Config::from_toml_and_env(&config_toml(&world, &audit_path, &entries), env)
         .expect("valid test configuration");
+    // The file this gateway writes: on the redis backend, its replica's own beside `audit.path`.
+    let audit_path =
+        sync_gateway::audit::trail_path(&config.audit, &config.state).unwrap_or(audit_path);
     let (address, handle, audit, running, otel) =
         start_gateway(config.clone(), setup.audit_sink.take(), world.clock.clone()).await;
     let test_app = TestApp {

@@ -5,6 +5,7 @@ mod applications;
 mod audit;
 mod audit_cli;
 mod audit_path;
+mod audit_replicas;
 mod callers;
 mod cli;
 mod client_auth;

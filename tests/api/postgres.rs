@@ -16,7 +16,7 @@ use sync_gateway::{Application, Config};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-fn database_url(test: &str) -> Option<String> {
+pub(crate) fn database_url(test: &str) -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
@@ -28,7 +28,7 @@ fn database_url(test: &str) -> Option<String> {
 
 /// A schema of its own per test, so tests never share a chain; dropped when the test ends
 /// so the shared database does not fill up.
-struct Schema {
+pub(crate) struct Schema {
     name: String,
     url: String,
 }
@@ -70,14 +70,14 @@ impl Drop for Schema {
     }
 }
 
-fn fresh_schema(url: &str) -> Schema {
+pub(crate) fn fresh_schema(url: &str) -> Schema {
     Schema {
         name: format!("audit_test_{}", uuid::Uuid::new_v4().simple()),
         url: url.to_string(),
     }
 }
 
-fn postgres_setup(url: &str, schema: &str) -> Setup {
+pub(crate) fn postgres_setup(url: &str, schema: &str) -> Setup {
     let mut setup = Setup::default()
         .set("audit.sinks", "[\"postgres\"]")
         .set("audit.postgres_schema", &format!("{schema:?}"))

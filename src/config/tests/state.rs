@@ -132,3 +132,62 @@ fn an_encryption_key_written_in_the_configuration_file_is_refused() {
         "must not be written in the configuration file",
     );
 }
+const REPLICA_VAR: &str = "SYNC_GATEWAY__STATE__REPLICA_ID";
+
+#[test]
+fn the_replica_id_defaults_to_hostname_the_pod_name() {
+    let c = load("", &[("HOSTNAME", "sync-gateway-7d9f8c6b5-x2k4q")]).unwrap();
+    assert_eq!(c.state.replica_id.as_str(), "sync-gateway-7d9f8c6b5-x2k4q");
+    assert!(
+        c.state.replica_id_source.contains("HOSTNAME"),
+        "{}",
+        c.state.replica_id_source
+    );
+}
+
+#[test]
+fn without_hostname_the_replica_id_is_the_machines_hostname() {
+    let c = load("", &[]).unwrap();
+    let machine = crate::config::validate::machine_hostname().expect("a Linux hostname");
+    assert_eq!(c.state.replica_id.as_str(), machine);
+    assert!(c.state.replica_id_source.contains("the machine's hostname"));
+}
+
+#[test]
+fn a_configured_replica_id_wins_over_hostname_and_the_environment_over_the_file() {
+    let c = load("replica_id = \"gw-a\"", &[("HOSTNAME", "pod-1")]).unwrap();
+    assert_eq!(c.state.replica_id.as_str(), "gw-a");
+    assert_eq!(c.state.replica_id_source, "from the file");
+    let c = load(
+        "replica_id = \"gw-a\"",
+        &[("HOSTNAME", "pod-1"), (REPLICA_VAR, "gw-b")],
+    )
+    .unwrap();
+    assert_eq!(c.state.replica_id.as_str(), "gw-b");
+    assert!(c.state.replica_id_source.contains(REPLICA_VAR));
+}
+
+#[test]
+fn an_invalid_replica_id_is_refused_naming_the_key_and_where_it_came_from() {
+    let errs = load("replica_id = \"../etc\"", &[]).unwrap_err();
+    assert_error(&errs, "state.replica_id", "A-Z a-z 0-9 . _ -");
+    let e = errs.iter().find(|e| e.key == "state.replica_id").unwrap();
+    assert!(
+        e.origin.as_deref().is_some_and(|o| o.contains("line")),
+        "{e:?}"
+    );
+
+    let errs = load("", &[(REPLICA_VAR, &"x".repeat(64))]).unwrap_err();
+    let e = errs.iter().find(|e| e.key == "state.replica_id").unwrap();
+    assert!(
+        e.origin.as_deref().is_some_and(|o| o.contains(REPLICA_VAR)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_invalid_hostname_default_is_refused_naming_hostname_and_the_key_to_set() {
+    let errs = load("", &[("HOSTNAME", "pod 0")]).unwrap_err();
+    assert_error(&errs, "state.replica_id", "HOSTNAME environment variable");
+    assert_error(&errs, "state.replica_id", "set state.replica_id");
+}

@@ -18,6 +18,8 @@ mod telemetry;
 pub use audit::{valid_schema_name, MIN_HMAC_KEY_BYTES};
 pub use check::{is_loopback_host, parse_service_url};
 pub use hooks::{MAX_HOOK_BODY_BYTES, MAX_HOOK_SECRETS};
+#[cfg(test)]
+pub(crate) use state::machine_hostname;
 
 use check::Check;
 
@@ -31,6 +33,7 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
         raw,
         origins,
         azure,
+        hostname,
         unknown,
     } = loaded;
     let mut c = Check {
@@ -61,7 +64,7 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
     let audit = c.audit(raw.audit);
     let sync = c.sync_action(raw.actions.sync);
     let telemetry = c.telemetry(raw.telemetry);
-    let state = c.state(raw.state);
+    let state = c.state(raw.state, hostname, state::machine_hostname);
 
     if !c.errors.is_empty() {
         return Err(c.errors);

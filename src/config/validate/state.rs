@@ -5,8 +5,9 @@
 use super::check::Check;
 use super::secret::SecretKey;
 use crate::config::model::{OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
-use crate::config::names::ENV_PREFIX;
+use crate::config::names::{ENV_PREFIX, HOSTNAME_ENV};
 use crate::config::raw::RawState;
+use crate::domain::{ReplicaId, MAX_REPLICA_ID_CHARS};
 use crate::secret::StoreKey;
 use std::net::IpAddr;
 use url::Url;
@@ -60,9 +61,77 @@ pub fn parse_redis_url(v: &str) -> Result<Url, String> {
     }
 }
 
+/// What a replica id may be, in an operator's words.
+fn replica_id_rule() -> String {
+    format!("1 to {MAX_REPLICA_ID_CHARS} characters of A-Z a-z 0-9 . _ - (not only dots)")
+}
+
+/// The machine's hostname, the last default of `state.replica_id`.
+pub(crate) fn machine_hostname() -> Option<String> {
+    whoami::hostname()
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 impl Check {
-    pub(super) fn state(&mut self, raw: RawState) -> Option<StateConfig> {
+    /// `state.replica_id`: the configured value, else `HOSTNAME` (`hostname`), else the
+    /// machine's hostname (`machine`); with where it came from. An invalid value is an error
+    /// naming its source, never silently replaced by the next default: two replicas that fell
+    /// back to the same machine name would write one chain from two processes.
+    pub(super) fn replica_id(
+        &mut self,
+        configured: Option<String>,
+        hostname: Option<String>,
+        machine: fn() -> Option<String>,
+    ) -> Option<(ReplicaId, String)> {
+        const KEY: &str = "state.replica_id";
+        if let Some(v) = configured {
+            let source = self.origin(KEY);
+            return match ReplicaId::parse(&v) {
+                Some(id) => Some((id, source)),
+                None => {
+                    self.err(KEY, format!("{v:?} is not {}", replica_id_rule()));
+                    None
+                }
+            };
+        }
+        let (value, source) = match hostname.filter(|h| !h.is_empty()) {
+            Some(h) => (h, format!("the {HOSTNAME_ENV} environment variable")),
+            None => match machine() {
+                Some(h) => (h, "the machine's hostname".to_string()),
+                None => {
+                    self.err_plain(
+                        KEY,
+                        format!("is unset, {HOSTNAME_ENV} is unset and the machine's hostname cannot be read: set state.replica_id (or {ENV_PREFIX}STATE__REPLICA_ID)"),
+                    );
+                    return None;
+                }
+            },
+        };
+        match ReplicaId::parse(&value) {
+            Some(id) => Some((id, format!("the default, {source}"))),
+            None => {
+                self.err_plain(
+                    KEY,
+                    format!(
+                        "is unset and its default, {source} ({value:?}), is not {}: set state.replica_id (or {ENV_PREFIX}STATE__REPLICA_ID)",
+                        replica_id_rule()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn state(
+        &mut self,
+        raw: RawState,
+        hostname: Option<String>,
+        machine: fn() -> Option<String>,
+    ) -> Option<StateConfig> {
         let mut ok = true;
+        let replica = self.replica_id(raw.replica_id, hostname, machine);
         let url = match self.secret(&REDIS_URL, raw.redis_url, raw.redis_url_file) {
             Ok(found) => found,
             Err(()) => {
@@ -132,7 +201,10 @@ impl Check {
             // Nothing is encrypted for Redis in memory mode; a key left over is harmless.
             StateBackendKind::Memory => None,
         };
+        let (replica_id, replica_id_source) = replica?;
         ok.then_some(StateConfig {
+            replica_id,
+            replica_id_source,
             backend: raw.backend,
             redis_url,
             key_prefix: raw.key_prefix,
