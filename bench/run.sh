@@ -179,7 +179,6 @@ redis_forget_keys() {
 
 cleanup() {
   local pid
-  redis_forget_keys
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -188,6 +187,8 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  # After the gateways stopped, so that none writes a key after it.
+  redis_forget_keys
   if [[ $KEEP == 1 ]]; then
     log "work directory kept: $WORK"
   else
