@@ -830,10 +830,14 @@ scenario_replicas_redis() {
   TARGET_ROWS+=("| replicas-redis: Redis round trips per accepted request, proxy (warm) | ≤ 2 | ${R[replicas_proxy_rt]} | $(verdict "${R[replicas_proxy_rt]} <= 2") | |")
   if [[ -n ${R[storm_rps]:-} ]]; then
     # The two replicas share the one core the memory-mode process had: what they accept
-    # together is what one replica accepts per core.
+    # together is what one replica accepts per core. Judged on the lower of the requests/s
+    # ratio and the CPU µs/request ratio: on a loaded machine the core is not the only limit on
+    # requests/s, and CPU per request drifts less.
+    local low
     r=$(ratio "${R[replicas_storm_rps]}" "${R[storm_rps]}")
     c=$(ratio "${R[storm_cpu]}" "${R[replicas_storm_cpu]}")
-    TARGET_ROWS+=("| replicas-redis: storm throughput per replica (per core) / memory mode | ≥ 0.60 | $r (${R[replicas_storm_rps]} / ${R[storm_rps]} requests/s; by CPU µs/request: $c) | $(verdict "$r >= 0.60") | |")
+    low=$(awk -v a="$r" -v b="$c" 'BEGIN { print (a + 0 < b + 0) ? a : b }')
+    TARGET_ROWS+=("| replicas-redis: storm throughput per replica (per core) / memory mode, the lower of requests/s and CPU µs/request | ≥ 0.60 | $low (requests/s: $r, ${R[replicas_storm_rps]} / ${R[storm_rps]}; CPU µs/request: $c, ${R[storm_cpu]} / ${R[replicas_storm_cpu]}) | $(verdict "$low >= 0.60") | |")
   else
     TARGET_ROWS+=("| replicas-redis: storm throughput per replica (per core) / memory mode | ≥ 0.60 | n/a: run the storm scenario too | | |")
   fi
