@@ -5,6 +5,9 @@
 #   bench/run.sh --smoke    CI: a couple of seconds per scenario, debug build; asserts only that
 #                           every contender answered and that the counts are right, never a timing
 #
+# The replicas-redis scenario needs REDIS_URL (the machine's Redis, e.g. redis://127.0.0.1:6379,
+# as .ci/run sets it); without it that scenario is skipped with the reason printed.
+#
 # Contenders and scenarios are described in bench/README.md. Everything runs on loopback; the
 # contender is pinned to one core, the load generator, nginx and the simulated Entra ID to the
 # other. Every process this script starts is stopped by its trap. It installs what it needs
@@ -21,7 +24,7 @@ usage: bench/run.sh [--smoke] [--build debug|release] [--only LIST] [--duration 
 
   --smoke            short scenarios, small token sets, debug build; checks counts only
   --build            which build of the gateway to measure (default: release; debug with --smoke)
-  --only LIST        comma-separated subset of: proxy,storm,cold,memory,startup
+  --only LIST        comma-separated subset of: proxy,storm,replicas-redis,cold,memory,startup
   --duration S       measured seconds per wrk run (default 30; 2 with --smoke)
   --warmup S         warm-up seconds before each measured run, excluded (default 5; 1 with --smoke)
   --connections N    wrk connections (default 64)
@@ -33,7 +36,7 @@ EOF
 
 SMOKE=0
 BUILD=""
-ONLY="proxy,storm,cold,memory,startup"
+ONLY="proxy,storm,replicas-redis,cold,memory,startup"
 DURATION=""
 WARMUP=""
 CONNS=64
@@ -89,7 +92,9 @@ die() { echo "bench: error: $*" >&2; exit 1; }
 
 ensure_tools() {
   local missing=() tool pkg
-  for tool in wrk:wrk haproxy:haproxy nginx:nginx curl:curl jq:jq taskset:util-linux; do
+  local tools=(wrk:wrk haproxy:haproxy nginx:nginx curl:curl jq:jq taskset:util-linux)
+  wants replicas-redis && tools+=(redis-cli:redis-tools)
+  for tool in "${tools[@]}"; do
     pkg=${tool#*:}
     tool=${tool%%:*}
     command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
@@ -159,6 +164,19 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-gateway-bench.XXXXXX")
 PIDS=()
 FAILURES=()
 
+# The replicas-redis scenario's Redis (REDIS_URL, the machine's) and the key prefix of this run:
+# every key the gateways write starts with it, and it is deleted at the end, on this Redis that
+# others share.
+BENCH_REDIS_URL=${REDIS_URL:-}
+REDIS_PREFIX="sync-gateway-bench:$$-$RANDOM:"
+rcli() { timeout 10 redis-cli -u "$BENCH_REDIS_URL" "$@"; }
+REDIS_USED=0
+redis_forget_keys() {
+  [[ $REDIS_USED == 1 ]] || return 0
+  rcli --scan --pattern "${REDIS_PREFIX}*" 2>/dev/null | xargs -r -n 500 redis-cli -u "$BENCH_REDIS_URL" unlink >/dev/null 2>&1 || true
+  REDIS_USED=0
+}
+
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do
@@ -169,6 +187,8 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  # After the gateways stopped, so that none writes a key after it.
+  redis_forget_keys
   if [[ $KEEP == 1 ]]; then
     log "work directory kept: $WORK"
   else
@@ -250,8 +270,8 @@ UPSTREAM=http://127.0.0.1:$NGINX_PORT
 # every core), then is pinned with the load generator.
 
 SETS=()
-wants proxy && SETS+=(--set "proxy:$N_PROXY")
-wants storm && SETS+=(--set "storm:$N_STORM")
+{ wants proxy || wants replicas-redis; } && SETS+=(--set "proxy:$N_PROXY")
+{ wants storm || wants replicas-redis; } && SETS+=(--set "storm:$N_STORM")
 wants cold && SETS+=(--set "cold:$N_COLD")
 wants memory && SETS+=(--set "memory:$MEMORY_CALLERS" --set "trickle:$N_TRICKLE")
 ENV_DIR=$WORK/env
@@ -317,15 +337,15 @@ upstream_count() { awk -v m="$1" -v p="$2" '$1 == m && $2 == p { n++ } END { pri
 
 GW_PORT=$(free_port)
 GW_PID="" GW_DIR=""
-# gateway_config NAME COOLDOWN LIMITS(high|shipped)
+# gateway_config NAME COOLDOWN LIMITS(high|shipped) [PORT]
 gateway_config() {
-  local name=$1 cooldown=$2 limits=$3
+  local name=$1 cooldown=$2 limits=$3 port=${4:-$GW_PORT}
   GW_DIR=$WORK/gateway-$name
   mkdir -p "$GW_DIR"
   {
     cat <<EOF
 [server]
-listen = "127.0.0.1:$GW_PORT"
+listen = "127.0.0.1:$port"
 [entra]
 authority_host = "$ENTRA_URL"
 tenant_id = "$TENANT_ID"
@@ -604,6 +624,9 @@ scenario_storm() {
   total=$(($(j .requests "$warm") + $(j .requests "$meas")))
   errs=$(($(wrk_errors "$warm") + $(wrk_errors "$meas")))
   accepted=$(rps "$meas")
+  # For the replicas-redis scenario: the same storm in one process with the memory backend.
+  R[storm_rps]=$accepted
+  R[storm_cpu]=$cpu
   [[ $(j .requests "$meas") -gt 0 ]] && pass || fail "storm: no request answered"
   [[ $errs == 0 ]] && pass || fail "storm: $errs errors"
   [[ $posts == 1 ]] && pass || fail "storm: $posts upstream calls (expected 1)"
@@ -613,6 +636,215 @@ scenario_storm() {
   TARGET_ROWS+=("| storm: accepted requests/s ($N_STORM callers, cooldown 600 s) | ≥ 15,000 | $accepted (p99 $(ms "$(j .p99_us "$meas")") ms; $cpu CPU µs/request) | $(verdict "$accepted >= 15000") | $load |")
   TARGET_ROWS+=("| storm: upstream calls (+ scheduled run) | 1 (+ ≤ 1) | $posts (+ $scheduled) of $total requests | $([[ $posts == 1 && $scheduled -le 1 ]] && echo yes || echo '**no**') | |")
   TARGET_ROWS+=("| storm: errors | 0 | $errs | $([[ $errs == 0 ]] && echo yes || echo '**no**') | |")
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenario: replicas-redis. The storm and the proxy scenarios again, through 2 replicas sharing
+# their state on one Redis (REDIS_URL, loopback; this run's own key prefix). Both replicas share
+# the contender's core, so together they have what the single process had. The load is split
+# per connection, as a Kubernetes Service spreads it: one wrk per replica, each with half the
+# connections and the same callers, started together. Redis round trips come from its
+# `INFO commandstats` before and after the measured run.
+
+REPLICAS=2
+REPLICA_ROWS=()
+REPLICA_NOTES=()
+REPLICA_SKIPPED=""
+
+# Commands the gateway runs only inside its Lua scripts (`redis.call`): commandstats counts them
+# too, but they cost no round trip. (SET is also sent on its own for webhook delivery ids, which
+# these scenarios do not use.)
+LUA_COMMANDS=$(grep -rhoE "redis\.call\('[A-Za-z]+'" "$ROOT/src" | sed -E "s/.*'([A-Za-z]+)'/\1/" | tr 'A-Z' 'a-z' | sort -u | paste -sd ' ')
+
+# The calls of every command so far, "name calls" per line (INFO itself left out).
+redis_calls() {
+  rcli info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ { sub(/^cmdstat_/, "", $1); if ($1 != "info") print $1, $3 }'
+}
+# redis_delta BEFORE AFTER: "round_trips calls" (round trips leave out LUA_COMMANDS).
+redis_delta() {
+  awk -v lua=" $LUA_COMMANDS " 'NR == FNR { b[$1] = $2; next } {
+      d = $2 - b[$1]; all += d; if (index(lua, " " $1 " ") == 0) rt += d
+    } END { print rt + 0, all + 0 }' <(echo "$1") <(echo "$2")
+}
+# redis_round_trips_by_command BEFORE AFTER: "command calls, ..." of the round trips, most first.
+redis_round_trips_by_command() {
+  awk -v lua=" $LUA_COMMANDS " 'NR == FNR { b[$1] = $2; next }
+    index(lua, " " $1 " ") == 0 && $2 - b[$1] > 0 { print $2 - b[$1], $1 }' <(echo "$1") <(echo "$2") |
+    sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }'
+}
+# redis_delta_of BEFORE AFTER COMMAND: the calls of one command in between.
+redis_delta_of() { awk -v c="$3" 'NR == FNR { if ($1 == c) b = $2; next } $1 == c { a = $2 } END { print a - b }' <(echo "$1") <(echo "$2"); }
+
+# run_wrk_pair URL_A URL_B TOKENS SECONDS OUT: one wrk per replica, half the connections each,
+# at the same time; prints each one's JSON summary, one per line.
+run_wrk_pair() {
+  local a=$1 b=$2 tokens=$3 secs=$4 out=$5 half=$((CONNS / 2)) pa pb
+  BENCH_TOKENS=$tokens timeout $((secs + 60)) taskset -c "$LOAD_CPU" \
+    wrk -t"$WRK_THREADS" -c"$half" -d"${secs}s" --timeout 10s -s "$ROOT/bench/tokens.lua" "$a" >"$out-a.out" 2>&1 &
+  pa=$!
+  BENCH_TOKENS=$tokens timeout $((secs + 60)) taskset -c "$LOAD_CPU" \
+    wrk -t"$WRK_THREADS" -c"$half" -d"${secs}s" --timeout 10s -s "$ROOT/bench/tokens.lua" "$b" >"$out-b.out" 2>&1 &
+  pb=$!
+  wait "$pa" || die "wrk (replica 1) failed: $(tail -5 "$out-a.out")"
+  wait "$pb" || die "wrk (replica 2) failed: $(tail -5 "$out-b.out")"
+  grep -h '^WRK_JSON ' "$out-a.out" "$out-b.out" | sed 's/^WRK_JSON //'
+}
+# Both replicas' summaries as one: requests and errors summed, the longer duration, the worse
+# percentiles.
+wrk_sum() {
+  jq -sc '{requests: (map(.requests) | add), duration_us: (map(.duration_us) | max),
+    status_errors: (map(.status_errors) | add), connect_errors: (map(.connect_errors) | add),
+    read_errors: (map(.read_errors) | add), write_errors: (map(.write_errors) | add),
+    timeouts: (map(.timeouts) | add), p50_us: (map(.p50_us) | max), p99_us: (map(.p99_us) | max)}' <<<"$1"
+}
+
+REPLICA_PIDS=() REPLICA_PORTS=() REPLICA_DIRS=()
+# start_replicas NAME COOLDOWN: REPLICAS gateways on the contender's core, one Redis, one prefix.
+start_replicas() {
+  local name=$1 cooldown=$2 i port pid ready
+  REPLICA_PIDS=() REPLICA_PORTS=() REPLICA_DIRS=()
+  for i in $(seq "$REPLICAS"); do
+    port=$(free_port)
+    gateway_config "$name-$i" "$cooldown" high "$port"
+    cat >>"$GW_DIR/gateway.toml" <<EOF
+[state]
+backend = "redis"
+key_prefix = "$REDIS_PREFIX"
+EOF
+    # The URL from the environment, as the chart gives it (it may carry a password).
+    SYNC_GATEWAY__STATE__REDIS_URL=$BENCH_REDIS_URL start_bg "$GW_DIR/gateway.log" \
+      taskset -c "$CONTENDER_CPU" "$GATEWAY" serve --config "$GW_DIR/gateway.toml"
+    REPLICA_PIDS+=("$LAST_PID") REPLICA_PORTS+=("$port") REPLICA_DIRS+=("$GW_DIR")
+  done
+  for i in "${!REPLICA_PIDS[@]}"; do
+    pid=${REPLICA_PIDS[$i]} port=${REPLICA_PORTS[$i]} ready=0
+    for _ in $(seq 600); do
+      [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/readyz") == 200 ]] && { ready=1; break; }
+      kill -0 "$pid" 2>/dev/null || die "replica $((i + 1)) stopped: $(tail -5 "${REPLICA_DIRS[$i]}/gateway.log")"
+      sleep 0.05
+    done
+    [[ $ready == 1 ]] || die "replica $((i + 1)) was not ready within 30 s: $(curl -s --max-time 2 "http://127.0.0.1:$port/readyz")"
+  done
+}
+stop_replicas() { local pid; for pid in "${REPLICA_PIDS[@]}"; do stop_pid "$pid" TERM; done; }
+replicas_cpu_ticks() { local pid t=0; for pid in "${REPLICA_PIDS[@]}"; do t=$((t + $(cpu_ticks "$pid"))); done; echo "$t"; }
+# Over every replica's trail (each writes its own).
+replicas_audit_events() {
+  local d n=0
+  for d in "${REPLICA_DIRS[@]}"; do n=$((n + $(cat "$d"/audit.jsonl* | grep -c "\"event\":\"$1\"" || true))); done
+  echo "$n"
+}
+
+# replicas_run storm|proxy: one measured run through the replicas; adds its row and checks.
+replicas_run() {
+  local kind=$1 cooldown tokens n warm per meas load ex0 ex posts gets total errs c0 cpu r0 r1 rt all
+  local scripts started scheduled a_req b_req label accepted
+  if [[ $kind == storm ]]; then
+    cooldown=600 tokens=$ENV_DIR/tokens-storm.txt n=$N_STORM
+  else
+    cooldown=0 tokens=$ENV_DIR/tokens-proxy.txt n=$N_PROXY
+  fi
+  log "replicas-redis: $kind through $REPLICAS replicas"
+  start_nginx "replicas-$kind"
+  start_replicas "replicas-$kind" "$cooldown"
+  local url_a=http://127.0.0.1:${REPLICA_PORTS[0]}/sync url_b=http://127.0.0.1:${REPLICA_PORTS[1]}/sync
+  ex0=$(exchanges)
+  # Two steps, so that a failed wrk stops the run (a substitution inside an argument would not).
+  per=$(run_wrk_pair "$url_a" "$url_b" "$tokens" "$WARMUP" "$WORK/wrk-replicas-$kind-warmup")
+  warm=$(wrk_sum "$per")
+  load=$(load1)
+  c0=$(replicas_cpu_ticks)
+  r0=$(redis_calls)
+  per=$(run_wrk_pair "$url_a" "$url_b" "$tokens" "$DURATION" "$WORK/wrk-replicas-$kind")
+  r1=$(redis_calls)
+  meas=$(wrk_sum "$per")
+  cpu=$(per_request_us $(($(replicas_cpu_ticks) - c0)) "$(j .requests "$meas")")
+  read -r rt all < <(redis_delta "$r0" "$r1")
+  scripts=$(($(redis_delta_of "$r0" "$r1" evalsha) + $(redis_delta_of "$r0" "$r1" eval)))
+  a_req=$(sed -n 1p <<<"$per" | jq -r .requests)
+  b_req=$(sed -n 2p <<<"$per" | jq -r .requests)
+  # Runs still in flight when wrk stopped get a moment to finish before the stop.
+  if [[ $kind == proxy ]]; then sleep 1; fi
+  stop_replicas
+  stop_nginx
+  posts=$(upstream_count POST "$SYNC_PATH")
+  gets=$(upstream_count GET "$SETTINGS_PATH")
+  ex=$(($(exchanges) - ex0))
+  total=$(($(j .requests "$warm") + $(j .requests "$meas")))
+  errs=$(($(wrk_errors "$warm") + $(wrk_errors "$meas")))
+  accepted=$(j .requests "$meas")
+
+  # Counts: both replicas answered, no errors, the limits went through Redis (at least one
+  # script call per accepted request; others' traffic on this shared Redis can only add), and
+  # the upstream saw what the single-process scenario would, per replica at most.
+  ((a_req > 0 && b_req > 0)) && pass || fail "replicas-redis/$kind: a replica answered nothing ($a_req, $b_req requests)"
+  [[ $errs == 0 ]] && pass || fail "replicas-redis/$kind: $errs errors (non-2xx or socket errors)"
+  ((scripts >= accepted)) && pass ||
+    fail "replicas-redis/$kind: $scripts script calls on Redis for $accepted accepted requests (the limits did not go through Redis)"
+  # The settings are read once per tenant for the shared schedule (two replicas starting at
+  # the same instant may both read); each replica keeps its own exchange cache.
+  ((gets >= 1 && gets <= REPLICAS)) && pass || fail "replicas-redis/$kind: $gets settings reads (expected 1, at most 1 per replica)"
+  ((ex <= REPLICAS * n)) && pass || fail "replicas-redis/$kind: $ex exchanges for $n tokens on $REPLICAS replicas"
+  if [[ $kind == storm ]]; then
+    # The run schedule is shared through Redis: one immediate run for the tenant across the
+    # replicas, and at most one scheduled (trailing) run, as one process makes.
+    scheduled=$(replicas_audit_events scheduled)
+    ((posts == 1)) && pass || fail "replicas-redis/storm: $posts upstream calls (expected exactly 1 across $REPLICAS replicas)"
+    ((scheduled <= 1)) && pass || fail "replicas-redis/storm: $scheduled scheduled runs (expected at most 1 across $REPLICAS replicas)"
+    R[replicas_storm_rps]=$(rps "$meas")
+    R[replicas_storm_cpu]=$cpu
+    R[replicas_storm_posts]=$posts
+    R[replicas_storm_scheduled]=$scheduled
+    label="storm (cooldown 600 s, $n callers)"
+  else
+    # Every answer is one upstream call (plus those in flight at the stop, one per connection),
+    # none without its durable 'started' record on its replica's trail (invariant 1).
+    started=$(replicas_audit_events started)
+    ((posts >= total && posts <= total + 2 * CONNS)) && pass ||
+      fail "replicas-redis/proxy: $posts upstream calls for $total answered requests"
+    ((posts <= started && started <= posts + CONNS)) && pass ||
+      fail "replicas-redis/proxy: $posts upstream calls but $started durable 'started' records"
+    label="proxy (cooldown 0, $n callers)"
+  fi
+  R[replicas_${kind}_rt]=$(ratio "$rt" "$accepted")
+  REPLICA_NOTES+=("- $kind: round trips by command over the measured run: $(redis_round_trips_by_command "$r0" "$r1")")
+  REPLICA_ROWS+=("| $label | $(rps "$meas") | $a_req / $b_req | $(ms "$(j .p50_us "$meas")") | $(ms "$(j .p99_us "$meas")") | ${cpu:-—} | ${R[replicas_${kind}_rt]} ($rt) | $(ratio "$all" "$accepted") ($all) | $posts | $ex | $errs | $load |")
+}
+
+scenario_replicas_redis() {
+  log "replicas-redis"
+  if [[ -z $BENCH_REDIS_URL ]]; then
+    REPLICA_SKIPPED="REDIS_URL is unset; the machine's Redis: REDIS_URL=redis://127.0.0.1:6379"
+    log "replicas-redis: SKIPPED: $REPLICA_SKIPPED"
+    return 0
+  fi
+  if [[ $(rcli ping 2>&1) != PONG ]]; then
+    fail "replicas-redis: the Redis at REDIS_URL does not answer PING"
+    return 0
+  fi
+  REDIS_USED=1
+  replicas_run storm
+  replicas_run proxy
+  redis_forget_keys
+  local r c shared
+  TARGET_ROWS+=("| replicas-redis: Redis round trips per accepted request, storm (warm) | ≤ 2 | ${R[replicas_storm_rt]} | $(verdict "${R[replicas_storm_rt]} <= 2") | |")
+  TARGET_ROWS+=("| replicas-redis: Redis round trips per accepted request, proxy (warm) | ≤ 2 | ${R[replicas_proxy_rt]} | $(verdict "${R[replicas_proxy_rt]} <= 2") | |")
+  if [[ -n ${R[storm_rps]:-} ]]; then
+    # The two replicas share the one core the memory-mode process had: what they accept
+    # together is what one replica accepts per core. Judged on the lower of the requests/s
+    # ratio and the CPU µs/request ratio: on a loaded machine the core is not the only limit on
+    # requests/s, and CPU per request drifts less.
+    local low
+    r=$(ratio "${R[replicas_storm_rps]}" "${R[storm_rps]}")
+    c=$(ratio "${R[storm_cpu]}" "${R[replicas_storm_cpu]}")
+    low=$(awk -v a="$r" -v b="$c" 'BEGIN { print (a + 0 < b + 0) ? a : b }')
+    TARGET_ROWS+=("| replicas-redis: storm throughput per replica (per core) / memory mode, the lower of requests/s and CPU µs/request | ≥ 0.60 | $low (requests/s: $r, ${R[replicas_storm_rps]} / ${R[storm_rps]}; CPU µs/request: $c, ${R[storm_cpu]} / ${R[replicas_storm_cpu]}) | $(verdict "$low >= 0.60") | |")
+  else
+    TARGET_ROWS+=("| replicas-redis: storm throughput per replica (per core) / memory mode | ≥ 0.60 | n/a: run the storm scenario too | | |")
+  fi
+  shared=yes
+  [[ ${R[replicas_storm_posts]} == 1 ]] || shared="**no**"
+  TARGET_ROWS+=("| replicas-redis: storm upstream calls across $REPLICAS replicas (+ scheduled) | 1 (+ ≤ 1) | ${R[replicas_storm_posts]} (+ ${R[replicas_storm_scheduled]}) | $shared | |")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -719,6 +951,7 @@ STARTED=$(date -u +%Y-%m-%dT%H:%MZ)
 BEGAN=$(date +%s)
 wants proxy && scenario_proxy
 wants storm && scenario_storm
+wants replicas-redis && scenario_replicas_redis
 wants cold && scenario_cold
 wants memory && scenario_memory
 wants startup && scenario_startup
@@ -742,6 +975,23 @@ if [[ ${#PROXY_ROWS[@]} -gt 0 ]]; then
 |---|---|---|---|---|---|---|---|---|---|---|
 EOF
   printf '%s\n' "${PROXY_ROWS[@]}"
+fi
+if [[ ${#REPLICA_ROWS[@]} -gt 0 ]]; then
+  cat <<EOF
+
+### replicas-redis: $REPLICAS replicas on one Redis ($(rcli info server | tr -d '\r' | awk -F: '/^redis_version:/ { print "Redis " $2 }'), loopback), sharing the contender's core
+
+Load split per connection, as a Kubernetes Service spreads it: one wrk per replica, $((CONNS / 2)) connections each, the same callers. Round trips: the calls counted by Redis's \`INFO commandstats\` over the measured run, less the commands run inside the gateway's Lua scripts ($LUA_COMMANDS); calls: every command, those included. Others' traffic on this shared Redis would add to both, and so do the requests wrk abandons at its stops (at most one per connection), which reach Redis without being counted as accepted: with the few requests of \`--smoke\` that alone shows as more than one round trip per request.
+
+| scenario | requests/s (both) | requests, replica 1 / 2 | p50 ms | p99 ms | CPU µs/request (both) | Redis round trips per request (total) | Redis calls per request, in scripts too (total) | upstream calls | exchanges | errors | load 1m |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+EOF
+  printf '%s\n' "${REPLICA_ROWS[@]}"
+  echo
+  printf '%s\n' "${REPLICA_NOTES[@]}"
+fi
+if [[ -n ${REPLICA_SKIPPED:-} ]]; then
+  printf '\nreplicas-redis: skipped (%s).\n' "$REPLICA_SKIPPED"
 fi
 if [[ ${#TARGET_ROWS[@]} -gt 0 ]]; then
   cat <<EOF

@@ -19,6 +19,8 @@ sys.path.insert(0, str(HELM))
 import render  # noqa: E402
 
 VALUE_SETS = ["default", "values-minimal", "values-certificate", "values-all"]
+# Two replicas on Redis: not in VALUE_SETS, whose /data tests are about the one-replica claim.
+REPLICAS = "values-replicas"
 
 
 def values_of(name: str) -> dict:
@@ -36,7 +38,7 @@ def pod(values: dict) -> tuple[dict, dict]:
     return spec, spec["containers"][0]
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+@pytest.mark.parametrize("name", [*VALUE_SETS, REPLICAS])
 def test_the_pod_runs_non_root_read_only_without_privileges(name):
     spec, container = pod(values_of(name))
     for ctx in (spec["securityContext"], container["securityContext"]):
@@ -105,24 +107,117 @@ def test_the_checksum_annotation_is_the_configmaps_and_rolls_the_pod_on_a_change
     assert checksum({"resources": {"requests": {"cpu": "200m"}}}) == checksum({})
 
 
-def test_two_replicas_are_refused_with_the_reason(tmp_path):
-    with pytest.raises(helm.HelmValuesError) as e:
-        render.render({"replicaCount": 2})
-    message = str(e.value)
-    assert "sync schedules and service-identity sessions are shared" in message, message
-    findings = " ".join(render.lint({"replicaCount": 2}))
-    assert "sync schedules and service-identity sessions are shared" in findings
-    # And without the schema (helm --skip-schema-validation), the template refuses it too.
+def render_unschemed(tmp_path, values: dict) -> dict[str, str]:
+    """`helm template --skip-schema-validation`: the templates' own guards alone."""
     unschemed = tmp_path / "sync-gateway"
     shutil.copytree(render.CHART, unschemed)
     (unschemed / "values.schema.json").unlink()
-    with helm.Chart.load(str(unschemed)) as chart, pytest.raises(helm.HelmRenderError) as e:
-        chart.render({"replicaCount": 2}, name=render.RELEASE)
-    assert "sessions are per process until they are shared" in str(e.value), str(e.value)
-    assert render.find(objects({"replicaCount": 1}), "Deployment")["spec"]["replicas"] == 1
+    with helm.Chart.load(str(unschemed)) as chart:
+        return chart.render(values, name=render.RELEASE)
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+
+def without(values: dict, *path: str) -> dict:
+    """A deep copy of values with the key at path removed."""
+    out = yaml.safe_load(yaml.safe_dump(values))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return out
+
+
+def test_two_replicas_on_the_memory_backend_are_refused_with_the_reason(tmp_path):
+    reason = "replicaCount above 1 needs config.state.backend = redis"
+    with pytest.raises(helm.HelmValuesError) as e:
+        render.render({"replicaCount": 2})
+    assert reason in str(e.value), str(e.value)
+    assert reason in " ".join(render.lint({"replicaCount": 2}))
+    memory = without(values_of(REPLICAS), "config", "state", "backend")
+    with pytest.raises(helm.HelmValuesError, match=reason):
+        render.render(memory)
+    # And without the schema (helm --skip-schema-validation), the template refuses it too.
+    with pytest.raises(helm.HelmRenderError, match=reason):
+        render_unschemed(tmp_path, memory)
+
+
+def test_two_replicas_without_the_state_encryption_key_are_refused(tmp_path):
+    reason = "replicaCount above 1 needs secrets.stateEncryptionKey.existingSecret"
+    keyless = without(values_of(REPLICAS), "secrets", "stateEncryptionKey")
+    with pytest.raises(helm.HelmValuesError, match=reason):
+        render.render(keyless)
+    with pytest.raises(helm.HelmRenderError, match=reason):
+        render_unschemed(tmp_path, keyless)
+
+
+def test_two_replicas_with_a_read_write_once_claim_are_refused():
+    values = values_of(REPLICAS)
+    values["persistence"] = {"enabled": True}
+    with pytest.raises(helm.HelmRenderError, match="ReadWriteOnce claim cannot follow the replicas"):
+        render.render(values)
+    values["persistence"]["accessModes"] = ["ReadWriteMany"]
+    assert render.find(objects(values), "Deployment")["spec"]["replicas"] == 2
+
+
+def test_two_replicas_on_redis_read_the_url_from_its_secret_and_their_id_from_the_pod_name():
+    _, container = pod(values_of(REPLICAS))
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    assert env["SYNC_GATEWAY__STATE__REDIS_URL"] == {"secretKeyRef": {"name": "sync-gateway-redis", "key": "url"}}
+    assert env["SYNC_GATEWAY__STATE__REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    config = tomllib.loads(render.gateway_toml(objects(values_of(REPLICAS))))
+    assert config["state"]["backend"] == "redis"
+    assert "redis_url" not in config["state"] and "replica_id" not in config["state"]
+
+
+def test_two_replicas_mount_the_state_encryption_key_the_config_names():
+    values = values_of(REPLICAS)
+    spec, container = pod(values)
+    path = tomllib.loads(render.gateway_toml(objects(values)))["state"]["encryption_key_file"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    volume = next(v for v in spec["volumes"] if v["name"] == "secrets")
+    items = {
+        f"{mount['mountPath']}/{item['path']}": (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert items[path] == ("sync-gateway-state-key", "encryption-key")
+    # Without the Secret the key is not named (a single replica on redis may go without it).
+    one = without(values, "secrets", "stateEncryptionKey")
+    one["replicaCount"] = 1
+    assert "encryption_key_file" not in tomllib.loads(render.gateway_toml(objects(one)))["state"]
+
+
+def test_two_replicas_get_a_disruption_budget_over_their_pods_and_a_rolling_update():
+    objs = objects(values_of(REPLICAS))
+    deployment = render.find(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    budget = render.find(objs, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["spec"]["minAvailable"] == 1 and "maxUnavailable" not in budget["spec"]
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("budget, spec", [
+    ({"minAvailable": 2}, {"minAvailable": 2}),
+    ({"minAvailable": "50%"}, {"minAvailable": "50%"}),
+    ({"maxUnavailable": 1}, {"maxUnavailable": 1}),
+])
+def test_the_disruption_budget_takes_min_available_or_max_unavailable(budget, spec):
+    values = values_of(REPLICAS)
+    values["podDisruptionBudget"] = budget
+    got = render.find(objects(values), "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in got.items() if k != "selector"} == spec
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_one_replica_renders_no_disruption_budget_and_recreates(replicas):
+    objs = objects({"replicaCount": replicas})
+    assert not [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert render.find(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("name", [*VALUE_SETS, REPLICAS])
 def test_no_secret_is_created_or_written_into_the_configmap(name):
     objs = objects(values_of(name))
     assert not [o for o in objs if o["kind"] == "Secret"]
@@ -143,7 +238,7 @@ def test_a_secret_value_in_the_config_values_is_refused(secret):
         render.render({"config": {section: {secret: "s3cret"}}})
 
 
-@pytest.mark.parametrize("name", ["values-minimal", "values-certificate", "values-all"])
+@pytest.mark.parametrize("name", ["values-minimal", "values-certificate", "values-all", REPLICAS])
 def test_every_file_the_config_names_is_mounted_from_a_secret(name):
     spec, container = pod(values_of(name))
     config = tomllib.loads(render.gateway_toml(objects(values_of(name))))
@@ -239,10 +334,10 @@ CHART_SET = {
     "identities": {"store_path", "store_key", "store_key_file"},
     # Signing secrets only ever come from a referenced Secret (secretsSecret), mounted as the file.
     "hooks": {"secrets", "secrets_file"},
-    # The Redis URL may carry a password: only ever from secrets.redisUrl, as the environment.
-    # replica_id is each pod's own: its default, HOSTNAME, is the pod name; one ConfigMap value
-    # would give every replica the same id, hence one audit chain written by several processes.
-    "state": {"redis_url", "redis_url_file", "replica_id"},
+    # The Redis URL may carry a password: only ever from secrets.redisUrl, as the environment;
+    # the encryption key only as the file from secrets.stateEncryptionKey; the replica id is the
+    # pod's name.
+    "state": {"redis_url", "redis_url_file", "encryption_key", "encryption_key_file", "replica_id"},
 }
 
 
