@@ -326,7 +326,7 @@ http {
 EOF
   start_bg "$NGINX_DIR/nginx.out" taskset -c "$LOAD_CPU" nginx -e "$NGINX_DIR/early.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf"
   NGINX_PID=$LAST_PID
-  wait_port "$NGINX_PORT" nginx
+  wait_port "$NGINX_PORT" nginx "$NGINX_PID" "$NGINX_DIR/nginx.out"
 }
 # QUIT: graceful, which flushes the buffered access log.
 stop_nginx() { stop_pid "$NGINX_PID" QUIT; }
@@ -699,20 +699,25 @@ wrk_sum() {
 }
 
 REPLICA_PIDS=() REPLICA_PORTS=() REPLICA_DIRS=()
-# start_replicas NAME COOLDOWN: REPLICAS gateways on the contender's core, one Redis, one prefix.
+# start_replicas NAME COOLDOWN: REPLICAS gateways on the contender's core, one Redis, one prefix
+# per NAME (a scenario must not find the previous one's scheduled run or limits).
 start_replicas() {
   local name=$1 cooldown=$2 i port pid ready
   REPLICA_PIDS=() REPLICA_PORTS=() REPLICA_DIRS=()
+  # The replicas share one schedule and so one state encryption key (a throwaway one here).
+  local state_key
+  state_key=$(head -c 32 /dev/urandom | base64)
   for i in $(seq "$REPLICAS"); do
     port=$(free_port)
     gateway_config "$name-$i" "$cooldown" high "$port"
     cat >>"$GW_DIR/gateway.toml" <<EOF
 [state]
 backend = "redis"
-key_prefix = "$REDIS_PREFIX"
+key_prefix = "$REDIS_PREFIX$name:"
 EOF
     # The URL from the environment, as the chart gives it (it may carry a password).
-    SYNC_GATEWAY__STATE__REDIS_URL=$BENCH_REDIS_URL start_bg "$GW_DIR/gateway.log" \
+    SYNC_GATEWAY__STATE__REDIS_URL=$BENCH_REDIS_URL SYNC_GATEWAY__STATE__ENCRYPTION_KEY=$state_key \
+      SYNC_GATEWAY__STATE__REPLICA_ID="$name-$i" start_bg "$GW_DIR/gateway.log" \
       taskset -c "$CONTENDER_CPU" "$GATEWAY" serve --config "$GW_DIR/gateway.toml"
     REPLICA_PIDS+=("$LAST_PID") REPLICA_PORTS+=("$port") REPLICA_DIRS+=("$GW_DIR")
   done
@@ -731,7 +736,7 @@ replicas_cpu_ticks() { local pid t=0; for pid in "${REPLICA_PIDS[@]}"; do t=$((t
 # Over every replica's trail (each writes its own).
 replicas_audit_events() {
   local d n=0
-  for d in "${REPLICA_DIRS[@]}"; do n=$((n + $(cat "$d"/audit.jsonl* | grep -c "\"event\":\"$1\"" || true))); done
+  for d in "${REPLICA_DIRS[@]}"; do n=$((n + $(cat "$d"/audit*.jsonl* | grep -c "\"event\":\"$1\"" || true))); done
   echo "$n"
 }
 

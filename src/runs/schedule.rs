@@ -93,8 +93,9 @@ pub(super) struct Inner {
     shutting_down: AtomicBool,
     /// With `state.backend = "redis"`: the schedule every replica shares.
     shared: Option<SharedRuns>,
-    /// Shared runs this process executes, with the fencing token of its lease.
-    fences: Arc<Mutex<HashMap<Uuid, String>>>,
+    /// Shared runs this process executes, with the fencing token of its lease and when the
+    /// lease was taken.
+    fences: Arc<Mutex<HashMap<Uuid, Fence>>>,
     /// Shared runs this process has a task for (waiting, executing or following), so the
     /// sweep does not start a second one.
     driven: Mutex<HashSet<Uuid>>,
@@ -519,7 +520,7 @@ impl Inner {
         // Counted before the change is visible, so whoever sees the new state sees it counted.
         self.metrics
             .transition(cell.state().as_str(), state.as_str());
-        cell.update(|r| {
+        let end = |r: &mut Run| {
             r.state = state;
             r.finished_at = Some(now);
             r.error = failure.as_ref().map(|f| super::RunError {
@@ -528,8 +529,13 @@ impl Inner {
             });
             // Not durable yet: callers reading the run see that until the record is written.
             r.outcome_record = Some(OutcomeRecord::Pending);
-        });
-        self.publish_finish(cell).await;
+        };
+        // On the shared schedule the outcome is published first, so a caller who sees it here
+        // and asks another replica next reads the same.
+        let mut ended = cell.view();
+        end(&mut ended);
+        self.publish_finish(cell.id(), &ended).await;
+        cell.update(end);
         self.retire(cell);
         let event = if state == RunState::Abandoned {
             RunEvent::Abandoned
@@ -729,6 +735,22 @@ impl execute::Host for Inner {
     }
 }
 
+/// The lease this process holds on a shared run: its `{owner} {fence}` and when it was taken.
+#[derive(Clone)]
+struct Fence {
+    token: String,
+    taken: std::time::Instant,
+}
+
+impl Fence {
+    fn taken(token: String) -> Self {
+        Fence {
+            token,
+            taken: std::time::Instant::now(),
+        }
+    }
+}
+
 /// Redis could not be reached: the schedule fails closed (a double sync is what the gateway
 /// exists to prevent).
 fn state_unavailable(e: crate::state::Unavailable) -> GatewayError {
@@ -866,7 +888,7 @@ async fn wait_for_shared_turn(inner: &Inner, shared: &SharedRuns, cell: &Arc<Run
                         tracing::warn!(run = %id, error = %e, "could not read the run's joiners; acting as the ones this replica knows");
                     }
                 }
-                inner.fences.lock().insert(id, fence);
+                inner.fences.lock().insert(id, Fence::taken(fence));
                 inner.spawn_heartbeat(cell.clone());
                 inner
                     .metrics
@@ -956,7 +978,7 @@ impl Scheduler {
                     .metrics
                     .next_allowed(tenant, after(now, inner.policy.cooldown));
                 cell.update(|r| r.started_at = Some(now));
-                inner.fences.lock().insert(id, fence);
+                inner.fences.lock().insert(id, Fence::taken(fence));
                 inner.driven.lock().insert(id);
                 inner.track(&cell);
                 inner.spawn_heartbeat(cell.clone());
@@ -1111,7 +1133,7 @@ impl Inner {
         drop(self.runtime.spawn(async move {
             loop {
                 tokio::time::sleep(shared::RUN_LEASE / 3).await;
-                let Some(fence) = fences.lock().get(&cell.id()).cloned() else {
+                let Some(fence) = fences.lock().get(&cell.id()).map(|f| f.token.clone()) else {
                     return;
                 };
                 let view = cell.view();
@@ -1136,6 +1158,11 @@ impl Inner {
         let Some(fence) = self.fences.lock().get(&cell.id()).cloned() else {
             return false;
         };
+        if fence.taken.elapsed() < shared::RUN_LEASE / 3 {
+            // Taken moments ago (the run's first attempt): no other replica can hold it yet.
+            return true;
+        }
+        let fence = fence.token;
         let view = cell.view();
         match shared
             .renew(&view.tenant_id, view.id, &fence, Some(&view))
@@ -1155,17 +1182,15 @@ impl Inner {
 
     /// Publishes a final run on the shared schedule (a few tries: other replicas wait for the
     /// slot it frees); nothing when this process does not hold it.
-    async fn publish_finish(&self, cell: &Arc<RunCell>) {
+    async fn publish_finish(&self, id: Uuid, view: &Run) {
         let Some(shared) = &self.shared else {
             return;
         };
-        let id = cell.id();
-        let Some(fence) = self.fences.lock().remove(&id) else {
+        let Some(Fence { token: fence, .. }) = self.fences.lock().remove(&id) else {
             return;
         };
-        let view = cell.view();
         for attempt in 0..5u32 {
-            match shared.finish(&view, &fence).await {
+            match shared.finish(view, &fence).await {
                 Ok(true) => break,
                 Ok(false) => {
                     tracing::warn!(run = %id, "the run's lease was lost before it finished; its outcome is in this replica's audit chain only");
@@ -1188,7 +1213,7 @@ impl Inner {
         next: DateTime<Utc>,
     ) -> bool {
         let id = cell.id();
-        let Some(fence) = self.fences.lock().remove(&id) else {
+        let Some(Fence { token: fence, .. }) = self.fences.lock().remove(&id) else {
             return false;
         };
         let tenant = cell.tenant_id();
