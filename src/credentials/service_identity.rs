@@ -82,7 +82,7 @@ pub enum SessionBackend {
     /// The encrypted file (memory mode): this process alone refreshes it.
     File(SessionStore),
     /// Redis, shared by every replica (`[state] backend = "redis"`).
-    Redis(RedisSessionStore),
+    Redis(Box<RedisSessionStore>),
 }
 
 /// What the session mutex guards.
@@ -157,7 +157,7 @@ impl ServiceIdentity {
         entra: Arc<EntraClient>,
         store: RedisSessionStore,
     ) -> ServiceIdentity {
-        Self::with_backend(cfg, session, entra, SessionBackend::Redis(store))
+        Self::with_backend(cfg, session, entra, SessionBackend::Redis(Box::new(store)))
     }
 
     fn with_backend(
