@@ -314,7 +314,8 @@ impl ServiceIdentity {
                 match outcome? {
                     Some(token) => return Ok(token),
                     // A newer session (a login, or another replica): read it and go on.
-                    None => continue,
+                    None if Instant::now() < deadline => continue,
+                    None => {}
                 }
             }
             if Instant::now() + pause > deadline {
