@@ -48,7 +48,8 @@ pub enum SessionHealth {
         /// Why, for the operator.
         reason: String,
     },
-    /// The last rotated refresh token could not be stored; it lives only in memory.
+    /// The last rotated refresh token could not be stored (it lives only in memory), or a
+    /// session kept in Redis could not be read at start.
     StoreUnavailable {
         /// Why, for the operator.
         reason: String,
@@ -204,6 +205,9 @@ impl ServiceIdentity {
             Err(e) => {
                 tracing::warn!(identity = %self.name, error = %e,
                     "the service identity's session could not be read from Redis at start; the first request reads it again");
+                self.set_health(SessionHealth::StoreUnavailable {
+                    reason: e.to_string(),
+                });
             }
         }
     }

@@ -682,6 +682,12 @@ async fn an_unreachable_redis_answers_a_service_identity_caller_503_state_unavai
     );
     assert_eq!(app.sims.entra.token_requests(), 0);
     assert_eq!(app.sims.graph.sync_calls(), 0);
+    // The session is unknown, not ready.
+    let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        body["checks"]["service_identities"]["bot"]["state"],
+        "store-unavailable"
+    );
 }
 
 #[tokio::test]
