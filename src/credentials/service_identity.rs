@@ -352,7 +352,20 @@ impl ServiceIdentity {
                 None => Ok(None),
             };
         }
-        let redeemed = self.redeem(s, &current).await?;
+        let redeemed = match self.redeem(s, &current).await {
+            Ok(r) => r,
+            Err(e @ GatewayError::ServiceIdentityLoginRequired { .. }) => {
+                // Refused for good; but a `login` during the refresh brings a new session:
+                // that one is used, not the refusal.
+                return match store.read().await {
+                    Ok(snapshot) if snapshot.generation != expected => {
+                        self.take_up(s, snapshot).await
+                    }
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let next = StoredSession {
             refresh_token: redeemed.rotated.unwrap_or(current.refresh_token.clone()),
             refreshed_at: Some(chrono::Utc::now()),

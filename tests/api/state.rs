@@ -736,3 +736,53 @@ async fn a_replica_that_knows_the_session_but_loses_redis_refuses_with_503_and_n
     assert_eq!(app.sims.entra.refreshes(), 0);
     assert_eq!(app.sims.graph.sync_calls(), 0);
 }
+
+#[tokio::test]
+async fn a_login_during_a_refresh_wins_and_the_refreshed_session_is_fenced_out() {
+    let Some(url) = redis_url("login during a refresh") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(2, &url, &prefix, with_bot).await;
+    run_login(&apps[0], approve_after(0)).await.result.unwrap();
+    let entra = apps[0].sims.entra.clone();
+    let before = entra.token_requests();
+    entra.set_failure(
+        FailureScope::Global,
+        Some(Failure::Slow(Duration::from_millis(1500))),
+    );
+    let token = webhook_token(&apps[0]);
+    let first = {
+        let (http, url, token) = (
+            apps[0].http.clone(),
+            format!("{}/sync", apps[0].address),
+            token.clone(),
+        );
+        tokio::spawn(async move { http.post(url).bearer_auth(token).send().await })
+    };
+    // The refresh is at Entra (held there); a new login is stored meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entra.token_requests() == before {
+        assert!(std::time::Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    entra.set_failure(FailureScope::Global, None);
+    run_login(&apps[1], approve_after(0)).await.result.unwrap();
+    let from_login = refresh_token_in_redis(&apps[0]).await;
+
+    // The held refresh ends, its write is fenced out, and the caller is served with the
+    // login's session (a second refresh, with the login's token).
+    let resp = first.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(entra.refreshes(), 2);
+    let stored = refresh_token_in_redis(&apps[0]).await;
+    assert_ne!(
+        stored, from_login,
+        "the login's token was redeemed and rotated"
+    );
+    assert_eq!(stored, entra.current_refresh_token(&service_account_oid()));
+    // The other replica acts with that session's shared token: no third refresh.
+    assert_eq!(apps[1].post_sync(&token).await.status(), 202);
+    assert_eq!(entra.refreshes(), 2);
+    delete_keys(&url, &prefix).await;
+}
