@@ -156,7 +156,14 @@ fn main() -> ExitCode {
                     match id.delegated() {
                         Some(session) => println!(
                             "# service identity {name} (delegated): session in {}, key from {}",
-                            session.store_path.display(),
+                            match c.state.backend {
+                                sync_gateway::config::StateBackendKind::Memory =>
+                                    session.store_path.display().to_string(),
+                                sync_gateway::config::StateBackendKind::Redis => format!(
+                                    "Redis (key {}session:{{{name}}}, shared by the replicas)",
+                                    c.state.key_prefix
+                                ),
+                            },
                             session.store_key_source
                         ),
                         None => println!(

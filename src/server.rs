@@ -210,7 +210,11 @@ impl Application {
             &config,
             entra.clone(),
             Some(audit.clone()),
+            redis.as_ref(),
         ));
+        // Sessions in Redis are read once now, so `/readyz` knows them (bounded; Redis down
+        // leaves them to the first request).
+        identities.load_shared().await;
         // Application identities hold no session: nothing to load, nothing to keep alive.
         let applications = Arc::new(ApplicationIdentities::from_config(&config, entra.clone()));
         let graph_scope = config.graph.scope(SYNC_PERMISSION);

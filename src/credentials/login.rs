@@ -1,11 +1,13 @@
 //! `sync-gateway login`: signs a service identity in with the device-code flow (reference §5,
-//! RFC 8628) and stores its session encrypted. An interactive command of its own process; the
+//! RFC 8628) and stores its session encrypted: in its file, or, with `[state] backend = "redis"`,
+//! in Redis (where every replica takes it up). An interactive command of its own process; the
 //! running gateway's refreshes of that session are `service_identity`'s.
 
 use super::client_auth::ClientAuth;
 use super::endpoint::{EntraClient, ErrorBody, Refusal};
+use super::redis_store::RedisSessionStore;
 use super::store::{Account, SessionStore, StoreError, StoredSession};
-use crate::config::Config;
+use crate::config::{Config, StateBackendKind};
 use crate::error::GatewayError;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -76,6 +78,10 @@ pub enum LoginError {
     /// The session could not be stored.
     #[error("{0}")]
     Store(StoreError),
+    /// Redis (`[state] backend = "redis"`) could not be reached or did not answer in time;
+    /// nothing was stored.
+    #[error("the session could not be stored in Redis: {0}; run login again once Redis answers")]
+    State(crate::state::Unavailable),
 }
 
 /// What a completed `login` stored: also the record an audit `admin` event should carry.
@@ -87,8 +93,11 @@ pub struct LoginOutcome {
     pub tenant_id: String,
     /// The account that signed in.
     pub account: Account,
-    /// Where the encrypted session is.
+    /// The encrypted session's file (memory mode; with Redis, the file the configuration
+    /// names, not written).
     pub store_path: PathBuf,
+    /// Where the encrypted session is, for the operator: the file, or the Redis key.
+    pub stored_in: String,
 }
 
 #[derive(Deserialize)]
@@ -227,35 +236,59 @@ pub async fn login(
             got: account.tenant_id,
         });
     }
-    let store = SessionStore::new(
-        session.store_path.clone(),
-        &session.store_key,
-        identity,
-        tenant,
-    );
-    store
-        .save(&StoredSession {
-            refresh_token,
-            account: account.clone(),
-            signed_in_at: chrono::Utc::now(),
-            refreshed_at: None,
-        })
-        .map_err(LoginError::Store)?;
+    let signed_in = StoredSession {
+        refresh_token,
+        account: account.clone(),
+        signed_in_at: chrono::Utc::now(),
+        refreshed_at: None,
+    };
+    let stored_in = match config.state.backend {
+        StateBackendKind::Memory => {
+            SessionStore::new(
+                session.store_path.clone(),
+                &session.store_key,
+                identity,
+                tenant,
+            )
+            .save(&signed_in)
+            .map_err(LoginError::Store)?;
+            session.store_path.display().to_string()
+        }
+        StateBackendKind::Redis => {
+            // The same connection, prefix and bound the gateway uses; a login wins over any
+            // session there, and every replica takes it up at its next refresh.
+            let redis =
+                crate::state::Redis::new(&config.state, crate::metrics::StateMetrics::default())
+                    .map_err(LoginError::State)?;
+            let store = RedisSessionStore::new(
+                redis,
+                identity,
+                tenant,
+                &session.store_key,
+                super::service_identity::refresh_lease(config),
+            );
+            store
+                .write_login(&signed_in)
+                .await
+                .map_err(LoginError::State)?;
+            format!("Redis (key {})", store.key())
+        }
+    };
     // `login` is its own process and cannot append to the gateway's chain: the gateway records
     // the `identity_login` admin record when it takes this session up.
     tracing::info!(event = "service_identity_login", identity, tenant,
         account_upn = account.upn.as_deref().unwrap_or(""), account_object_id = account.object_id.as_deref().unwrap_or(""),
-        store = %session.store_path.display(), "service identity signed in");
+        store = %stored_in, "service identity signed in");
     let _ = writeln!(
         out,
-        "Signed in as {} for identity '{identity}'. The session is stored encrypted in {}; a running gateway uses it from its next request.",
+        "Signed in as {} for identity '{identity}'. The session is stored encrypted in {stored_in}; a running gateway uses it from its next request.",
         account.upn.as_deref().or(account.object_id.as_deref()).unwrap_or("the service account"),
-        session.store_path.display()
     );
     Ok(LoginOutcome {
         identity: identity.to_string(),
         tenant_id: tenant.to_string(),
         account,
         store_path: session.store_path.clone(),
+        stored_in,
     })
 }

@@ -8,7 +8,8 @@
 //!   MSAL does) until 5 minutes before it expires and never past the inbound token's own `exp`.
 //!   Concurrent misses for one key make one exchange: the others wait for it.
 //! - A service identity: [`service_identity`] refreshes the session it holds, one refresh in
-//!   flight per identity, storing each rotated refresh token ([`store`]) before use.
+//!   flight per identity, storing each rotated refresh token ([`store`]) before use; with the
+//!   redis state backend in Redis ([`redis_store`]), one refresh at a time across replicas.
 //! - An application identity (`kind = "application"`): [`application`] asks for the gateway
 //!   application's own app-only token (client credentials), cached and single flight like the
 //!   exchange.
@@ -22,6 +23,7 @@ pub mod endpoint;
 mod file_stamp;
 pub mod login;
 pub mod obo;
+pub mod redis_store;
 pub mod service_identity;
 pub mod store;
 mod token;

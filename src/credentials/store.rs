@@ -126,11 +126,124 @@ pub enum StoreError {
     },
 }
 
+/// The AEAD of every session envelope, in a file or in Redis: AES-256-GCM under the
+/// identity's store key, a fresh random nonce per seal, and additional authenticated data that
+/// binds the envelope to its identity, tenant and purpose (a session, or a shared access
+/// token), so an envelope copied to another identity, tenant or purpose does not open.
+pub(crate) struct Sealer {
+    key: LessSafeKey,
+    aad: String,
+}
+
+/// Why an envelope did not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsealed {
+    /// Not an envelope of this format, version and algorithm (the words say what).
+    Format(&'static str),
+    /// Authenticated decryption failed: another key, identity, tenant or purpose, or an edit.
+    Decrypt,
+}
+
+impl Sealer {
+    /// Seals sessions of `identity` in `tenant_id` under `key` (the AAD the session file has
+    /// always had, so files written before stay readable).
+    pub(crate) fn session(key: &StoreKey, identity: &str, tenant_id: &str) -> Sealer {
+        Sealer::with_aad(key, format!("{FORMAT}:v1:{identity}:{tenant_id}"))
+    }
+
+    /// Seals the shared access token of `identity` in `tenant_id` under `key`: another AAD
+    /// than the session's, so neither envelope can stand in for the other.
+    pub(crate) fn access_token(key: &StoreKey, identity: &str, tenant_id: &str) -> Sealer {
+        Sealer::with_aad(
+            key,
+            format!("{FORMAT}:v1:access-token:{identity}:{tenant_id}"),
+        )
+    }
+
+    fn with_aad(key: &StoreKey, aad: String) -> Sealer {
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, key.bytes()).expect("AES-256-GCM takes a 32-byte key"),
+        );
+        Sealer { key, aad }
+    }
+
+    /// `plain` encrypted under a fresh nonce, as the JSON envelope.
+    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.aad.as_bytes()),
+                &mut buf,
+            )
+            .expect("AES-GCM sealing a small buffer");
+        serde_json::to_vec(&Envelope {
+            format: FORMAT.into(),
+            v: 1,
+            alg: "A256GCM".into(),
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(&buf),
+        })
+        .expect("an envelope serializes")
+    }
+
+    /// The plaintext of an envelope [`Sealer::seal`] made with the same key and AAD.
+    pub(crate) fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, Unsealed> {
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|_| Unsealed::Format("not JSON"))?;
+        if env.format != FORMAT || env.v != 1 || env.alg != "A256GCM" {
+            return Err(Unsealed::Format("unknown format, version or algorithm"));
+        }
+        let nonce: [u8; NONCE_LEN] = STANDARD
+            .decode(&env.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or(Unsealed::Format("bad nonce"))?;
+        let mut sealed = STANDARD
+            .decode(&env.ciphertext)
+            .map_err(|_| Unsealed::Format("bad ciphertext encoding"))?;
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.aad.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| Unsealed::Decrypt)?;
+        Ok(plain.to_vec())
+    }
+
+    /// `session` sealed: the refresh token and the account never leave in the clear.
+    pub(crate) fn seal_session(&self, session: &StoredSession) -> Vec<u8> {
+        let plain = Plain {
+            refresh_token: session.refresh_token.expose().to_string(),
+            account: session.account.clone(),
+            signed_in_at: session.signed_in_at,
+            refreshed_at: session.refreshed_at,
+        };
+        self.seal(&serde_json::to_vec(&plain).expect("a session serializes"))
+    }
+
+    /// The session in an envelope [`Sealer::seal_session`] made.
+    pub(crate) fn open_session(&self, bytes: &[u8]) -> Result<StoredSession, Unsealed> {
+        let plain = self.open(bytes)?;
+        let p: Plain =
+            serde_json::from_slice(&plain).map_err(|_| Unsealed::Format("bad plaintext"))?;
+        Ok(StoredSession {
+            refresh_token: RefreshToken::new(p.refresh_token),
+            account: p.account,
+            signed_in_at: p.signed_in_at,
+            refreshed_at: p.refreshed_at,
+        })
+    }
+}
+
 /// One identity's encrypted session file.
 pub struct SessionStore {
     path: PathBuf,
-    key: LessSafeKey,
-    aad: String,
+    sealer: Sealer,
 }
 
 impl fmt::Debug for SessionStore {
@@ -145,13 +258,9 @@ impl SessionStore {
     /// The store at `path` for `identity` of `tenant_id`, encrypted with `key`. Removes
     /// temporary files that a crash left behind.
     pub fn new(path: PathBuf, key: &StoreKey, identity: &str, tenant_id: &str) -> SessionStore {
-        let key = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, key.bytes()).expect("AES-256-GCM takes a 32-byte key"),
-        );
         let store = SessionStore {
             path,
-            key,
-            aad: format!("{FORMAT}:v1:{identity}:{tenant_id}"),
+            sealer: Sealer::session(key, identity, tenant_id),
         };
         store.remove_debris();
         store
@@ -186,35 +295,13 @@ impl SessionStore {
             return Err(format("it is too large"));
         }
         let bytes = std::fs::read(&self.path).map_err(io_err)?;
-        let env: Envelope = serde_json::from_slice(&bytes).map_err(|_| format("not JSON"))?;
-        if env.format != FORMAT || env.v != 1 || env.alg != "A256GCM" {
-            return Err(format("unknown format, version or algorithm"));
-        }
-        let nonce: [u8; NONCE_LEN] = STANDARD
-            .decode(&env.nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| format("bad nonce"))?;
-        let mut sealed = STANDARD
-            .decode(&env.ciphertext)
-            .map_err(|_| format("bad ciphertext encoding"))?;
-        let plain = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| StoreError::Decrypt {
+        match self.sealer.open_session(&bytes) {
+            Ok(session) => Ok(Some(session)),
+            Err(Unsealed::Format(why)) => Err(format(why)),
+            Err(Unsealed::Decrypt) => Err(StoreError::Decrypt {
                 path: self.path.clone(),
-            })?;
-        let p: Plain = serde_json::from_slice(plain).map_err(|_| format("bad plaintext"))?;
-        Ok(Some(StoredSession {
-            refresh_token: RefreshToken::new(p.refresh_token),
-            account: p.account,
-            signed_in_at: p.signed_in_at,
-            refreshed_at: p.refreshed_at,
-        }))
+            }),
+        }
     }
 
     /// Encrypts `session` under a fresh nonce and replaces the file atomically and durably.
@@ -226,30 +313,7 @@ impl SessionStore {
     }
 
     fn seal(&self, session: &StoredSession) -> Vec<u8> {
-        let plain = Plain {
-            refresh_token: session.refresh_token.expose().to_string(),
-            account: session.account.clone(),
-            signed_in_at: session.signed_in_at,
-            refreshed_at: session.refreshed_at,
-        };
-        let mut buf = serde_json::to_vec(&plain).expect("a session serializes");
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad.as_bytes()),
-                &mut buf,
-            )
-            .expect("AES-GCM sealing a small buffer");
-        serde_json::to_vec(&Envelope {
-            format: FORMAT.into(),
-            v: 1,
-            alg: "A256GCM".into(),
-            nonce: STANDARD.encode(nonce),
-            ciphertext: STANDARD.encode(&buf),
-        })
-        .expect("an envelope serializes")
+        self.sealer.seal_session(session)
     }
 
     fn temp_prefix(&self) -> String {

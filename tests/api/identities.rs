@@ -16,10 +16,10 @@ use sync_gateway::sim::entra::{
 /// The ticketing webhook's application (client) id, mapped to the identity `bot`.
 const WEBHOOK_APP: &str = "5b0c6c1e-7d2a-4f3e-9a8b-1c2d3e4f5a6b";
 const ROLE: &str = "Sync.Trigger.All";
-const SERVICE_ACCOUNT: &str = "svc-sync@contoso.example";
+pub(crate) const SERVICE_ACCOUNT: &str = "svc-sync@contoso.example";
 
 /// The store key every test uses (32 bytes).
-fn store_key_b64() -> String {
+pub(crate) fn store_key_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
 }
 
@@ -28,7 +28,7 @@ fn quoted(s: &str) -> String {
 }
 
 /// A gateway with `[identities.bot]` in the allowed tenant, the webhook app mapped to it.
-fn with_identity() -> Setup {
+pub(crate) fn with_identity() -> Setup {
     Setup {
         prepare: Some(Box::new(|p: &Prepare<'_>| {
             let key_file = p.dir.join("store.key");
@@ -62,15 +62,15 @@ impl Pacer for Recorder {
     }
 }
 
-struct Login {
-    result: Result<LoginOutcome, LoginError>,
+pub(crate) struct Login {
+    pub(crate) result: Result<LoginOutcome, LoginError>,
     waits: Vec<u64>,
     printed: String,
 }
 
 /// Runs `sync-gateway login --identity bot` against the simulated Entra, whose person at the
 /// browser follows `script`.
-async fn run_login(app: &TestApp, script: DeviceScript) -> Login {
+pub(crate) async fn run_login(app: &TestApp, script: DeviceScript) -> Login {
     app.sims.entra.script_device_login(Some(script));
     let mut pacer = Recorder::default();
     let mut out = Vec::new();
@@ -92,7 +92,7 @@ async fn run_login(app: &TestApp, script: DeviceScript) -> Login {
     }
 }
 
-fn approve_after(pending_polls: usize) -> DeviceScript {
+pub(crate) fn approve_after(pending_polls: usize) -> DeviceScript {
     DeviceScript {
         slow_downs: 0,
         pending_polls,
@@ -107,7 +107,7 @@ async fn signed_in_app() -> TestApp {
     app
 }
 
-fn service_account_oid() -> String {
+pub(crate) fn service_account_oid() -> String {
     DeviceUser::named(SERVICE_ACCOUNT).object_id
 }
 
@@ -117,7 +117,7 @@ fn app_token(app: &TestApp, app_id: &str, roles: &[&str]) -> String {
     app.sims.entra.mint(&spec)
 }
 
-fn webhook_token(app: &TestApp) -> String {
+pub(crate) fn webhook_token(app: &TestApp) -> String {
     app_token(app, WEBHOOK_APP, &[ROLE])
 }
 

@@ -8,8 +8,8 @@
 use crate::crash::serve_with_env;
 use crate::helpers::{assert_trail_valid, problem_type, spawn_app_with, Setup, TestApp};
 use crate::state::{
-    closed_port, delete_keys, on_redis, quoted, redis_url, replicas, unique_prefix, OwnRedis,
-    STATE_KEY,
+    closed_port, delete_keys, dump_keys, on_redis, quoted, redis_url, replicas, unique_prefix,
+    OwnRedis, STATE_KEY,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -219,51 +219,7 @@ async fn redis_holds_no_token_in_the_clear_while_a_run_waits_with_its_joiners_cr
     for i in 0..3 {
         assert_eq!(apps[i % 2].post_sync(&apps[0].token()).await.status(), 202);
     }
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let mut stored = String::new();
-    for key in &keys {
-        let kind: String = redis::cmd("TYPE")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let values: Vec<String> = match kind.as_str() {
-            "string" => vec![redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap()],
-            "hash" => redis::cmd("HGETALL")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "list" => redis::cmd("LRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "set" => redis::cmd("SMEMBERS")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            _ => Vec::new(),
-        };
-        stored.push_str(key);
-        for v in values {
-            stored.push('\n');
-            stored.push_str(&v);
-        }
-    }
+    let (keys, stored) = dump_keys(&url, &prefix).await;
     // The three joiners' credentials are there (sealed) for whichever replica runs it...
     let sealed = keys.iter().filter(|k| k.contains(":actor:")).count();
     assert_eq!(sealed, 3, "{keys:#?}");

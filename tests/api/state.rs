@@ -1,13 +1,22 @@
-//! `[state] backend = "redis"`: several gateways on one Redis keep one set of limits and one
-//! set of webhook delivery ids, and a Redis that cannot be reached fails as configured.
+//! `[state] backend = "redis"`: several gateways on one Redis keep one set of limits, one set
+//! of webhook delivery ids and one session per service identity (refreshed by one replica at a
+//! time), and a Redis that cannot be reached fails as configured.
 //!
 //! The tests read `REDIS_URL` (`.ci/run` sets it); without it they return at once after saying
 //! why, so `cargo test` passes on a machine without Redis. Each test writes under its own
 //! `state.key_prefix` and deletes its keys at the end.
 
 use crate::helpers::{header, problem_of, problem_type, spawn_app_with, Setup, TestApp, World};
+use crate::identities::{
+    approve_after, run_login, service_account_oid, store_key_b64, webhook_token, with_identity,
+    SERVICE_ACCOUNT,
+};
+use base64::Engine;
 use std::time::Duration;
 use sync_gateway::config::HookKind;
+use sync_gateway::credentials::redis_store::RedisSessionStore;
+use sync_gateway::credentials::store::StoreKey;
+use sync_gateway::sim::entra::{Failure, FailureScope};
 use sync_gateway::sim::hooks::{new_secret, sample_body, sign, SigningKey};
 
 /// Redis for these tests, or `None` (and a printed reason) when `REDIS_URL` is unset.
@@ -430,4 +439,341 @@ async fn a_redis_that_comes_back_serves_again_without_a_restart() {
     let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["checks"]["state"], "reachable");
     drop(child);
+}
+
+/// `setup` with the delegated service identity `bot`, which the webhook application acts as
+/// (its session file configured, unused on the redis backend).
+fn with_bot(setup: Setup) -> Setup {
+    Setup {
+        prepare: with_identity().prepare,
+        ..setup
+    }
+}
+
+/// `bot`'s session as `app`'s configuration finds it in Redis.
+fn bot_session_store(app: &TestApp) -> RedisSessionStore {
+    let redis = sync_gateway::state::Redis::new(
+        &app.config.state,
+        sync_gateway::metrics::StateMetrics::default(),
+    )
+    .unwrap();
+    let key = StoreKey::from_base64(&store_key_b64()).unwrap();
+    RedisSessionStore::new(redis, "bot", &app.tenant, &key, Duration::from_secs(5))
+}
+
+/// The refresh token of `bot`'s session in Redis.
+async fn refresh_token_in_redis(app: &TestApp) -> Option<String> {
+    let snapshot = bot_session_store(app).read().await.unwrap();
+    snapshot
+        .session
+        .unwrap()
+        .map(|s| s.refresh_token.expose().to_string())
+}
+
+/// `n` concurrent `POST /sync` with `token`, round robin over `apps`; their statuses.
+async fn post_sync_spread(apps: &[TestApp], token: &str, n: usize) -> Vec<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let app = &apps[i % apps.len()];
+        let (http, url, token) = (
+            app.http.clone(),
+            format!("{}/sync", app.address),
+            token.to_string(),
+        );
+        set.spawn(async move {
+            let resp = http.post(url).bearer_auth(token).send().await;
+            resp.expect("gateway answers").status().as_u16()
+        });
+    }
+    set.join_all().await
+}
+
+/// Every key under `prefix` and, as one text, each key followed by its values (every member of
+/// a hash, list, set or sorted set): what a scan for secrets in the clear reads.
+pub(crate) async fn dump_keys(url: &str, prefix: &str) -> (Vec<String>, String) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let read = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(key).clone(),
+            "list" => redis::cmd("LRANGE").arg(key).arg(0).arg(-1).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(key).clone(),
+            "zset" => redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).clone(),
+            // Expired since it was listed (a lease, a delivery id).
+            "none" => continue,
+            other => panic!("{key} is a {other}: the scan does not read that type"),
+        };
+        let values: Vec<Vec<u8>> = if kind == "string" {
+            vec![read.query_async(&mut conn).await.unwrap()]
+        } else {
+            read.query_async(&mut conn).await.unwrap()
+        };
+        text.push_str(key);
+        for v in values {
+            text.push('\n');
+            text.push_str(&String::from_utf8_lossy(&v));
+        }
+        text.push('\n');
+    }
+    (keys, text)
+}
+
+/// Deletes `bot`'s shared access token, so the next replica without one refreshes.
+async fn forget_shared_access_token(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}session-access:{{bot}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the refresh shared its access token");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_over_three_replicas_make_one_refresh_and_redis_holds_the_newest_session(
+) {
+    let Some(url) = redis_url("service-identity refresh across replicas") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let mut apps = replicas(3, &url, &prefix, with_bot).await;
+    run_login(&apps[0], approve_after(0)).await.result.unwrap();
+    let entra = apps[0].sims.entra.clone();
+    // Slow the refresh down so all fifty arrive while it is in flight.
+    entra.set_failure(
+        FailureScope::Global,
+        Some(Failure::Slow(Duration::from_millis(300))),
+    );
+    let token = webhook_token(&apps[0]);
+    let statuses = post_sync_spread(&apps, &token, 50).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(entra.refreshes(), 1);
+    let newest = entra.current_refresh_token(&service_account_oid());
+    assert_eq!(refresh_token_in_redis(&apps[0]).await, newest);
+    for app in &apps {
+        assert!(
+            !app.dir.join("bot.session").exists(),
+            "a session file was written"
+        );
+    }
+
+    // The stored token is the one that works: with the shared access token gone, a restarted
+    // replica refreshes with it (the simulated Entra refuses any older one).
+    entra.set_failure(FailureScope::Global, None);
+    forget_shared_access_token(&url, &prefix).await;
+    apps[2].restart().await;
+    assert_eq!(apps[2].post_sync(&token).await.status(), 202);
+    assert_eq!(entra.refreshes(), 2);
+    assert_eq!(
+        refresh_token_in_redis(&apps[0]).await,
+        entra.current_refresh_token(&service_account_oid())
+    );
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_login_stores_the_session_in_redis_and_every_replica_acts_with_it() {
+    let Some(url) = redis_url("login into Redis") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(3, &url, &prefix, with_bot).await;
+    let token = webhook_token(&apps[0]);
+    for app in &apps {
+        let resp = app.post_sync(&token).await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            problem_of(resp).await["type"],
+            problem_type("service-identity-login-required")
+        );
+    }
+    let outcome = run_login(&apps[0], approve_after(0)).await.result.unwrap();
+    assert_eq!(
+        outcome.stored_in,
+        format!("Redis (key {prefix}session:{{bot}})")
+    );
+    assert!(!apps[0].dir.join("bot.session").exists());
+    for app in &apps {
+        assert_eq!(app.post_sync(&token).await.status(), 202);
+    }
+    // One replica refreshed; the others used the access token it shared.
+    assert_eq!(apps[0].sims.entra.refreshes(), 1);
+    let calls = apps[0].sims.graph.calls();
+    assert_eq!(calls.len(), 3);
+    let oid = service_account_oid();
+    assert!(calls
+        .iter()
+        .all(|c| c.object_id.as_deref() == Some(oid.as_str())));
+    // Each replica records, in its own chain, the login it took up.
+    for app in &apps {
+        let logins = app
+            .audit_of_kind("admin")
+            .into_iter()
+            .filter(|r| r["event"] == "identity_login" && r["identity"] == "bot")
+            .count();
+        assert_eq!(logins, 1);
+    }
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_never_holds_a_token_or_the_account_in_the_clear() {
+    let Some(url) = redis_url("no token in the clear in Redis") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(2, &url, &prefix, with_bot).await;
+    run_login(&apps[0], approve_after(0)).await.result.unwrap();
+    let token = webhook_token(&apps[0]);
+    for app in &apps {
+        assert_eq!(app.post_sync(&token).await.status(), 202);
+    }
+    let (keys, text) = dump_keys(&url, &prefix).await;
+    // The scan sees the session and the shared access token (and the limits' cells).
+    for kept in ["session:{bot}", "session-access:{bot}"] {
+        assert!(keys.contains(&format!("{prefix}{kept}")), "{keys:?}");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secrets = apps[0].sims.entra.issued_secrets();
+    assert!(!secrets.is_empty());
+    for secret in secrets {
+        let mut needles = vec![secret.clone(), b64.encode(&secret)];
+        // A JWT's signature alone is enough to identify (and, with the rest, replay) it.
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() >= 32) {
+            needles.push(sig.to_string());
+        }
+        for n in needles {
+            assert!(!text.contains(&n), "a token is in Redis in the clear");
+        }
+    }
+    // Nor the account the session belongs to (a run's own record names whom it acted as).
+    let (_, sessions) = dump_keys(&url, &format!("{prefix}session")).await;
+    assert!(sessions.contains("session:{bot}"));
+    assert!(!sessions.contains(SERVICE_ACCOUNT));
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_answers_a_service_identity_caller_503_state_unavailable_and_makes_no_refresh(
+) {
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let app = spawn_app_with(with_bot(
+        Setup {
+            state_unreachable_at_start: true,
+            ..on_redis(&url, &unique_prefix(), None)
+        }
+        // Limits admit without Redis, so the request reaches the session.
+        .set("state.on_unavailable", "{ limits = \"open\" }"),
+    ))
+    .await;
+    let resp = app.post_sync(&webhook_token(&app)).await;
+    assert_eq!(resp.status(), 503);
+    assert!(header(&resp, "retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        problem_of(resp).await["type"],
+        problem_type("state-unavailable")
+    );
+    assert_eq!(app.sims.entra.token_requests(), 0);
+    assert_eq!(app.sims.graph.sync_calls(), 0);
+    // The session is unknown, not ready.
+    let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        body["checks"]["service_identities"]["bot"]["state"],
+        "store-unavailable"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_knows_the_session_but_loses_redis_refuses_with_503_and_never_refreshes_without_the_lease(
+) {
+    let port = closed_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let Some(own) = OwnRedis::start(port) else {
+        return;
+    };
+    // Limits admit without Redis, so the request reaches the session.
+    let mut app = spawn_app_with(with_bot(
+        on_redis(&url, &unique_prefix(), None).set("state.on_unavailable", "{ limits = \"open\" }"),
+    ))
+    .await;
+    run_login(&app, approve_after(0)).await.result.unwrap();
+    // A restart reads the session from Redis at start: the replica knows it.
+    app.restart().await;
+    let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        body["checks"]["service_identities"]["bot"]["state"],
+        "ready"
+    );
+    drop(own);
+    let resp = app.post_sync(&webhook_token(&app)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        problem_of(resp).await["type"],
+        problem_type("state-unavailable")
+    );
+    assert_eq!(app.sims.entra.refreshes(), 0);
+    assert_eq!(app.sims.graph.sync_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_login_during_a_refresh_wins_and_the_refreshed_session_is_fenced_out() {
+    let Some(url) = redis_url("login during a refresh") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(2, &url, &prefix, with_bot).await;
+    run_login(&apps[0], approve_after(0)).await.result.unwrap();
+    let entra = apps[0].sims.entra.clone();
+    let before = entra.token_requests();
+    entra.set_failure(
+        FailureScope::Global,
+        Some(Failure::Slow(Duration::from_millis(1500))),
+    );
+    let token = webhook_token(&apps[0]);
+    let first = {
+        let (http, url, token) = (
+            apps[0].http.clone(),
+            format!("{}/sync", apps[0].address),
+            token.clone(),
+        );
+        tokio::spawn(async move { http.post(url).bearer_auth(token).send().await })
+    };
+    // The refresh is at Entra (held there); a new login is stored meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entra.token_requests() == before {
+        assert!(std::time::Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    entra.set_failure(FailureScope::Global, None);
+    run_login(&apps[1], approve_after(0)).await.result.unwrap();
+    let from_login = refresh_token_in_redis(&apps[0]).await;
+
+    // The held refresh ends, its write is fenced out, and the caller is served with the
+    // login's session (a second refresh, with the login's token).
+    let resp = first.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(entra.refreshes(), 2);
+    let stored = refresh_token_in_redis(&apps[0]).await;
+    assert_ne!(
+        stored, from_login,
+        "the login's token was redeemed and rotated"
+    );
+    assert_eq!(stored, entra.current_refresh_token(&service_account_oid()));
+    // The other replica acts with that session's shared token: no third refresh.
+    assert_eq!(apps[1].post_sync(&token).await.status(), 202);
+    assert_eq!(entra.refreshes(), 2);
+    delete_keys(&url, &prefix).await;
 }
