@@ -257,13 +257,9 @@ impl Application {
             metrics.runs.clone(),
             // With the Redis backend the schedule is shared too; validation made the key
             // required there.
-            redis.clone().zip(
-                config
-                    .state
-                    .encryption_key
-                    .as_ref()
-                    .map(|(k, _)| crate::state::Sealer::new(k)),
-            ),
+            redis
+                .clone()
+                .zip(config.state.encryption_key.as_ref().map(|(k, _)| k.clone())),
         );
         let in_flight_gauge = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(

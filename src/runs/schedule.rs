@@ -134,10 +134,13 @@ impl Scheduler {
         audit: AuditLog,
         clock: Arc<dyn Clock>,
         metrics: RunMetrics,
-        shared: Option<(crate::state::Redis, crate::state::Sealer)>,
+        shared: Option<(crate::state::Redis, crate::secret::StoreKey)>,
     ) -> Scheduler {
         let finished = super::archive::Archive::new(policy.max_finished, policy.retention);
-        let shared = shared.map(|(redis, sealer)| SharedRuns::new(redis, sealer, policy.retention));
+        let shared = shared.map(|(redis, key)| {
+            let sealer = crate::state::Sealer::new(&key);
+            SharedRuns::new(redis, sealer, key.bytes(), policy.retention)
+        });
         let sweeps = shared.is_some();
         let scheduler = Scheduler {
             inner: Arc::new(Inner {

@@ -40,6 +40,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Bytes of an actor's fingerprint (96 bits: collisions between one run's joiners are out of
+/// reach).
+const FINGERPRINT_BYTES: usize = 12;
+
+/// Fingerprints remembered at most (per process) of actors it stored lately.
+const MAX_RECENTLY_STORED: usize = 10_000;
+
 /// How long a run's lease lasts without renewal: a replica that stops renewing (it died, or
 /// lost Redis) for this long loses the run to another replica.
 pub const RUN_LEASE: Duration = Duration::from_secs(10);
@@ -80,10 +87,19 @@ local function merge(from, target)
 end
 "#;
 
-/// ARGV[4] now, [5] cooldown, [6] new run id, [7] request id, [8] actor tag, [9] sealed actor,
-/// [10] its TTL, [11] the caller summary (JSON), [12] lease ms, [13] owner.
+/// ARGV[4] now, [5] cooldown, [6] new run id, [7] request id, [8] actor tag, [9] the actor's
+/// fingerprint followed by the sealed actor, or '' when the caller expects the run to hold
+/// this very actor already, [10] its TTL, [11] the caller summary (JSON), [12] lease ms,
+/// [13] owner, [14] the actor's fingerprint. Answers `need_actor` (and changes nothing) when
+/// [9] is '' and the run does not hold that actor.
 const SUBMIT: &str = r#"
 local now, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
+local FP = ARGV[14]
+local sched = redis.call('HGET', SLOT, 'scheduled')
+if ARGV[9] == '' then
+  local cur = sched and redis.call('GET', runkey(sched) .. ':actor:' .. ARGV[8])
+  if not cur or string.sub(cur, 1, #FP) ~= FP then return {'need_actor', '', '', ''} end
+end
 redis.call('SADD', P .. 'run-tenants', T)
 local function join(id)
   local rk = runkey(id)
@@ -91,14 +107,15 @@ local function join(id)
     redis.call('RPUSH', rk .. ':covered', ARGV[7])
   end
   local al = rk .. ':actors'
-  redis.call('SET', rk .. ':actor:' .. ARGV[8], ARGV[9], 'PX', ARGV[10])
+  if ARGV[9] ~= '' then
+    redis.call('SET', rk .. ':actor:' .. ARGV[8], ARGV[9], 'PX', ARGV[10])
+  end
   redis.call('LREM', al, 0, ARGV[8])
   redis.call('RPUSH', al, ARGV[8])
   while redis.call('LLEN', al) > __MAX_ACTORS__ do
     redis.call('DEL', rk .. ':actor:' .. redis.call('LPOP', al))
   end
 end
-local sched = redis.call('HGET', SLOT, 'scheduled')
 if sched then
   local rk = runkey(sched)
   local covers = redis.call('HINCRBY', rk, 'covers', 1)
@@ -340,6 +357,10 @@ pub(super) struct SharedRuns {
     sweep: redis::Script,
     load_for_run: redis::Script,
     outcome: redis::Script,
+    /// The HMAC key of actors' fingerprints.
+    fingerprint_key: aws_lc_rs::hmac::Key,
+    /// Fingerprints of the actors this process stored lately (capped: cleared when full).
+    recently_stored: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// What a joiner's actor holds while sealed.
@@ -500,8 +521,20 @@ fn summary_json(s: &Option<Arc<CallerSummary>>) -> String {
 
 impl SharedRuns {
     /// The schedule on `redis`; actors sealed by `sealer`; final runs readable for `retention`.
-    pub(super) fn new(redis: Redis, sealer: Sealer, retention: Duration) -> Self {
+    pub(super) fn new(
+        redis: Redis,
+        sealer: Sealer,
+        fingerprint_secret: &[u8],
+        retention: Duration,
+    ) -> Self {
+        // Derived, not the sealing key itself: one key, one use.
+        let derived = Sha256::new()
+            .chain_update(b"sync-gateway run actor fingerprint\n")
+            .chain_update(fingerprint_secret)
+            .finalize();
         SharedRuns {
+            fingerprint_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &derived),
+            recently_stored: Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new())),
             redis,
             sealer,
             owner: Uuid::new_v4().simple().to_string(),
@@ -600,7 +633,23 @@ impl SharedRuns {
         (self.sealer.seal(&self.actor_binding(tag), &plain), ttl)
     }
 
-    fn open_actor(&self, tag: &str, sealed: &str) -> Option<Actor> {
+    /// A keyed digest of the actor's identity and token (HMAC-SHA-256 under a key derived from
+    /// `state.encryption_key`, 24 hex digits): says whether a run holds this very actor without
+    /// opening it, and tells nobody without the key anything about the token.
+    fn fingerprint(&self, tag: &str, actor: &Actor) -> String {
+        let (token, _) = actor.token.for_sealing();
+        let tag = aws_lc_rs::hmac::sign(
+            &self.fingerprint_key,
+            format!("{tag}\n{}", token.expose()).as_bytes(),
+        );
+        tag.as_ref()[..FINGERPRINT_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn open_actor(&self, tag: &str, stored: &str) -> Option<Actor> {
+        let sealed = stored.get(FINGERPRINT_BYTES * 2..)?;
         let plain = self.sealer.open(&self.actor_binding(tag), sealed)?;
         let a: SealedActor = serde_json::from_slice(&plain).ok()?;
         let left = (a.token_usable_until_ms - ms(Utc::now())).max(0) as u64;
@@ -654,19 +703,45 @@ impl SharedRuns {
         actor: &Actor,
     ) -> Result<Submitted, Unavailable> {
         let tag = Self::tag_of(&actor.identity);
-        let mut inv = self.invocation(&self.submit, tenant);
-        let (sealed, ttl) = self.seal_actor(&tag, actor);
-        inv.arg(ms(now))
-            .arg(cooldown.as_millis() as u64)
-            .arg(new_id.to_string())
-            .arg(request.to_string())
-            .arg(&tag)
-            .arg(&sealed)
-            .arg(ttl)
-            .arg(summary_json(&Some(actor.summary.clone())))
-            .arg(duration_ms(RUN_LEASE))
-            .arg(&self.owner);
-        let reply: Vec<String> = self.run("run_submit", inv).await?;
+        let fingerprint = self.fingerprint(&tag, actor);
+        let summary = summary_json(&Some(actor.summary.clone()));
+        // A caller whose token this replica stored moments ago (a storm's callers send theirs
+        // again and again) most likely finds it in the scheduled run: try without it first,
+        // which spares sealing it and sending it; the script says if it is needed after all.
+        let mut send_actor = !self.recently_stored.lock().contains(&fingerprint);
+        let reply = loop {
+            let mut inv = self.invocation(&self.submit, tenant);
+            let (stored, ttl) = if send_actor {
+                let (sealed, ttl) = self.seal_actor(&tag, actor);
+                (format!("{fingerprint}{sealed}"), ttl)
+            } else {
+                (String::new(), 0)
+            };
+            inv.arg(ms(now))
+                .arg(cooldown.as_millis() as u64)
+                .arg(new_id.to_string())
+                .arg(request.to_string())
+                .arg(&tag)
+                .arg(&stored)
+                .arg(ttl)
+                .arg(&summary)
+                .arg(duration_ms(RUN_LEASE))
+                .arg(&self.owner)
+                .arg(&fingerprint);
+            let reply: Vec<String> = self.run("run_submit", inv).await?;
+            if reply.first().is_some_and(|w| w == "need_actor") && !send_actor {
+                send_actor = true;
+                continue;
+            }
+            if send_actor {
+                let mut recent = self.recently_stored.lock();
+                if recent.len() >= MAX_RECENTLY_STORED {
+                    recent.clear();
+                }
+                recent.insert(fingerprint.clone());
+            }
+            break reply;
+        };
         let [what, id, time, covers] = reply.as_slice() else {
             return Err(malformed("run_submit"));
         };

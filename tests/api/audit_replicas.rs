@@ -169,7 +169,20 @@ async fn an_edited_line_in_one_replicas_chain_is_reported_for_that_chain_only() 
     let na = records(&a).len();
 
     let out = run(&["audit", "verify", dir.path().to_str().unwrap()]);
-    let text = stdout(&out);
+    assert_gw_b_broken_at_line_3(
+        &out,
+        na,
+        &format!(
+            "BROKEN (1 problem(s)), first at {}:3: record altered",
+            b.display()
+        ),
+    );
+}
+
+/// `verify`'s report of two chains: `gw-a` whole with `na` records, `gw-b` broken as
+/// `b_says`, and the overall result naming it; exit status 1.
+fn assert_gw_b_broken_at_line_3(out: &Output, na: usize, b_says: &str) {
+    let text = stdout(out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains(&format!("chain gw-a: {na} record(s), seq 1..{na}: ok\n")),
@@ -179,13 +192,7 @@ async fn an_edited_line_in_one_replicas_chain_is_reported_for_that_chain_only() 
         .lines()
         .find(|l| l.starts_with("chain gw-b: "))
         .unwrap_or_else(|| panic!("no result line for gw-b in {text}"));
-    assert!(
-        b_line.contains(&format!(
-            "BROKEN (1 problem(s)), first at {}:3: record altered",
-            b.display()
-        )),
-        "{b_line}"
-    );
+    assert!(b_line.contains(b_says), "{b_line}");
     assert!(
         text.contains("result: NOT intact (1 of 2 chain(s) broken: gw-b)"),
         "{text}"
@@ -401,25 +408,10 @@ async fn an_edited_row_in_one_postgres_stream_is_reported_for_that_stream_only()
         "--postgres-schema",
         &schema,
     ]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains(&format!("chain gw-a: {na} record(s), seq 1..{na}: ok\n")),
-        "{text}"
-    );
-    let b_line = text
-        .lines()
-        .find(|l| l.starts_with("chain gw-b: "))
-        .unwrap_or_else(|| panic!("no result line for gw-b in {text}"));
-    assert!(
-        b_line.contains(&format!(
-            "first at postgres:{schema}.records[stream=gw-b]:3: record altered"
-        )),
-        "{b_line}"
-    );
-    assert!(
-        text.contains("result: NOT intact (1 of 2 chain(s) broken: gw-b)"),
-        "{text}"
+    assert_gw_b_broken_at_line_3(
+        &out,
+        na,
+        &format!("first at postgres:{schema}.records[stream=gw-b]:3: record altered"),
     );
 }
 

@@ -490,6 +490,23 @@ async fn post_sync_spread(apps: &[TestApp], token: &str, n: usize) -> Vec<u16> {
 
 /// Every key under `prefix` and, as one text, each key followed by its values (every member of
 /// a hash, list, set or sorted set): what a scan for secrets in the clear reads.
+/// Fails if any token the simulated Entra issued (itself, base64-encoded, or its JWT
+/// signature alone, enough to identify and with the rest replay it) is in `stored`.
+pub(crate) fn assert_no_issued_token_in(app: &TestApp, stored: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secrets = app.sims.entra.issued_secrets();
+    assert!(!secrets.is_empty());
+    for secret in secrets {
+        let mut needles = vec![secret.clone(), b64.encode(&secret)];
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() >= 32) {
+            needles.push(sig.to_string());
+        }
+        for n in needles {
+            assert!(!stored.contains(&n), "a token is in Redis in the clear");
+        }
+    }
+}
+
 pub(crate) async fn dump_keys(url: &str, prefix: &str) -> (Vec<String>, String) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -646,19 +663,7 @@ async fn redis_never_holds_a_token_or_the_account_in_the_clear() {
     for kept in ["session:{bot}", "session-access:{bot}"] {
         assert!(keys.contains(&format!("{prefix}{kept}")), "{keys:?}");
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let secrets = apps[0].sims.entra.issued_secrets();
-    assert!(!secrets.is_empty());
-    for secret in secrets {
-        let mut needles = vec![secret.clone(), b64.encode(&secret)];
-        // A JWT's signature alone is enough to identify (and, with the rest, replay) it.
-        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() >= 32) {
-            needles.push(sig.to_string());
-        }
-        for n in needles {
-            assert!(!text.contains(&n), "a token is in Redis in the clear");
-        }
-    }
+    assert_no_issued_token_in(&apps[0], &text);
     // Nor the account the session belongs to (a run's own record names whom it acted as).
     let (_, sessions) = dump_keys(&url, &format!("{prefix}session")).await;
     assert!(sessions.contains("session:{bot}"));
