@@ -20,7 +20,8 @@
 //! Keys (`P` = `state.key_prefix`): `P run-slot:{tenant}` (hash: `running`, `scheduled`,
 //! `next_allowed` in Unix ms), `P run-tenants` (set), `P run:{id}` (hash: the run as callers
 //! see it), `P run:{id}:covered` (list of request ids), `P run:{id}:actors` (list of actor tags),
-//! `P run:{id}:actor:{tag}` (sealed actor), `P run:{id}:lease` (`{owner} {fence}`). One Redis
+//! `P run-actor:{tenant}:{tag}` (an identity's sealed actor, shared by the runs that list it,
+//! expiring with its tokens), `P run:{id}:lease` (`{owner} {fence}`). One Redis
 //! (or a primary with replicas/Sentinel), not Redis Cluster: the scripts touch keys of several
 //! runs.
 
@@ -61,12 +62,12 @@ const PRELUDE: &str = r#"
 local P, T, RET = ARGV[1], ARGV[2], ARGV[3]
 local SLOT = P .. 'run-slot:' .. T
 local function runkey(id) return P .. 'run:' .. id end
+-- A joiner's sealed actor: one per identity of the tenant, shared by the runs that list it.
+local function actorkey(tag) return P .. 'run-actor:' .. T .. ':' .. tag end
 local function num(v) return tonumber(v or '0') or 0 end
 local function drop_actors(id)
   local rk = runkey(id)
-  for _, tag in ipairs(redis.call('LRANGE', rk .. ':actors', 0, -1)) do
-    redis.call('DEL', rk .. ':actor:' .. tag)
-  end
+  -- The actors themselves expire with their tokens; another run may list them still.
   redis.call('DEL', rk .. ':actors')
 end
 -- The requests of run `from` ride on `target`, which starts after every one of them.
@@ -97,7 +98,7 @@ local now, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local FP = ARGV[14]
 local sched = redis.call('HGET', SLOT, 'scheduled')
 if ARGV[9] == '' then
-  local cur = sched and redis.call('GET', runkey(sched) .. ':actor:' .. ARGV[8])
+  local cur = redis.call('GET', actorkey(ARGV[8]))
   if not cur or string.sub(cur, 1, #FP) ~= FP then return {'need_actor', '', '', ''} end
 end
 redis.call('SADD', P .. 'run-tenants', T)
@@ -108,12 +109,12 @@ local function join(id)
   end
   local al = rk .. ':actors'
   if ARGV[9] ~= '' then
-    redis.call('SET', rk .. ':actor:' .. ARGV[8], ARGV[9], 'PX', ARGV[10])
+    redis.call('SET', actorkey(ARGV[8]), ARGV[9], 'PX', ARGV[10])
   end
   redis.call('LREM', al, 0, ARGV[8])
   redis.call('RPUSH', al, ARGV[8])
   while redis.call('LLEN', al) > __MAX_ACTORS__ do
-    redis.call('DEL', rk .. ':actor:' .. redis.call('LPOP', al))
+    redis.call('LPOP', al)
   end
 end
 if sched then
@@ -267,7 +268,7 @@ local rk = runkey(ARGV[4])
 local out = {redis.call('LRANGE', rk .. ':covered', 0, -1), {}}
 for _, tag in ipairs(redis.call('LRANGE', rk .. ':actors', 0, -1)) do
   table.insert(out[2], tag)
-  table.insert(out[2], redis.call('GET', rk .. ':actor:' .. tag) or '')
+  table.insert(out[2], redis.call('GET', actorkey(tag)) or '')
 end
 return out
 "#;

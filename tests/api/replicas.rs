@@ -220,9 +220,9 @@ async fn redis_holds_no_token_in_the_clear_while_a_run_waits_with_its_joiners_cr
         assert_eq!(apps[i % 2].post_sync(&apps[0].token()).await.status(), 202);
     }
     let (keys, stored) = dump_keys(&url, &prefix).await;
-    // The three joiners' credentials are there (sealed) for whichever replica runs it...
-    let sealed = keys.iter().filter(|k| k.contains(":actor:")).count();
-    assert_eq!(sealed, 3, "{keys:#?}");
+    // The four users' credentials are there (sealed) for whichever replica runs their run...
+    let sealed = keys.iter().filter(|k| k.contains("run-actor:")).count();
+    assert_eq!(sealed, 4, "{keys:#?}");
     // ...and no token the simulated Entra issued, nor a JWT's signature, appears in the clear.
     assert!(apps[0].sims.entra.issued_secrets().len() >= 4);
     assert_no_issued_token_in(&apps[0], &stored);
