@@ -52,10 +52,6 @@ const MAX_RECENTLY_STORED: usize = 10_000;
 /// lost Redis) for this long loses the run to another replica.
 pub const RUN_LEASE: Duration = Duration::from_secs(10);
 
-/// An actor with no token of its own to expire (a service identity: only its name is kept)
-/// is kept this long at most.
-const NAME_ONLY_ACTOR_TTL: Duration = Duration::from_secs(24 * 3600);
-
 /// Shared by every script: the prefix, the helpers that move requests between runs.
 /// ARGV[1] is the key prefix, ARGV[2] the tenant, ARGV[3] how long a final run stays readable.
 const PRELUDE: &str = r#"
@@ -615,12 +611,14 @@ impl SharedRuns {
                     left,
                 )
             }
+            // No longer than the delegated token it carries; after that the replica acting
+            // asks the identity for a fresh one anyway, and the next joiner stores it again.
             ActingIdentity::Service(s) => (
                 SealedIdentity::Service {
                     name: s.name.to_string(),
                     tenant_id: s.tenant_id.clone(),
                 },
-                duration_ms(NAME_ONLY_ACTOR_TTL),
+                duration_ms(remaining),
             ),
         };
         let sealed = SealedActor {
@@ -634,14 +632,19 @@ impl SharedRuns {
         (self.sealer.seal(&self.actor_binding(tag), &plain), ttl)
     }
 
-    /// A keyed digest of the actor's identity and token (HMAC-SHA-256 under a key derived from
-    /// `state.encryption_key`, 24 hex digits): says whether a run holds this very actor without
-    /// opening it, and tells nobody without the key anything about the token.
+    /// A keyed digest of the actor's identity and, for a user, the token the caller sent
+    /// (HMAC-SHA-256 under a key derived from `state.encryption_key`, 24 hex digits): says
+    /// whether Redis holds this caller's actor already without opening it, and tells nobody
+    /// without the key anything about the token. Not the delegated token: each replica
+    /// exchanges its own, and any of them acts as well.
     fn fingerprint(&self, tag: &str, actor: &Actor) -> String {
-        let (token, _) = actor.token.for_sealing();
+        let presented = match &actor.identity {
+            ActingIdentity::User(u) => u.token.expose(),
+            ActingIdentity::Service(_) => "",
+        };
         let tag = aws_lc_rs::hmac::sign(
             &self.fingerprint_key,
-            format!("{tag}\n{}", token.expose()).as_bytes(),
+            format!("{tag}\n{presented}").as_bytes(),
         );
         tag.as_ref()[..FINGERPRINT_BYTES]
             .iter()
