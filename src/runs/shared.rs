@@ -224,9 +224,12 @@ return {'scheduled', ''}
 
 /// ARGV[4] the time before which no run of the tenant may start (0: none), [5] '1' when it
 /// comes from reading Graph's settings at first use (then no other replica reads them again).
+/// Only the first replica's reading counts: a later one may have read the settings after a run
+/// of this schedule started (every run starts after its replica's reading), and would hold the
+/// next run back for the schedule's own sync.
 const HOLD: &str = r#"
+if ARGV[5] == '1' and redis.call('HSETNX', SLOT, 'learned', 1) == 0 then return 0 end
 redis.call('HSET', SLOT, 'next_allowed', math.max(num(redis.call('HGET', SLOT, 'next_allowed')), tonumber(ARGV[4])))
-if ARGV[5] == '1' then redis.call('HSET', SLOT, 'learned', 1) end
 return 1
 "#;
 
