@@ -157,18 +157,8 @@ impl Sealer {
 
     /// `plaintext` sealed for the Redis key `bound_to`: base64 of nonce and ciphertext.
     pub fn seal(&self, bound_to: &str, plaintext: &[u8]) -> String {
-        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
         use base64::Engine;
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
-        let mut data = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(bound_to.as_bytes()),
-                &mut data,
-            )
-            .expect("AES-GCM seals any length the gateway writes");
+        let (nonce, data) = self.seal_detached(bound_to.as_bytes(), plaintext);
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
         base64::engine::general_purpose::STANDARD.encode(out)
@@ -177,7 +167,7 @@ impl Sealer {
     /// The plaintext of a value [`Sealer::seal`] made for `bound_to`, or `None` if it was
     /// made under another key, for another Redis key, or altered.
     pub fn open(&self, bound_to: &str, sealed: &str) -> Option<Vec<u8>> {
-        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        use aws_lc_rs::aead::NONCE_LEN;
         use base64::Engine;
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sealed)
@@ -186,11 +176,46 @@ impl Sealer {
             return None;
         }
         let (nonce, data) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut data = data.to_vec();
+        self.open_detached(bound_to.as_bytes(), nonce.try_into().ok()?, data.to_vec())
+    }
+
+    /// `plaintext` encrypted under a fresh random nonce with additional data `aad`: the nonce
+    /// and the ciphertext (tag appended), for a caller with a format of its own (the session
+    /// store's envelope).
+    pub fn seal_detached(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> ([u8; aws_lc_rs::aead::NONCE_LEN], Vec<u8>) {
+        use aws_lc_rs::aead::{Aad, Nonce, NONCE_LEN};
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
+        let mut data = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut data,
+            )
+            .expect("AES-GCM seals any length the gateway writes");
+        (nonce, data)
+    }
+
+    /// The plaintext of what [`Sealer::seal_detached`] made with the same key and `aad`.
+    pub fn open_detached(
+        &self,
+        aad: &[u8],
+        nonce: [u8; aws_lc_rs::aead::NONCE_LEN],
+        mut ciphertext: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        use aws_lc_rs::aead::{Aad, Nonce};
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut data)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut ciphertext,
+            )
             .ok()?;
         Some(plain.to_vec())
     }

@@ -11,7 +11,7 @@
 
 use super::file_stamp::FileStamp;
 use crate::secret::Secret;
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::NONCE_LEN;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -131,7 +131,8 @@ pub enum StoreError {
 /// binds the envelope to its identity, tenant and purpose (a session, or a shared access
 /// token), so an envelope copied to another identity, tenant or purpose does not open.
 pub(crate) struct Sealer {
-    key: LessSafeKey,
+    /// The gateway's one AES-256-GCM (`state::Sealer`), under the identity's store key.
+    aead: crate::state::Sealer,
     aad: String,
 }
 
@@ -161,30 +162,21 @@ impl Sealer {
     }
 
     fn with_aad(key: &StoreKey, aad: String) -> Sealer {
-        let key = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, key.bytes()).expect("AES-256-GCM takes a 32-byte key"),
-        );
-        Sealer { key, aad }
+        Sealer {
+            aead: crate::state::Sealer::new(key),
+            aad,
+        }
     }
 
     /// `plain` encrypted under a fresh nonce, as the JSON envelope.
     pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        let mut buf = plain.to_vec();
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness");
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad.as_bytes()),
-                &mut buf,
-            )
-            .expect("AES-GCM sealing a small buffer");
+        let (nonce, ciphertext) = self.aead.seal_detached(self.aad.as_bytes(), plain);
         serde_json::to_vec(&Envelope {
             format: FORMAT.into(),
             v: 1,
             alg: "A256GCM".into(),
             nonce: STANDARD.encode(nonce),
-            ciphertext: STANDARD.encode(&buf),
+            ciphertext: STANDARD.encode(&ciphertext),
         })
         .expect("an envelope serializes")
     }
@@ -201,18 +193,12 @@ impl Sealer {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or(Unsealed::Format("bad nonce"))?;
-        let mut sealed = STANDARD
+        let sealed = STANDARD
             .decode(&env.ciphertext)
             .map_err(|_| Unsealed::Format("bad ciphertext encoding"))?;
-        let plain = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| Unsealed::Decrypt)?;
-        Ok(plain.to_vec())
+        self.aead
+            .open_detached(self.aad.as_bytes(), nonce, sealed)
+            .ok_or(Unsealed::Decrypt)
     }
 
     /// `session` sealed: the refresh token and the account never leave in the clear.
