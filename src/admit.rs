@@ -12,7 +12,10 @@
 //!    [`ActingIdentity`].
 //! 5. **body**         read to its end by the request deadline (408), at most the limit (413).
 //! 6. **limit**        per caller and per tenant (429 with the `RateLimit*` headers); after it
-//!    the request's decision is `allowed`.
+//!    the request's decision is `allowed`. On the shared backend an entrance that joins a run
+//!    may leave the check prepared ([`Admitted::pending_limit`]) for the join to take in its
+//!    own Redis script (one round trip for both); the entrance then takes it itself, with
+//!    [`Admission::take_limit`], wherever it does not get that far.
 
 use crate::audit::RequestRecord;
 use crate::caller::{Authenticator, Caller, HookCaller};
@@ -21,7 +24,7 @@ use crate::domain::{Decision, RateLimitStatus};
 use crate::error::GatewayError;
 use crate::hooks::verify;
 use crate::hooks::Source;
-use crate::limits::{InFlight, InFlightSlot, Limits};
+use crate::limits::{InFlight, InFlightSlot, Limits, PendingCheck};
 use crate::policy::CallerPolicy;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header;
@@ -55,6 +58,9 @@ pub struct Entrance<'a> {
     pub limited: bool,
     /// Phase 2: how the caller proves who it is.
     pub proof: Proof<'a>,
+    /// Phase 6: a bearer caller's check may be left for the run schedule's join to take
+    /// (on the shared backend; see the module's note).
+    pub limit_with_join: bool,
 }
 
 /// What the phases established about an admitted request.
@@ -65,8 +71,12 @@ pub struct Admitted {
     pub acting: ActingIdentity,
     /// The body, when the entrance reads one.
     pub body: Option<Bytes>,
-    /// Where the caller stands against its limits, when the entrance is limited.
+    /// Where the caller stands against its limits, when the entrance is limited and the
+    /// check was taken.
     pub limit: Option<RateLimitStatus>,
+    /// The check, when it was left for the join to take (`limit` is then `None`, and the
+    /// request's decision is not `allowed` yet).
+    pub pending_limit: Option<PendingCheck>,
     /// Held until the answer; its drop frees the caller's slot.
     _slot: Option<InFlightSlot>,
 }
@@ -149,19 +159,43 @@ impl Admission {
             _ => None,
         };
         // 6. limit (`None` too when the shared store is down and limits fail open)
+        let mut pending_limit = None;
         let limit = match (entrance.limited, entrance.proof) {
             (false, _) => None,
             (true, Proof::Signature(source)) => source.limit.check().await?,
-            (true, Proof::Bearer) => self.limits.check(tenant_id, &caller_key).await?,
+            (true, Proof::Bearer) => {
+                let pending = self.limits.prepare(tenant_id, &caller_key)?;
+                if entrance.limit_with_join && self.limits.takes_in_scripts() {
+                    pending_limit = Some(pending);
+                    None
+                } else {
+                    self.limits.take(&pending).await?
+                }
+            }
         };
-        record.decision = Decision::Allowed;
+        if pending_limit.is_none() {
+            record.decision = Decision::Allowed;
+        }
         Ok(Admitted {
             caller,
             acting,
             body: bytes,
             limit,
+            pending_limit,
             _slot: slot,
         })
+    }
+
+    /// Phase 6 for a check admission left pending, taken now: the request's decision is
+    /// `allowed` once it passes.
+    pub async fn take_limit(
+        &self,
+        pending: &PendingCheck,
+        record: &mut RequestRecord,
+    ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        let limit = self.limits.take(pending).await?;
+        record.decision = Decision::Allowed;
+        Ok(limit)
     }
 
     /// Phase 2: exactly one `Authorization` header, a bearer token, a valid caller.

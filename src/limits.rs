@@ -80,6 +80,13 @@ pub trait RateStore: Send + Sync {
 
     /// Drops keys whose state is indistinguishable from a fresh one (the memory store).
     fn evict(&self) {}
+
+    /// `cells` as a script on this store takes them ([`GCRA_FUNCTION`]), when another step's
+    /// script on the same store may take them with its own work (the shared store); `None`
+    /// for a store no script reaches (memory).
+    fn script_cells(&self, _cells: &[Cell<'_>]) -> Option<Vec<ScriptCell>> {
+        None
+    }
 }
 
 fn quota(r: Rate) -> Quota {
@@ -167,32 +174,78 @@ impl RateStore for GovernorStore {
 
 /// GCRA exactly as governor computes it, in microseconds (Lua's numbers are doubles: exact to
 /// 2^53, so microseconds since the epoch fit and nanoseconds would not), on Redis's clock
-/// (`TIME`), for every cell of one check in one atomic script. KEYS are the cells in order;
-/// ARGV holds each cell's emission interval `t` and burst tolerance `tau` (`t` × (burst − 1)).
-/// A key's TTL ends when its cell is full again, so idle callers vanish on their own. Returns
-/// a flat list: per cell taken, 1 and the remaining burst, or 0 and the wait in microseconds
-/// (then it stops: the cells before keep their take, as in memory).
-const GCRA_SCRIPT: &str = r#"
-local now = redis.call('TIME')
-local t0 = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local out = {}
-for i = 1, #KEYS do
-  local t = tonumber(ARGV[2 * i - 1])
-  local tau = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or t0
-  local earliest = tat - tau
-  if t0 < earliest then
-    out[#out + 1] = 0
-    out[#out + 1] = earliest - t0
-    return out
+/// (`TIME`), as a Lua function that takes one request from each of `cells` (`{key, t, tau}`:
+/// the emission interval and the burst tolerance, `t` × (burst − 1)) in order, in one atomic
+/// script: [`GCRA_SCRIPT`] on its own, or the shared run schedule's join on the warm path
+/// ([`ScriptCell`]). A key's TTL ends when its cell is full again, so idle callers vanish on
+/// their own. Returns a flat list, per cell taken, 1 and the remaining burst, or 0 and the wait
+/// in microseconds (then it stops: the cells before keep their take, as in memory), and
+/// whether a cell refused.
+pub(crate) const GCRA_FUNCTION: &str = r#"
+local function gcra(cells)
+  local now = redis.call('TIME')
+  local t0 = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local out = {}
+  for _, c in ipairs(cells) do
+    local key, t, tau = c[1], tonumber(c[2]), tonumber(c[3])
+    local tat = tonumber(redis.call('GET', key)) or t0
+    local earliest = tat - tau
+    if t0 < earliest then
+      out[#out + 1] = 0
+      out[#out + 1] = earliest - t0
+      return out, true
+    end
+    local nxt = math.max(tat, t0) + t
+    redis.call('SET', key, string.format('%.0f', nxt), 'PX', math.max(1, math.ceil((nxt - t0) / 1000)))
+    out[#out + 1] = 1
+    out[#out + 1] = math.floor(math.min(t0 + tau + t - nxt, tau + t) / t)
   end
-  local nxt = math.max(tat, t0) + t
-  redis.call('SET', KEYS[i], string.format('%.0f', nxt), 'PX', math.max(1, math.ceil((nxt - t0) / 1000)))
-  out[#out + 1] = 1
-  out[#out + 1] = math.floor(math.min(t0 + tau + t - nxt, tau + t) / t)
+  return out, false
 end
+"#;
+
+/// One check on its own: KEYS are the cells in order; ARGV holds each cell's `t` and `tau`.
+const GCRA_SCRIPT: &str = r#"
+local cells = {}
+for i = 1, #KEYS do cells[i] = {KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]} end
+local out = gcra(cells)
 return out
 "#;
+
+/// A cell as a script on the shared store takes it: its full key and its GCRA parameters in
+/// microseconds, for [`GCRA_FUNCTION`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptCell {
+    /// The cell's Redis key (with `state.key_prefix`).
+    pub key: String,
+    /// The emission interval.
+    pub t: u64,
+    /// The burst tolerance.
+    pub tau: u64,
+}
+
+/// The store's answer for a check taken inside a script: the flat list [`GCRA_FUNCTION`]
+/// returns, one pair per cell taken.
+pub fn taken_from_flat(flat: &[i64]) -> Result<Vec<Taken>, Unavailable> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    for pair in flat.chunks(2) {
+        match pair {
+            [1, remaining] => out.push(Taken::Allowed {
+                remaining: (*remaining).clamp(0, i64::from(u32::MAX)) as u32,
+            }),
+            [0, wait] => out.push(Taken::Refused {
+                wait: Duration::from_micros((*wait).max(0) as u64),
+            }),
+            _ => {
+                return Err(Unavailable {
+                    operation: "rate_check",
+                    reason: "unexpected answer from the rate script".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// A cell's GCRA parameters in microseconds: the emission interval and the burst tolerance,
 /// from governor's own `Quota` (so both stores round alike).
@@ -215,7 +268,7 @@ impl RedisRates {
     pub fn new(redis: Redis) -> Self {
         RedisRates {
             redis,
-            script: redis::Script::new(GCRA_SCRIPT),
+            script: redis::Script::new(&format!("{GCRA_FUNCTION}{GCRA_SCRIPT}")),
         }
     }
 
@@ -238,25 +291,24 @@ impl RateStore for RedisRates {
                 .redis
                 .call("rate_check", invocation.invoke_async(&mut conn))
                 .await?;
-            let mut out = Vec::with_capacity(cells.len());
-            for pair in flat.chunks(2) {
-                match pair {
-                    [1, remaining] => out.push(Taken::Allowed {
-                        remaining: (*remaining).clamp(0, i64::from(u32::MAX)) as u32,
-                    }),
-                    [0, wait] => out.push(Taken::Refused {
-                        wait: Duration::from_micros((*wait).max(0) as u64),
-                    }),
-                    _ => {
-                        return Err(Unavailable {
-                            operation: "rate_check",
-                            reason: "unexpected answer from the rate script".into(),
-                        })
-                    }
-                }
-            }
-            Ok(out)
+            taken_from_flat(&flat)
         })
+    }
+
+    fn script_cells(&self, cells: &[Cell<'_>]) -> Option<Vec<ScriptCell>> {
+        Some(
+            cells
+                .iter()
+                .map(|cell| {
+                    let (t, tau) = gcra_micros(cell.rate);
+                    ScriptCell {
+                        key: self.cell_key(cell),
+                        t,
+                        tau,
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -348,6 +400,14 @@ impl OnStoreFailure {
     }
 }
 
+/// A caller's check named but not taken yet ([`Limits::prepare`]): taken by [`Limits::take`],
+/// or inside the shared run schedule's join ([`Limits::script_cells`], [`Limits::decide`]).
+#[derive(Debug)]
+pub struct PendingCheck {
+    caller_key: String,
+    tenant_key: String,
+}
+
 /// The caller and tenant limits of one gateway process.
 pub struct Limits {
     store: Arc<dyn RateStore>,
@@ -422,6 +482,14 @@ impl Limits {
         tenant_id: &str,
         object_id: &str,
     ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        let pending = self.prepare(tenant_id, object_id)?;
+        self.take(&pending).await
+    }
+
+    /// The first half of [`Limits::check`]: refuses when the limiter tracks its maximum of
+    /// callers, and otherwise names the caller's and the tenant's cells without taking from
+    /// them yet.
+    pub fn prepare(&self, tenant_id: &str, object_id: &str) -> Result<PendingCheck, GatewayError> {
         if let Some(n) = self.store.tracked("per-caller") {
             if n >= self.max_tracked_callers {
                 self.store.evict();
@@ -439,24 +507,44 @@ impl Limits {
         }
         // `{tid}`: a Redis Cluster hash tag, so a caller's cell and its tenant's share a slot
         // and one script may touch both.
-        let caller_key = format!("{{{tenant_id}}}:{object_id}");
-        let tenant_key = format!("{{{tenant_id}}}");
-        let cells = [
-            Cell {
-                policy: "per-caller",
-                key: &caller_key,
-                rate: self.caller_rate,
-            },
-            Cell {
-                policy: "per-tenant",
-                key: &tenant_key,
-                rate: self.tenant_rate,
-            },
-        ];
-        let taken = match self.store.take(&cells).await {
-            Ok(t) => t,
-            Err(e) => return self.on_failure.decide(&e, "per-caller", &self.metrics),
-        };
+        Ok(PendingCheck {
+            caller_key: format!("{{{tenant_id}}}:{object_id}"),
+            tenant_key: format!("{{{tenant_id}}}"),
+        })
+    }
+
+    /// The second half of [`Limits::check`]: takes `pending` from the store now.
+    pub async fn take(
+        &self,
+        pending: &PendingCheck,
+    ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        let cells = self.cells(pending);
+        match self.store.take(&cells).await {
+            Ok(taken) => self.decide(pending, taken),
+            Err(e) => self.on_failure.decide(&e, "per-caller", &self.metrics),
+        }
+    }
+
+    /// `pending`'s cells as a script on the shared store takes them, so that the run
+    /// schedule's join takes them in its own script (one round trip for both); `None` on the
+    /// memory store, where there is no round trip to save.
+    pub fn script_cells(&self, pending: &PendingCheck) -> Option<Vec<ScriptCell>> {
+        self.store.script_cells(&self.cells(pending))
+    }
+
+    /// Whether another step's script on the store may take a check ([`Limits::script_cells`]).
+    pub fn takes_in_scripts(&self) -> bool {
+        self.store.script_cells(&[]).is_some()
+    }
+
+    /// The answer for `pending` from what the store took (here or in another step's script):
+    /// the tighter status, or the refusal, counted as [`Limits::check`] counts them.
+    pub fn decide(
+        &self,
+        pending: &PendingCheck,
+        taken: Vec<Taken>,
+    ) -> Result<Option<RateLimitStatus>, GatewayError> {
+        let cells = self.cells(pending);
         let mut statuses = Vec::with_capacity(2);
         for (cell, t) in cells.iter().zip(taken) {
             self.metrics.decided(
@@ -475,6 +563,21 @@ impl Limits {
                 caller
             }
         }))
+    }
+
+    fn cells<'a>(&self, pending: &'a PendingCheck) -> [Cell<'a>; 2] {
+        [
+            Cell {
+                policy: "per-caller",
+                key: &pending.caller_key,
+                rate: self.caller_rate,
+            },
+            Cell {
+                policy: "per-tenant",
+                key: &pending.tenant_key,
+                rate: self.tenant_rate,
+            },
+        ]
     }
 
     /// Drops keys whose state is indistinguishable from a fresh one.
@@ -630,6 +733,30 @@ impl Drop for InFlightSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scripts_flat_answer_reads_as_one_taken_per_cell_and_anything_else_is_refused() {
+        assert_eq!(
+            taken_from_flat(&[1, 3, 0, 1500]).unwrap(),
+            [
+                Taken::Allowed { remaining: 3 },
+                Taken::Refused {
+                    wait: Duration::from_micros(1500)
+                }
+            ]
+        );
+        // An odd length or an unknown verdict is not an answer to trust.
+        assert!(taken_from_flat(&[1]).is_err());
+        assert!(taken_from_flat(&[2, 0]).is_err());
+    }
+
+    #[test]
+    fn only_the_shared_store_lets_another_script_take_a_check() {
+        let memory = limits(10, 5, 100);
+        assert!(!memory.takes_in_scripts());
+        let pending = memory.prepare("t", "o").unwrap();
+        assert!(memory.script_cells(&pending).is_none());
+    }
 
     /// [`Limits::check`] on a runtime of its own (the memory store never waits).
     fn check(l: &Limits, t: &str, o: &str) -> Result<RateLimitStatus, GatewayError> {

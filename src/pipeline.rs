@@ -31,11 +31,12 @@ use crate::audit::{
 };
 use crate::credentials::ActingIdentity;
 use crate::credentials::Credentials;
-use crate::domain::RateLimitStatus;
+use crate::domain::{Decision, RateLimitStatus};
 use crate::hook_answer::HookOutcome;
 use crate::hooks::deliveries::{Claim, Seen};
 use crate::hooks::event::{self, HookEvent, Verb};
 use crate::hooks::{Hooks, Source};
+use crate::limits::PendingCheck;
 use crate::problem::{self, GatewayError};
 use crate::runs::schedule::{Scheduler, Submitted, TenantRuns};
 use crate::runs::{Actor, Run, RunCell, RunState};
@@ -85,6 +86,7 @@ const SYNC: Entrance<'static> = Entrance {
     in_flight: true,
     limited: true,
     proof: Proof::Bearer,
+    limit_with_join: true,
 };
 
 /// `GET /sync/status`: no body; it calls Graph (up to its timeout), so a slot and the limits.
@@ -93,6 +95,7 @@ const STATUS_READ: Entrance<'static> = Entrance {
     in_flight: true,
     limited: true,
     proof: Proof::Bearer,
+    limit_with_join: false,
 };
 
 /// `GET /sync/runs/{id}`: reads memory only: neither a slot nor the limits.
@@ -101,6 +104,7 @@ const RUN_READ: Entrance<'static> = Entrance {
     in_flight: false,
     limited: false,
     proof: Proof::Bearer,
+    limit_with_join: false,
 };
 
 /// The optional JSON body of `POST /sync`.
@@ -441,13 +445,29 @@ async fn sync(
         .admit(SYNC, req, Some(body), started, record)
         .await
         .map_err(plain)?;
-    record.reason =
-        parse_reason(req, admitted.body.as_deref().unwrap_or_default()).map_err(plain)?;
+    let reason = parse_reason(req, admitted.body.as_deref().unwrap_or_default());
+    if let (Err(_), Some(pending)) = (&reason, &admitted.pending_limit) {
+        // A refused body counts against the limits as anywhere else, and a caller over its
+        // limit hears that first.
+        gw.admission
+            .take_limit(pending, record)
+            .await
+            .map_err(plain)?;
+    }
+    record.reason = reason.map_err(plain)?;
     let acting = admitted.acting.clone();
-    let limit = admitted.limit.clone();
 
-    // 7-8. Credentials, then schedule.
-    let submitted = join_run(gw, acting, record).await.map_err(plain)?;
+    // 7-8. Credentials, then schedule (and on the warm path of the shared backend, the
+    //      limits left pending in the same Redis script).
+    let (submitted, limit) = join_run(
+        gw,
+        acting,
+        record,
+        admitted.limit.clone(),
+        admitted.pending_limit.as_ref(),
+    )
+    .await
+    .map_err(plain)?;
 
     // 9. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
     let cell = match submitted {
@@ -479,25 +499,86 @@ async fn sync(
 /// and give a trailing run the token to act with; then the run is joined, started or
 /// scheduled. `acting_as` is recorded after the attempt: a service identity's account is known
 /// once its session has been read.
+///
+/// A rate-limit check admission left `pending` is taken here: inside the join's own script
+/// when the token is at hand and the tenant's shared schedule is known (the warm path: one
+/// Redis round trip for both), otherwise first, before anything an over-limit caller could
+/// cause (an exchange, a refresh, a read of Graph's settings). Returns the run and where the
+/// caller stands against its limits (`limit`, or the pending check's answer).
 async fn join_run(
     gw: &Gateway,
     acting: ActingIdentity,
     record: &mut RequestRecord,
-) -> Result<Submitted, GatewayError> {
-    let token = gw
-        .credentials
-        .token_for(&acting, &gw.runs.policy().graph_scope)
-        .await;
+    limit: Option<RateLimitStatus>,
+    pending: Option<&PendingCheck>,
+) -> Result<(Submitted, Option<RateLimitStatus>), GatewayError> {
+    let scope = &gw.runs.policy().graph_scope;
+    let tenant = acting.tenant_id().to_string();
+    let mut limit = limit;
+    if let Some(pending) = pending {
+        if let Some(joined) = join_taking_limits(gw, &acting, &tenant, record, pending).await {
+            return joined;
+        }
+        limit = gw.admission.take_limit(pending, record).await?;
+    }
+    let token = gw.credentials.token_for(&acting, scope).await;
     let acting_as = Arc::new(gw.credentials.acting_summary(&acting));
     record.acting_as = Some(acting_as.clone());
     let token = token?;
-    let tenant = acting.tenant_id().to_string();
     let actor = Actor {
         summary: acting_as,
         identity: acting,
         token,
     };
-    gw.runs.submit(record.id, &tenant, actor).await
+    let submitted = gw.runs.submit(record.id, &tenant, actor).await?;
+    Ok((submitted, limit))
+}
+
+/// The warm path of [`join_run`]: `None` when it does not apply (the token is not at hand,
+/// the limits are not on the shared store, or this process does not know the tenant's
+/// schedule yet), and the caller takes the check first.
+async fn join_taking_limits(
+    gw: &Gateway,
+    acting: &ActingIdentity,
+    tenant: &str,
+    record: &mut RequestRecord,
+    pending: &PendingCheck,
+) -> Option<Result<(Submitted, Option<RateLimitStatus>), GatewayError>> {
+    let limits = &gw.admission.limits;
+    if !gw.runs.takes_limits_with_join(tenant) {
+        return None;
+    }
+    let cells = limits.script_cells(pending)?;
+    let token = gw
+        .credentials
+        .cached_token_for(acting, &gw.runs.policy().graph_scope)
+        .await?;
+    let acting_as = Arc::new(gw.credentials.acting_summary(acting));
+    let actor = Actor {
+        summary: acting_as.clone(),
+        identity: acting.clone(),
+        token,
+    };
+    let joined = match gw
+        .runs
+        .submit_taking(record.id, tenant, actor, &cells)
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => return Some(Err(e)),
+    };
+    let limit = match limits.decide(pending, joined.taken) {
+        Ok(l) => l,
+        Err(refused) => return Some(Err(refused)),
+    };
+    record.decision = Decision::Allowed;
+    record.acting_as = Some(acting_as);
+    Some(match joined.submitted {
+        Some(Ok(submitted)) => Ok((submitted, limit)),
+        Some(Err(e)) => Err(e),
+        // Every cell allowed, yet the script did not join: a malformed answer.
+        None => Err(GatewayError::Internal),
+    })
 }
 
 /// `POST /hooks/{source}`: a webhook delivery or a chat command. The same admission phases as
@@ -608,6 +689,7 @@ async fn hook_delivery(
         in_flight: true,
         limited: true,
         proof: Proof::Signature(source),
+        limit_with_join: false,
     };
     // Admission notes the verified delivery id on the record's `hook`, refused later or not.
     record.hook = Some(Box::new(hook.clone()));
@@ -694,7 +776,7 @@ async fn hook_delivery(
     }
 
     // 9-10. Credentials and schedule, as for `POST /sync`; Graph is never waited for.
-    let submitted = join_run(gw, admitted.acting.clone(), record).await?;
+    let (submitted, _) = join_run(gw, admitted.acting.clone(), record, None, None).await?;
     let cell = submitted.cell().clone();
     let run = cell.view();
     record.run_id = Some(run.id);

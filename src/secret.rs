@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// A configured secret (client secret, keys). Serializes as a mask, never as its value.
@@ -51,17 +52,29 @@ impl<'de> Deserialize<'de> for Secret {
 /// A bearer token presented by a caller. Kept only as long as the request (and the
 /// verified-token cache) needs it; it leaves the gateway only as the on-behalf-of assertion.
 #[derive(Clone, PartialEq, Eq)]
-pub struct BearerToken(String);
+pub struct BearerToken {
+    value: String,
+    digest: [u8; 32],
+}
 
 impl BearerToken {
     /// Wraps the raw token text.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        let value = value.into();
+        let digest = Sha256::digest(value.as_bytes()).into();
+        Self { value, digest }
     }
 
     /// The raw token, for verification and for the on-behalf-of assertion only.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+
+    /// SHA-256 of the token, computed once: what the caches and fingerprints keyed by the
+    /// token derive from, so that a token of one or two kilobytes is hashed once, not at
+    /// every use of every request carrying it.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
     }
 }
 

@@ -98,6 +98,12 @@ impl ApplicationIdentities {
             .map_err(|e: Arc<GatewayError>| (*e).clone())
     }
 
+    /// The app-only Graph token of identity `name` if one is cached and usable, with no call.
+    pub async fn cached(&self, name: &str) -> Option<Arc<DelegatedToken>> {
+        let tenant = self.tenants.get(name)?;
+        self.cache.get(tenant).await
+    }
+
     async fn request(&self, name: &str, tenant: &str) -> Result<Arc<DelegatedToken>, GatewayError> {
         let grant = [
             ("grant_type", CLIENT_CREDENTIALS),

@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::credentials::{Credentials, DelegatedToken};
 use crate::domain::RunEvent;
 use crate::error::GatewayError;
+use crate::limits::{ScriptCell, Taken};
 use crate::metrics::RunMetrics;
 use crate::upstream::Graph;
 use chrono::{DateTime, Utc};
@@ -109,6 +110,15 @@ pub(super) struct Inner {
     runtime: tokio::runtime::Handle,
 }
 
+/// What [`Scheduler::submit_taking`] did.
+pub struct TakenJoin {
+    /// What the rate-limit cells said, in order, up to the one that refused.
+    pub taken: Vec<Taken>,
+    /// `None` when a cell refused (the schedule is as it was); otherwise the submitted run, or
+    /// why it failed after the cells were taken (its `scheduled` record, say).
+    pub submitted: Option<Result<Submitted, GatewayError>>,
+}
+
 /// The runs of one action.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -182,7 +192,14 @@ impl Scheduler {
         actor: Actor,
     ) -> Result<Submitted, GatewayError> {
         if self.inner.shared.is_some() {
-            return self.submit_shared(request, tenant, actor).await;
+            return match self.decide_shared(request, tenant, &actor, &[]).await? {
+                (_, Some(decided), now) => {
+                    self.follow_submitted(request, tenant, actor, now, decided)
+                        .await
+                }
+                // Without cells nothing can refuse.
+                (_, None, _) => Err(GatewayError::Internal),
+            };
         }
         let inner = &self.inner;
         let slot_lock = inner.slot(tenant);
@@ -235,6 +252,35 @@ impl Scheduler {
         inner.track(&cell);
         self.spawn_run(drive(self.inner.clone(), cell.clone(), false));
         Ok(Submitted::Scheduled(cell))
+    }
+
+    /// Whether a request of `tenant` may have its rate-limit cells taken by the join itself
+    /// ([`Scheduler::submit_taking`]): on the shared schedule, once this process knows the
+    /// tenant's schedule (Graph's settings are read before a tenant's first join, and no
+    /// caller the limits would refuse may cause that read).
+    pub fn takes_limits_with_join(&self, tenant: &str) -> bool {
+        self.inner.shared.is_some() && self.inner.learned.lock().contains(tenant)
+    }
+
+    /// [`Scheduler::submit`] that first takes the caller's rate-limit `cells` in the same
+    /// script on the shared schedule (one Redis round trip for both). Fails only when nothing
+    /// was taken or decided (Redis did not answer).
+    pub async fn submit_taking(
+        &self,
+        request: Uuid,
+        tenant: &str,
+        actor: Actor,
+        cells: &[ScriptCell],
+    ) -> Result<TakenJoin, GatewayError> {
+        let (taken, decided, now) = self.decide_shared(request, tenant, &actor, cells).await?;
+        let submitted = match decided {
+            Some(decided) => Some(
+                self.follow_submitted(request, tenant, actor, now, decided)
+                    .await,
+            ),
+            None => None,
+        };
+        Ok(TakenJoin { taken, submitted })
     }
 
     /// The run `id` as callers see it (following merges), if it is live or finished recently;
@@ -948,12 +994,15 @@ async fn follow(inner: &Inner, shared: &SharedRuns, cell: &Arc<RunCell>) {
 impl Scheduler {
     /// [`Scheduler::submit`] on the shared schedule: one script decides (join, start now, or
     /// schedule), then this replica keeps a local copy of the run for its caller.
-    async fn submit_shared(
+    /// The shared slot's decision for `request` (after taking `cells`, which may refuse:
+    /// then `None`), and the time it was made at.
+    async fn decide_shared(
         &self,
         request: Uuid,
         tenant: &str,
-        actor: Actor,
-    ) -> Result<Submitted, GatewayError> {
+        actor: &Actor,
+        cells: &[ScriptCell],
+    ) -> Result<(Vec<Taken>, Option<shared::Submitted>, DateTime<Utc>), GatewayError> {
         let inner = &self.inner;
         let Some(shared) = inner.shared.as_ref() else {
             return Err(GatewayError::Internal);
@@ -961,10 +1010,34 @@ impl Scheduler {
         inner.learn_shared(shared, tenant, &actor.token).await;
         let now = inner.clock.now();
         let new_id = Uuid::now_v7();
-        let decided = shared
-            .submit(tenant, now, inner.policy.cooldown, new_id, request, &actor)
+        let (taken, decided) = shared
+            .submit(
+                tenant,
+                now,
+                inner.policy.cooldown,
+                new_id,
+                request,
+                actor,
+                cells,
+            )
             .await
             .map_err(state_unavailable)?;
+        Ok((taken, decided, now))
+    }
+
+    /// This process's side of what the shared slot decided for `request`.
+    async fn follow_submitted(
+        &self,
+        request: Uuid,
+        tenant: &str,
+        actor: Actor,
+        now: DateTime<Utc>,
+        decided: shared::Submitted,
+    ) -> Result<Submitted, GatewayError> {
+        let inner = &self.inner;
+        let Some(shared) = inner.shared.as_ref() else {
+            return Err(GatewayError::Internal);
+        };
         match decided {
             shared::Submitted::Started { id, fence } => {
                 let cell = RunCell::with_id(

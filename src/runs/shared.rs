@@ -30,7 +30,8 @@ use super::{Actor, Covers, OutcomeRecord, Run, RunError, RunState, RunUpstream, 
 use crate::audit::AttemptSummary;
 use crate::caller::UserCaller;
 use crate::credentials::{ActingIdentity, DelegatedToken, ServiceIdentityRef};
-use crate::domain::CallerSummary;
+use crate::domain::{hex, CallerSummary};
+use crate::limits::{taken_from_flat, ScriptCell, Taken};
 use crate::secret::{BearerToken, Secret};
 use crate::state::{Redis, Sealer, Unavailable};
 use chrono::{DateTime, TimeZone, Utc};
@@ -87,8 +88,11 @@ end
 /// ARGV[4] now, [5] cooldown, [6] new run id, [7] request id, [8] actor tag, [9] the actor's
 /// fingerprint followed by the sealed actor, or '' when the caller expects the run to hold
 /// this very actor already, [10] its TTL, [11] the caller summary (JSON), [12] lease ms,
-/// [13] owner, [14] the actor's fingerprint. Answers `need_actor` (and changes nothing) when
-/// [9] is '' and the run does not hold that actor.
+/// [13] owner, [14] the actor's fingerprint, [15] how many rate-limit cells to take first,
+/// then each cell's key, `t` and `tau` ([`crate::limits::GCRA_FUNCTION`]). Answers
+/// `need_actor` (and changes nothing) when [9] is '' and the run does not hold that actor;
+/// `limited` (having taken the cells up to the one refusing, and changed nothing else) when
+/// a cell refuses. Every other answer carries what the cells said after its four fields.
 const SUBMIT: &str = r#"
 local now, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local FP = ARGV[14]
@@ -97,7 +101,19 @@ if ARGV[9] == '' then
   local cur = redis.call('GET', actorkey(ARGV[8]))
   if not cur or string.sub(cur, 1, #FP) ~= FP then return {'need_actor', '', '', ''} end
 end
-redis.call('SADD', P .. 'run-tenants', T)
+local taken = {}
+local function answer(fields)
+  for _, v in ipairs(taken) do fields[#fields + 1] = string.format('%.0f', v) end
+  return fields
+end
+local ncells = tonumber(ARGV[15])
+if ncells > 0 then
+  local cells = {}
+  for i = 1, ncells do cells[i] = {ARGV[13 + 3 * i], ARGV[14 + 3 * i], ARGV[15 + 3 * i]} end
+  local refused
+  taken, refused = gcra(cells)
+  if refused then return answer({'limited', '', '', ''}) end
+end
 local function join(id)
   local rk = runkey(id)
   if redis.call('LLEN', rk .. ':covered') < __MAX_COVERED__ then
@@ -118,26 +134,28 @@ if sched then
   local covers = redis.call('HINCRBY', rk, 'covers', 1)
   redis.call('HSET', rk, 'acting_as', ARGV[11])
   join(sched)
-  return {'joined', sched, redis.call('HGET', rk, 'not_before') or '', tostring(covers)}
+  return answer({'joined', sched, redis.call('HGET', rk, 'not_before') or '', tostring(covers)})
 end
 local running = redis.call('HGET', SLOT, 'running')
 local na = num(redis.call('HGET', SLOT, 'next_allowed'))
 local id = ARGV[6]
 local rk = runkey(id)
+-- A new run: the sweep looks for the tenant from now on (a join finds it there already).
+redis.call('SADD', P .. 'run-tenants', T)
 if cooldown == 0 or ((not running) and now >= na) then
   redis.call('HSET', SLOT, 'running', id, 'next_allowed', now + cooldown)
   redis.call('HSET', rk, 'tenant', T, 'state', 'running', 'started_at', now, 'covers', 1,
     'acting_as', ARGV[11], 'fence', 1)
   redis.call('SET', rk .. ':lease', ARGV[13] .. ' 1', 'PX', ARGV[12])
   join(id)
-  return {'started', id, '', '1'}
+  return answer({'started', id, '', '1'})
 end
 local nb = math.max(na, now)
 redis.call('HSET', SLOT, 'scheduled', id)
 redis.call('HSET', rk, 'tenant', T, 'state', 'scheduled', 'not_before', nb, 'covers', 1,
   'acting_as', ARGV[11], 'fence', 0)
 join(id)
-return {'scheduled', id, tostring(nb), '1'}
+return answer({'scheduled', id, tostring(nb), '1'})
 "#;
 
 /// ARGV[4] run id: forgets a scheduled run nobody else joined (its record failed).
@@ -539,7 +557,8 @@ impl SharedRuns {
             sealer,
             owner: Uuid::new_v4().simple().to_string(),
             retention_ms: duration_ms(retention),
-            submit: script(SUBMIT),
+            // The join takes the caller's rate-limit cells first on the warm path.
+            submit: script(&format!("{}{SUBMIT}", crate::limits::GCRA_FUNCTION)),
             withdraw: script(WITHDRAW),
             claim: script(CLAIM),
             renew: script(RENEW),
@@ -589,8 +608,7 @@ impl SharedRuns {
             ActingIdentity::User(u) => format!("user:{}:{}", u.tenant_id, u.object_id),
             ActingIdentity::Service(s) => format!("service:{}", s.name),
         };
-        let digest = Sha256::digest(who.as_bytes());
-        digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&Sha256::digest(who.as_bytes())[..12])
     }
 
     /// The actor sealed for run `id`, and how long it may be kept.
@@ -641,18 +659,15 @@ impl SharedRuns {
     /// without the key anything about the token. Not the delegated token: each replica
     /// exchanges its own, and any of them acts as well.
     fn fingerprint(&self, tag: &str, actor: &Actor) -> String {
-        let presented = match &actor.identity {
-            ActingIdentity::User(u) => u.token.expose(),
-            ActingIdentity::Service(_) => "",
+        let presented: &[u8] = match &actor.identity {
+            ActingIdentity::User(u) => u.token.digest(),
+            ActingIdentity::Service(_) => b"",
         };
-        let tag = aws_lc_rs::hmac::sign(
-            &self.fingerprint_key,
-            format!("{tag}\n{presented}").as_bytes(),
-        );
-        tag.as_ref()[..FINGERPRINT_BYTES]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let mut signing = aws_lc_rs::hmac::Context::with_key(&self.fingerprint_key);
+        signing.update(tag.as_bytes());
+        signing.update(b"\n");
+        signing.update(presented);
+        hex(&signing.sign().as_ref()[..FINGERPRINT_BYTES])
     }
 
     fn open_actor(&self, tag: &str, stored: &str) -> Option<Actor> {
@@ -699,7 +714,10 @@ impl SharedRuns {
     }
 
     /// Covers `request` of `tenant`: joins the scheduled run, or starts `new_id` now, or makes
-    /// `new_id` the scheduled run; one script, so replicas never interleave.
+    /// `new_id` the scheduled run; one script, so replicas never interleave. The script first
+    /// takes the caller's rate-limit `cells`, if any: what they said comes back beside the
+    /// decision, and a refusal leaves the schedule as it was (`None`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn submit(
         &self,
         tenant: &str,
@@ -708,7 +726,8 @@ impl SharedRuns {
         new_id: Uuid,
         request: Uuid,
         actor: &Actor,
-    ) -> Result<Submitted, Unavailable> {
+        cells: &[ScriptCell],
+    ) -> Result<(Vec<Taken>, Option<Submitted>), Unavailable> {
         let tag = Self::tag_of(&actor.identity);
         let fingerprint = self.fingerprint(&tag, actor);
         let summary = summary_json(&Some(actor.summary.clone()));
@@ -734,7 +753,11 @@ impl SharedRuns {
                 .arg(&summary)
                 .arg(duration_ms(RUN_LEASE))
                 .arg(&self.owner)
-                .arg(&fingerprint);
+                .arg(&fingerprint)
+                .arg(cells.len());
+            for cell in cells {
+                inv.arg(&cell.key).arg(cell.t).arg(cell.tau);
+            }
             let reply: Vec<String> = self.run("run_submit", inv).await?;
             if reply.first().is_some_and(|w| w == "need_actor") && !send_actor {
                 send_actor = true;
@@ -749,26 +772,40 @@ impl SharedRuns {
             }
             break reply;
         };
-        let [what, id, time, covers] = reply.as_slice() else {
+        let [what, id, time, covers, said @ ..] = reply.as_slice() else {
             return Err(malformed("run_submit"));
         };
+        let flat = said
+            .iter()
+            .map(|v| v.parse::<i64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| malformed("run_submit"))?;
+        let taken = taken_from_flat(&flat).map_err(|_| malformed("run_submit"))?;
+        if what == "limited" {
+            return Ok((taken, None));
+        }
+        if taken.len() != cells.len() {
+            // Admitted, yet not every cell was taken: the script's answer is not to be trusted.
+            return Err(malformed("run_submit"));
+        }
         let id = parse_id(id).ok_or_else(|| malformed("run_submit"))?;
-        match what.as_str() {
-            "started" => Ok(Submitted::Started {
+        let decided = match what.as_str() {
+            "started" => Submitted::Started {
                 id,
                 fence: format!("{} 1", self.owner),
-            }),
-            "scheduled" => Ok(Submitted::Scheduled {
+            },
+            "scheduled" => Submitted::Scheduled {
                 id,
                 not_before: from_ms(time).ok_or_else(|| malformed("run_submit"))?,
-            }),
-            "joined" => Ok(Submitted::Joined {
+            },
+            "joined" => Submitted::Joined {
                 id,
                 not_before: from_ms(time),
                 covers: covers.parse().unwrap_or(1),
-            }),
-            _ => Err(malformed("run_submit")),
-        }
+            },
+            _ => return Err(malformed("run_submit")),
+        };
+        Ok((taken, Some(decided)))
     }
 
     /// Forgets scheduled run `id` if nobody joined it (its `scheduled` record failed).

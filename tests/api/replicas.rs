@@ -207,6 +207,93 @@ async fn a_storm_spread_over_three_replicas_makes_one_immediate_run_and_one_trai
     delete_keys(&url, &prefix).await;
 }
 
+/// `INFO commandstats` of the Redis at `url`: calls so far per command.
+async fn command_calls(url: &str) -> std::collections::HashMap<String, i64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // cmdstat_evalsha:calls=12,usec=...
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (command, rest) = l.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((command.to_string(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_warm_request_takes_its_limits_and_joins_its_run_in_one_redis_round_trip() {
+    let Some(_) = redis_url("one round trip on the warm path") else {
+        return;
+    };
+    // A Redis of the test's own, so that its command counts are this gateway's alone.
+    let port = closed_port();
+    let Some(_own) = OwnRedis::start(port) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(intune_in_virtual_time(
+        on_redis(&url, &unique_prefix(), None),
+        600,
+    ))
+    .await;
+    let token = app.token();
+    // Cold: the exchange, the limits, then a run at once; the next request schedules the
+    // trailing run. Both reach Redis more than once.
+    let first: Value = app.post_sync(&token).await.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap();
+    let scheduled: Value = app.post_sync(&token).await.json().await.unwrap();
+    assert_eq!(scheduled["state"], "scheduled");
+    let scheduled_id = scheduled["id"].as_str().unwrap();
+    // The first run's outcome is published (one more script) before the counting starts.
+    for _ in 0..300 {
+        if run_on(&app, &token, first_id).await["outcome_record"] == "recorded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let before = command_calls(&url).await;
+    const N: i64 = 20;
+    for _ in 0..N {
+        let resp = app.post_sync(&token).await;
+        assert_eq!(resp.status(), 202);
+        // The limits were taken: their status is in the answer.
+        assert!(resp.headers().get("ratelimit").is_some());
+    }
+    let after = command_calls(&url).await;
+    let delta =
+        |command: &str| after.get(command).unwrap_or(&0) - before.get(command).unwrap_or(&0);
+
+    // Warm: one script per request takes the limits and joins the run. Beside the requests
+    // only the sweep talks to Redis, each round one SMEMBERS and one script for the tenant;
+    // a round may straddle a reading (±1). Two round trips per request would make 2 × N.
+    let scripts = delta("evalsha") - delta("smembers");
+    assert!(
+        (N - 1..=N + 1).contains(&scripts),
+        "{scripts} scripts for {N} warm requests: {before:?} -> {after:?}"
+    );
+    // Nor a command of its own (commandstats also counts those the scripts run, so only the
+    // commands no script runs can be told apart).
+    for command in ["eval", "hgetall", "ping", "script|load"] {
+        assert_eq!(delta(command), 0, "{command}: {before:?} -> {after:?}");
+    }
+    // And they joined the scheduled run.
+    let run = run_on(&app, &token, scheduled_id).await;
+    assert_eq!(run["covers"]["count"], N + 1);
+}
+
 #[tokio::test]
 async fn redis_holds_no_token_in_the_clear_while_a_run_waits_with_its_joiners_credentials() {
     let Some(url) = redis_url("no token in Redis") else {

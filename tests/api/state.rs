@@ -144,6 +144,59 @@ async fn three_replicas_on_one_redis_admit_exactly_one_callers_burst_and_refuse_
 }
 
 #[tokio::test]
+async fn on_redis_a_refused_body_counts_against_the_limits_and_an_over_limit_caller_hears_429_first(
+) {
+    let Some(url) = redis_url("refused bodies count on Redis") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(1, &url, &prefix, |s| {
+        s.set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
+    })
+    .await;
+    let app = &apps[0];
+    let token = app.token();
+    // Warm (the token exchanged, the tenant's schedule known), then a bad body: 400, and it
+    // took the caller's second request, as in memory mode.
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    let bad = app.post_sync_json(&token, "reason=because").await;
+    assert_eq!(bad.status(), 400);
+    // Over the limit, the limit is what the caller hears, bad body or not.
+    let over = app.post_sync_json(&token, "reason=because").await;
+    assert_eq!(over.status(), 429);
+    assert_eq!(app.post_sync(&token).await.status(), 429);
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn on_redis_a_limited_request_with_a_token_not_yet_exchanged_makes_no_exchange() {
+    let Some(url) = redis_url("no exchange for a limited caller on Redis") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(1, &url, &prefix, |s| {
+        s.set("limits.per_caller", "{ per_minute = 1, burst = 1 }")
+    })
+    .await;
+    let app = &apps[0];
+    let spec = app.user();
+    assert_eq!(
+        app.post_sync(&app.sims.entra.mint(&spec)).await.status(),
+        202
+    );
+    // A second, different token of the same user: not cached, so the limit is taken before
+    // the exchange, not in the join's script after it.
+    let mut again = spec.clone();
+    again.lifetime = Duration::from_secs(1800);
+    assert_eq!(
+        app.post_sync(&app.sims.entra.mint(&again)).await.status(),
+        429
+    );
+    assert_eq!(app.sims.entra.token_requests(), 1);
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
 async fn three_replicas_on_one_redis_hold_one_tenant_limit_for_all_its_callers() {
     let Some(url) = redis_url("tenant limit across replicas") else {
         return;
