@@ -6,7 +6,7 @@
 //! Like `state.rs`, the tests read `REDIS_URL` and return at once, saying why, without it.
 
 use crate::crash::serve_with_env;
-use crate::helpers::{assert_trail_valid, problem_type, spawn_app_with, Setup, TestApp};
+use crate::helpers::{assert_trail_valid, header, problem_type, spawn_app_with, Setup, TestApp};
 use crate::state::{
     assert_no_issued_token_in, closed_port, delete_keys, dump_keys, on_redis, quoted, redis_url,
     replicas, unique_prefix, OwnRedis, STATE_KEY,
@@ -292,6 +292,43 @@ async fn a_warm_request_takes_its_limits_and_joins_its_run_in_one_redis_round_tr
     // And they joined the scheduled run.
     let run = run_on(&app, &token, scheduled_id).await;
     assert_eq!(run["covers"]["count"], N + 1);
+}
+
+#[tokio::test]
+async fn a_warm_request_whose_stored_credentials_vanished_is_joined_and_takes_its_limits_once() {
+    let Some(url) = redis_url("limits taken once when the actor is resent") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(1, &url, &prefix, |s| {
+        intune_in_virtual_time(s, 600).set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
+    })
+    .await;
+    let app = &apps[0];
+    let token = app.token();
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    // The caller's sealed credentials are gone from Redis (expired, evicted): the replica
+    // sends the join without them, hears that they are needed, and sends them again.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let actors: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}run-actor:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(actors.len(), 1, "{actors:?}");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&actors)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The second of the burst's two requests: admitted, so the limits were taken once for it,
+    // not once per attempt of the join.
+    let second = app.post_sync(&token).await;
+    assert_eq!(second.status(), 202);
+    assert_eq!(header(&second, "ratelimit"), "\"per-caller\";r=0;t=120");
+    assert_eq!(app.post_sync(&token).await.status(), 429);
+    delete_keys(&url, &prefix).await;
 }
 
 #[tokio::test]
