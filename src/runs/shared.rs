@@ -98,8 +98,10 @@ local now, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local FP = ARGV[14]
 local sched = redis.call('HGET', SLOT, 'scheduled')
 if ARGV[9] == '' then
-  local cur = redis.call('GET', actorkey(ARGV[8]))
-  if not cur or string.sub(cur, 1, #FP) ~= FP then return {'need_actor', '', '', ''} end
+  -- Only the fingerprint in front of the sealed actor ('' when there is none).
+  if redis.call('GETRANGE', actorkey(ARGV[8]), 0, #FP - 1) ~= FP then
+    return {'need_actor', '', '', ''}
+  end
 end
 local taken = {}
 local function answer(fields)
