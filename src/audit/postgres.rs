@@ -8,7 +8,9 @@
 //! written before streams existed), and `seq` and `prev` run per stream, keyed `(stream, seq)`.
 //!
 //! The writer thread is synchronous; the sink owns a small current-thread tokio runtime and
-//! bounds every round trip with `timeout` (connect, migration, each commit).
+//! bounds every round trip with `timeout` (connect, migration, each commit). `audit verify`
+//! reads through a read-only connection that migrates nothing ([`postgres_streams`],
+//! [`verify_postgres_stream`]).
 
 use super::chain::{hash, hex, Tail};
 use super::sink::{AuditSink, Batch, Opened};
@@ -124,19 +126,7 @@ impl PostgresSink {
         let rt = self.runtime()?;
         let client = rt.block_on(async {
             bounded(opts.timeout, async {
-                let mut cfg: tokio_postgres::Config = opts.url.parse().map_err(pg)?;
-                cfg.connect_timeout(opts.timeout)
-                    .keepalives(true)
-                    .application_name("sync-gateway-audit");
-                let (client, connection) = cfg.connect(NoTls).await.map_err(pg)?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                let ms = opts.timeout.as_millis().max(1);
-                client
-                    .batch_execute(&format!("SET statement_timeout = {ms}"))
-                    .await
-                    .map_err(pg)?;
+                let client = open(&opts, "sync-gateway-audit").await?;
                 migrate(&client, &opts.schema).await?;
                 Ok(client)
             })
@@ -171,6 +161,24 @@ impl PostgresSink {
             }
         }
     }
+}
+
+/// A connection with every statement bounded by `opts.timeout`.
+async fn open(opts: &PostgresOptions, application: &str) -> io::Result<Client> {
+    let mut cfg: tokio_postgres::Config = opts.url.parse().map_err(pg)?;
+    cfg.connect_timeout(opts.timeout)
+        .keepalives(true)
+        .application_name(application);
+    let (client, connection) = cfg.connect(NoTls).await.map_err(pg)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let ms = opts.timeout.as_millis().max(1);
+    client
+        .batch_execute(&format!("SET statement_timeout = {ms}"))
+        .await
+        .map_err(pg)?;
+    Ok(client)
 }
 
 async fn bounded<T>(
@@ -319,21 +327,86 @@ pub fn verify_postgres(opts: &PostgresOptions, verify: &VerifyOptions) -> io::Re
     verify_postgres_stream(opts, verify, DEFAULT_STREAM)
 }
 
-/// The streams (chains) the table holds, in order; the default stream is `""`.
+/// A read-only view of the trail, for `audit verify`: no migration runs and every transaction
+/// is read-only, so a role with `SELECT` on the table is enough, and the table is read in the
+/// layout it has (a table from before streams holds the default stream only).
+struct Reader {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    schema: String,
+    /// Whether the table has the `stream` column (migration 2).
+    streams: bool,
+    timeout: Duration,
+}
+
+impl Reader {
+    fn open(opts: &PostgresOptions) -> io::Result<Reader> {
+        if !valid_schema_name(&opts.schema) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "invalid schema name",
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, columns) = rt.block_on(bounded(opts.timeout, async {
+            let client = open(opts, "sync-gateway-audit-verify").await?;
+            client
+                .batch_execute("SET default_transaction_read_only = on")
+                .await
+                .map_err(pg)?;
+            let columns = client
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = $1 AND table_name = 'records'",
+                    &[&opts.schema],
+                )
+                .await
+                .map_err(pg)?;
+            Ok((client, columns))
+        }))?;
+        if columns.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no audit table \"{}\".records (or no right to see it)",
+                    opts.schema
+                ),
+            ));
+        }
+        let streams = columns.iter().any(|r| r.get::<_, String>(0) == "stream");
+        Ok(Reader {
+            rt,
+            client,
+            schema: opts.schema.clone(),
+            streams,
+            timeout: opts.timeout.max(Duration::from_secs(30)),
+        })
+    }
+
+    fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> io::Result<Vec<tokio_postgres::Row>> {
+        self.rt.block_on(bounded(self.timeout, async {
+            self.client.query(sql, params).await.map_err(pg)
+        }))
+    }
+}
+
+/// The streams (chains) the table holds, in order; the default stream is `""`. Reads only.
 pub fn postgres_streams(opts: &PostgresOptions) -> io::Result<Vec<String>> {
-    let mut sink = PostgresSink::new(opts.clone());
-    sink.connect()?;
-    let client = sink.client.take().ok_or_else(not_connected)?;
+    let reader = Reader::open(opts)?;
+    if !reader.streams {
+        return Ok(vec![DEFAULT_STREAM.to_string()]);
+    }
     let sql = format!(
         r#"SELECT DISTINCT stream FROM "{}".records ORDER BY stream"#,
-        opts.schema
+        reader.schema
     );
-    let rows = sink
-        .runtime()?
-        .block_on(bounded(opts.timeout.max(Duration::from_secs(30)), async {
-            client.query(&sql, &[]).await.map_err(pg)
-        }))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(reader.query(&sql, &[])?.iter().map(|r| r.get(0)).collect())
 }
 
 /// How a stream is named in findings: the table, and the stream unless it is the default.
@@ -345,29 +418,41 @@ pub fn stream_source(schema: &str, stream: &str) -> String {
     }
 }
 
-/// Verifies the chain `stream` held in PostgreSQL, in `seq` order.
+/// Verifies the chain `stream` held in PostgreSQL, in `seq` order. Reads only (see
+/// [`postgres_streams`]).
 pub fn verify_postgres_stream(
     opts: &PostgresOptions,
     verify: &VerifyOptions,
     stream: &str,
 ) -> io::Result<Report> {
-    let mut sink = PostgresSink::new(opts.clone());
-    sink.connect()?;
-    let client = sink.client.take().ok_or_else(not_connected)?;
-    let rt = sink.runtime()?;
+    let reader = Reader::open(opts)?;
     let mut v = Verifier::new(verify.clone());
     let src = v.source(stream_source(&opts.schema, stream));
-    let sql = format!(
-        r#"SELECT seq, line FROM "{}".records WHERE stream = $2 AND seq > $1 ORDER BY seq LIMIT 10000"#,
-        opts.schema
-    );
+    // A table from before streams holds one chain, the default stream's.
+    let sql = if reader.streams {
+        format!(
+            r#"SELECT seq, line FROM "{}".records WHERE stream = $2 AND seq > $1 ORDER BY seq LIMIT 10000"#,
+            opts.schema
+        )
+    } else if stream == DEFAULT_STREAM {
+        format!(
+            r#"SELECT seq, line FROM "{}".records WHERE seq > $1 AND $2::text = '' ORDER BY seq LIMIT 10000"#,
+            opts.schema
+        )
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "\"{}\".records holds no streams yet (one gateway's chain): no stream {stream:?}",
+                opts.schema
+            ),
+        ));
+    };
     let stream = stream.to_string();
     let mut after: i64 = -1;
     let mut row_no = 0u64;
     loop {
-        let rows = rt.block_on(bounded(opts.timeout.max(Duration::from_secs(30)), async {
-            client.query(&sql, &[&after, &stream]).await.map_err(pg)
-        }))?;
+        let rows = reader.query(&sql, &[&after, &stream])?;
         if rows.is_empty() {
             break;
         }

@@ -329,14 +329,7 @@ async fn two_replicas_on_one_postgres_schema_keep_a_stream_each_and_verify_repor
     let starts = a.iter().filter(|r| r["event"] == "start").count();
     assert_eq!(starts, 2, "the restart continued gw-a's chain");
 
-    let out = run(&[
-        "audit",
-        "verify",
-        "--postgres-url",
-        &db,
-        "--postgres-schema",
-        &schema,
-    ]);
+    let out = verify_on_postgres(&db, &schema, &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     let (na, nb) = (a.len(), b.len());
@@ -351,16 +344,7 @@ async fn two_replicas_on_one_postgres_schema_keep_a_stream_each_and_verify_repor
     assert!(text.contains("result: 2 chain(s), all intact"), "{text}");
 
     // One stream alone: the single chain's report.
-    let out = run(&[
-        "audit",
-        "verify",
-        "--postgres-url",
-        &db,
-        "--postgres-schema",
-        &schema,
-        "--postgres-stream",
-        "gw-b",
-    ]);
+    let out = verify_on_postgres(&db, &schema, &["--postgres-stream", "gw-b"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
@@ -400,14 +384,7 @@ async fn an_edited_row_in_one_postgres_stream_is_reported_for_that_stream_only()
         .unwrap();
     let na = chain_of(&stream_rows(&db, &schema).await, "gw-a").len();
 
-    let out = run(&[
-        "audit",
-        "verify",
-        "--postgres-url",
-        &db,
-        "--postgres-schema",
-        &schema,
-    ]);
+    let out = verify_on_postgres(&db, &schema, &[]);
     assert_gw_b_broken_at_line_3(
         &out,
         na,
@@ -445,21 +422,53 @@ INSERT INTO "{schema}".migrations (version) VALUES (1);
     )
 }
 
-#[tokio::test]
-async fn a_table_of_the_previous_version_is_migrated_and_a_single_gateway_continues_its_chain() {
-    let Some(db) = database_url("the stream migration") else {
-        return;
-    };
-    let schema = fresh_schema(&db);
-    let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+/// `audit verify` of the trail in `schema` on `url`, with `more` arguments.
+fn verify_on_postgres(url: &str, schema: &str, more: &[&str]) -> Output {
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--postgres-url",
+        url,
+        "--postgres-schema",
+        schema,
+    ];
+    args.extend_from_slice(more);
+    run(&args)
+}
+
+/// `out` reports one chain of `n` records, intact.
+fn assert_one_intact_chain(out: &Output, n: usize) {
+    let text = stdout(out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("read {n} record(s) from 1 source(s), seq 1..{n}")),
+        "{text}"
+    );
+    assert!(text.contains("result: intact"), "{text}");
+}
+
+/// A PostgreSQL client on `url`.
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     client
-        .batch_execute(&previous_version_sql(&schema))
+}
+
+/// The table of the previous version in `schema`, holding three records it wrote (no
+/// `replica`, no stream); their lines.
+async fn previous_version_with_three_records(db: &str, schema: &str) -> Vec<String> {
+    let client = pg_client(db).await;
+    client
+        .batch_execute(&previous_version_sql(schema))
         .await
         .unwrap();
-    // Three records the previous version wrote: no `replica`, no stream.
     let mut tail = sync_gateway::audit::Tail::EMPTY;
     let mut old: Vec<String> = Vec::new();
     for i in 1..=3 {
@@ -483,6 +492,109 @@ async fn a_table_of_the_previous_version_is_migrated_and_a_single_gateway_contin
             .unwrap();
         old.push(line);
     }
+    old
+}
+
+#[tokio::test]
+async fn audit_verify_reads_a_table_of_the_previous_version_as_it_is_and_migrates_nothing() {
+    let Some(db) = database_url("verify reads an old table") else {
+        return;
+    };
+    let schema = fresh_schema(&db);
+    previous_version_with_three_records(&db, &schema).await;
+
+    let out = verify_on_postgres(&db, &schema, &[]);
+    assert_one_intact_chain(&out, 3);
+
+    // The table is as it was: no `stream` column, migration 1 only.
+    let client = pg_client(&db).await;
+    let stream_columns = client
+        .query(
+            "SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'records' AND column_name = 'stream'",
+            &[&&*schema],
+        )
+        .await
+        .unwrap();
+    assert!(stream_columns.is_empty());
+    let versions: Vec<i32> = client
+        .query(
+            &format!(r#"SELECT version FROM "{schema}".migrations"#),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test]
+async fn audit_verify_on_a_schema_without_the_trail_says_so_creates_nothing_and_exits_2() {
+    let Some(db) = database_url("verify without a trail") else {
+        return;
+    };
+    let schema = fresh_schema(&db);
+    let out = verify_on_postgres(&db, &schema, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("no audit table \"{schema}\".records")),
+        "{err}"
+    );
+    let client = pg_client(&db).await;
+    let created = client
+        .query(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = $1",
+            &[&&*schema],
+        )
+        .await
+        .unwrap();
+    assert!(created.is_empty(), "verify created the schema");
+}
+
+#[tokio::test]
+async fn an_auditor_with_select_only_verifies_the_postgres_trail() {
+    let Some(db) = database_url("verify with a read-only role") else {
+        return;
+    };
+    let schema = fresh_schema(&db);
+    let mut app = spawn_app_with(postgres_setup(&db, &schema)).await;
+    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    app.stop().await;
+    let n = chain_of(&stream_rows(&db, &schema).await, "").len();
+
+    // A role that may read the records and nothing else.
+    let role = format!("auditor_{}", uuid::Uuid::new_v4().simple());
+    let admin = pg_client(&db).await;
+    admin
+        .batch_execute(&format!(
+            r#"CREATE ROLE {role} LOGIN;
+               GRANT USAGE ON SCHEMA "{schema}" TO {role};
+               GRANT SELECT ON "{schema}".records TO {role};"#
+        ))
+        .await
+        .unwrap();
+    let mut auditor = url::Url::parse(&db).unwrap();
+    auditor.set_username(&role).unwrap();
+    auditor.set_password(None).unwrap();
+
+    let out = verify_on_postgres(auditor.as_str(), &schema, &[]);
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .unwrap();
+    assert_one_intact_chain(&out, n);
+}
+
+#[tokio::test]
+async fn a_table_of_the_previous_version_is_migrated_and_a_single_gateway_continues_its_chain() {
+    let Some(db) = database_url("the stream migration") else {
+        return;
+    };
+    let schema = fresh_schema(&db);
+    let old = previous_version_with_three_records(&db, &schema).await;
 
     let mut app = spawn_app_with(postgres_setup(&db, &schema)).await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
@@ -499,20 +611,6 @@ async fn a_table_of_the_previous_version_is_migrated_and_a_single_gateway_contin
     assert_eq!(kept, old, "the old rows are untouched");
     assert!(chain[3..].iter().all(|r| r["replica"].is_string()));
 
-    let out = run(&[
-        "audit",
-        "verify",
-        "--postgres-url",
-        &db,
-        "--postgres-schema",
-        &schema,
-    ]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let n = chain.len();
-    assert!(
-        text.contains(&format!("read {n} record(s) from 1 source(s), seq 1..{n}")),
-        "{text}"
-    );
-    assert!(text.contains("result: intact"), "{text}");
+    let out = verify_on_postgres(&db, &schema, &[]);
+    assert_one_intact_chain(&out, chain.len());
 }
