@@ -157,8 +157,10 @@ fn main() -> ExitCode {
                         Some(session) => println!(
                             "# service identity {name} (delegated): session in {}, key from {}",
                             match c.state.backend {
-                                sync_gateway::config::StateBackendKind::Memory =>
-                                    session.store_path.display().to_string(),
+                                sync_gateway::config::StateBackendKind::Memory => session
+                                    .store_path
+                                    .as_deref()
+                                    .map_or_else(String::new, |p| p.display().to_string()),
                                 sync_gateway::config::StateBackendKind::Redis => format!(
                                     "Redis (key {}session:{{{name}}}, shared by the replicas)",
                                     c.state.key_prefix

@@ -256,8 +256,9 @@ pub enum IdentityKind {
 pub struct DelegatedIdentity {
     /// `scopes`: the delegated Graph scopes of the session (default: the sync action's scope).
     pub scopes: Vec<String>,
-    /// `store_path`: the encrypted session file.
-    pub store_path: PathBuf,
+    /// `store_path`: the encrypted session file, required on the memory backend; `None` on
+    /// the redis backend, where the session lives in Redis (a path given there is not used).
+    pub store_path: Option<PathBuf>,
     /// `store_key` (environment only) or the contents of `store_key_file`: 32 bytes, base64.
     pub store_key: StoreKey,
     /// Where the key came from, for `check-config`.

@@ -94,8 +94,8 @@ pub struct LoginOutcome {
     /// The account that signed in.
     pub account: Account,
     /// The encrypted session's file (memory mode; with Redis, the file the configuration
-    /// names, not written).
-    pub store_path: PathBuf,
+    /// names if it names one, not written).
+    pub store_path: Option<PathBuf>,
     /// Where the encrypted session is, for the operator: the file, or the Redis key.
     pub stored_in: String,
 }
@@ -244,15 +244,15 @@ pub async fn login(
     };
     let stored_in = match config.state.backend {
         StateBackendKind::Memory => {
-            SessionStore::new(
-                session.store_path.clone(),
-                &session.store_key,
-                identity,
-                tenant,
-            )
-            .save(&signed_in)
-            .map_err(LoginError::Store)?;
-            session.store_path.display().to_string()
+            // Configuration validation requires `store_path` on the memory backend.
+            let Some(path) = session.store_path.clone() else {
+                return Err(LoginError::Gateway(GatewayError::Internal));
+            };
+            let shown = path.display().to_string();
+            SessionStore::new(path, &session.store_key, identity, tenant)
+                .save(&signed_in)
+                .map_err(LoginError::Store)?;
+            shown
         }
         StateBackendKind::Redis => {
             // The same connection, prefix and bound the gateway uses; a login wins over any

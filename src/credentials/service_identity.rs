@@ -131,18 +131,14 @@ pub struct ServiceIdentity {
 
 impl ServiceIdentity {
     /// The delegated identity `cfg` describes (its session settings in `session`), with its
-    /// session loaded from its file.
+    /// session loaded from its file `path` (the memory backend's `store_path`).
     pub fn new(
         cfg: &IdentityConfig,
         session: &DelegatedIdentity,
+        path: std::path::PathBuf,
         entra: Arc<EntraClient>,
     ) -> ServiceIdentity {
-        let store = SessionStore::new(
-            session.store_path.clone(),
-            &session.store_key,
-            &cfg.name,
-            &cfg.tenant_id,
-        );
+        let store = SessionStore::new(path, &session.store_key, &cfg.name, &cfg.tenant_id);
         let stamp = store.stamp();
         let mut id = Self::with_backend(cfg, session, entra, SessionBackend::File(store));
         id.session.get_mut().stamp = stamp;
@@ -654,7 +650,15 @@ impl ServiceIdentities {
                 .filter_map(|(name, cfg)| {
                     let session = cfg.delegated()?;
                     let mut identity = match redis {
-                        None => ServiceIdentity::new(cfg, session, entra.clone()),
+                        None => {
+                            // Configuration validation requires `store_path` on the memory
+                            // backend.
+                            let Some(path) = session.store_path.clone() else {
+                                tracing::error!(identity = %name, "a delegated identity without store_path on the memory backend");
+                                return None;
+                            };
+                            ServiceIdentity::new(cfg, session, path, entra.clone())
+                        }
                         Some(redis) => {
                             let store = RedisSessionStore::new(
                                 redis.clone(),

@@ -497,8 +497,17 @@ async fn a_redis_that_comes_back_serves_again_without_a_restart() {
 /// `setup` with the delegated service identity `bot`, which the webhook application acts as
 /// (its session file configured, unused on the redis backend).
 fn with_bot(setup: Setup) -> Setup {
+    let prepare = with_identity()
+        .prepare
+        .expect("with_identity prepares the identity");
     Setup {
-        prepare: with_identity().prepare,
+        // On Redis the session lives there: the identity is configured without a file.
+        prepare: Some(Box::new(move |p| {
+            prepare(p)
+                .into_iter()
+                .filter(|(key, _)| key != "identities.bot.store_path")
+                .collect()
+        })),
         ..setup
     }
 }

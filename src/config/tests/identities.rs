@@ -249,3 +249,36 @@ fn an_app_mapping_may_run_as_an_application_identity() {
         "app"
     );
 }
+
+#[test]
+fn on_the_memory_backend_a_delegated_identity_without_store_path_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = identity_toml(dir.path(), "").replace("store_path = ", "# store_path = ");
+    let errs = errors(&text, store_key_env());
+    assert!(
+        has_error(&errs, "identities.bot.store_path", "required"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn on_the_redis_backend_a_delegated_identity_needs_no_store_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[state]\nbackend = \"redis\"\n",
+        identity_toml(dir.path(), "").replace("store_path = ", "# store_path = ")
+    );
+    let mut env = store_key_env();
+    env.push((
+        "SYNC_GATEWAY__STATE__REDIS_URL".into(),
+        "redis://127.0.0.1:6379".into(),
+    ));
+    env.push((
+        "SYNC_GATEWAY__STATE__ENCRYPTION_KEY".into(),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+    ));
+    let c = Config::from_toml_and_env(&text, env).unwrap();
+    let session = c.identities["bot"].delegated().unwrap();
+    // The session lives in Redis: no file.
+    assert!(session.store_path.is_none());
+}

@@ -4,7 +4,7 @@
 
 use super::check::Check;
 use super::secret::SecretKey;
-use crate::config::model::{DelegatedIdentity, IdentityConfig, IdentityKind};
+use crate::config::model::{DelegatedIdentity, IdentityConfig, IdentityKind, StateBackendKind};
 use crate::config::raw::RawIdentity;
 use crate::domain::TenantId;
 use crate::secret::StoreKey;
@@ -18,10 +18,11 @@ impl Check {
         raw: BTreeMap<String, RawIdentity>,
         allowed_tenants: Option<&[TenantId]>,
         sync_scope: Option<&str>,
+        backend: Option<StateBackendKind>,
     ) -> BTreeMap<String, IdentityConfig> {
         let mut out = BTreeMap::new();
         for (name, raw) in raw {
-            if let Some(id) = self.identity(&name, raw, allowed_tenants, sync_scope) {
+            if let Some(id) = self.identity(&name, raw, allowed_tenants, sync_scope, backend) {
                 out.insert(name, id);
             }
         }
@@ -34,6 +35,7 @@ impl Check {
         mut raw: RawIdentity,
         allowed_tenants: Option<&[TenantId]>,
         sync_scope: Option<&str>,
+        backend: Option<StateBackendKind>,
     ) -> Option<IdentityConfig> {
         let key = |k: &str| format!("identities.{name}.{k}");
         if !valid_identity_name(name) {
@@ -66,7 +68,7 @@ impl Check {
         let kind = match kind? {
             Kind::Application => self.application_identity(name, raw),
             Kind::Delegated => self
-                .delegated_identity(name, raw, sync_scope)
+                .delegated_identity(name, raw, sync_scope, backend)
                 .map(IdentityKind::Delegated),
         };
         Some(IdentityConfig {
@@ -106,6 +108,7 @@ impl Check {
         name: &str,
         raw: RawIdentity,
         sync_scope: Option<&str>,
+        backend: Option<StateBackendKind>,
     ) -> Option<DelegatedIdentity> {
         let key = |k: &str| format!("identities.{name}.{k}");
         let scopes = match raw.scopes {
@@ -124,8 +127,13 @@ impl Check {
                 );
             }
         }
-        let store_path = self.required(&key("store_path"), raw.store_path);
-        if let Some(p) = &store_path {
+        // The session's file, on the memory backend; on the redis backend the session lives in
+        // Redis and a `store_path` (the chart writes one) is not used.
+        let store_path = match backend {
+            Some(StateBackendKind::Redis) => Some(None),
+            _ => self.required(&key("store_path"), raw.store_path).map(Some),
+        };
+        if let Some(Some(p)) = &store_path {
             let dir = p
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())

@@ -50,10 +50,12 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
     let sync_scope = graph
         .as_ref()
         .map(|g| g.scope(super::names::SYNC_PERMISSION));
+    let state = c.state(raw.state, hostname, state::machine_hostname);
     let identities = c.identities(
         raw.identities,
         callers.as_ref().map(|c| c.allowed_tenants.as_slice()),
         sync_scope.as_deref(),
+        state.as_ref().map(|s| s.backend),
     );
     let hooks = c.hooks(
         raw.hooks,
@@ -64,7 +66,6 @@ pub(super) fn validate(loaded: Loaded) -> Result<Config, Vec<ConfigError>> {
     let audit = c.audit(raw.audit);
     let sync = c.sync_action(raw.actions.sync);
     let telemetry = c.telemetry(raw.telemetry);
-    let state = c.state(raw.state, hostname, state::machine_hostname);
 
     if !c.errors.is_empty() {
         return Err(c.errors);
