@@ -86,8 +86,13 @@ def test_data_is_a_writable_volume_holding_the_trail_and_the_sessions(name):
     config = tomllib.loads(render.gateway_toml(objs))
     if "path" in config["audit"]:
         assert config["audit"]["path"].startswith("/data/")
+    on_redis = config.get("state", {}).get("backend") == "redis"
     for identity in config.get("identities", {}).values():
-        if identity.get("kind") != "application":
+        if identity.get("kind") == "application":
+            continue
+        if on_redis:  # the session lives in Redis: no file
+            assert "store_path" not in identity
+        else:
             assert identity["store_path"].startswith("/data/")
     # One writer of /data at a time.
     assert render.find(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
@@ -167,6 +172,19 @@ def test_two_replicas_on_redis_read_the_url_from_its_secret_and_their_id_from_th
     config = tomllib.loads(render.gateway_toml(objects(values_of(REPLICAS))))
     assert config["state"]["backend"] == "redis"
     assert "redis_url" not in config["state"] and "replica_id" not in config["state"]
+
+
+def test_on_redis_a_delegated_identity_names_its_key_but_no_session_file():
+    values = values_of(REPLICAS)
+    identity = tomllib.loads(render.gateway_toml(objects(values)))["identities"]["webhook"]
+    assert "store_path" not in identity
+    assert identity["store_key_file"].endswith("/identities/webhook.key")
+    # The same identity on the memory backend keeps its session in /data.
+    one = without(values, "secrets", "stateEncryptionKey")
+    one["replicaCount"] = 1
+    one["config"]["state"]["backend"] = "memory"
+    identity = tomllib.loads(render.gateway_toml(objects(one)))["identities"]["webhook"]
+    assert identity["store_path"] == "/data/webhook.session"
 
 
 def test_two_replicas_mount_the_state_encryption_key_the_config_names():
