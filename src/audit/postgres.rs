@@ -429,17 +429,7 @@ pub fn verify_postgres_stream(
     let mut v = Verifier::new(verify.clone());
     let src = v.source(stream_source(&opts.schema, stream));
     // A table from before streams holds one chain, the default stream's.
-    let sql = if reader.streams {
-        format!(
-            r#"SELECT seq, line FROM "{}".records WHERE stream = $2 AND seq > $1 ORDER BY seq LIMIT 10000"#,
-            opts.schema
-        )
-    } else if stream == DEFAULT_STREAM {
-        format!(
-            r#"SELECT seq, line FROM "{}".records WHERE seq > $1 AND $2::text = '' ORDER BY seq LIMIT 10000"#,
-            opts.schema
-        )
-    } else {
+    if !reader.streams && stream != DEFAULT_STREAM {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
@@ -447,12 +437,25 @@ pub fn verify_postgres_stream(
                 opts.schema
             ),
         ));
+    }
+    let of_stream = if reader.streams {
+        "stream = $2 AND"
+    } else {
+        ""
     };
+    let sql = format!(
+        r#"SELECT seq, line FROM "{}".records WHERE {of_stream} seq > $1 ORDER BY seq LIMIT 10000"#,
+        opts.schema
+    );
     let stream = stream.to_string();
     let mut after: i64 = -1;
     let mut row_no = 0u64;
     loop {
-        let rows = reader.query(&sql, &[&after, &stream])?;
+        let rows = if reader.streams {
+            reader.query(&sql, &[&after, &stream])?
+        } else {
+            reader.query(&sql, &[&after])?
+        };
         if rows.is_empty() {
             break;
         }

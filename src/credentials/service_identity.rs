@@ -416,20 +416,7 @@ impl ServiceIdentity {
         if first || snapshot.generation != s.generation {
             s.generation = snapshot.generation;
             s.access = None;
-            s.stored = match snapshot.session {
-                Ok(Some(stored)) => {
-                    self.set_status(SessionHealth::Ready, Some(stored.account.clone()));
-                    Some(stored)
-                }
-                Ok(None) => {
-                    self.mark_login_required("no session is stored yet".into());
-                    None
-                }
-                Err(reason) => {
-                    self.mark_login_required(reason);
-                    None
-                }
-            };
+            s.stored = self.usable(snapshot.session);
             if login && s.stored.is_some() {
                 tracing::info!(identity = %self.name, "a new login's session is in Redis; using it");
                 self.record_login().await;
@@ -511,7 +498,13 @@ impl ServiceIdentity {
         let SessionBackend::File(store) = &self.store else {
             return None;
         };
-        match store.load() {
+        self.usable(store.load().map_err(|e| e.to_string()))
+    }
+
+    /// A session as a store read it (the file or Redis), setting health and account: `None`
+    /// when none is stored or it does not open (then a login is required, and why).
+    fn usable(&self, read: Result<Option<StoredSession>, String>) -> Option<StoredSession> {
+        match read {
             Ok(Some(stored)) => {
                 self.set_status(SessionHealth::Ready, Some(stored.account.clone()));
                 Some(stored)
@@ -520,8 +513,8 @@ impl ServiceIdentity {
                 self.mark_login_required("no session is stored yet".into());
                 None
             }
-            Err(e) => {
-                self.mark_login_required(e.to_string());
+            Err(reason) => {
+                self.mark_login_required(reason);
                 None
             }
         }

@@ -192,14 +192,9 @@ impl Scheduler {
         actor: Actor,
     ) -> Result<Submitted, GatewayError> {
         if self.inner.shared.is_some() {
-            return match self.decide_shared(request, tenant, &actor, &[]).await? {
-                (_, Some(decided), now) => {
-                    self.follow_submitted(request, tenant, actor, now, decided)
-                        .await
-                }
-                // Without cells nothing can refuse.
-                (_, None, _) => Err(GatewayError::Internal),
-            };
+            // Without cells nothing can refuse: there is always a run.
+            let joined = self.submit_taking(request, tenant, actor, &[]).await?;
+            return joined.submitted.unwrap_or(Err(GatewayError::Internal));
         }
         let inner = &self.inner;
         let slot_lock = inner.slot(tenant);
@@ -272,7 +267,24 @@ impl Scheduler {
         actor: Actor,
         cells: &[ScriptCell],
     ) -> Result<TakenJoin, GatewayError> {
-        let (taken, decided, now) = self.decide_shared(request, tenant, &actor, cells).await?;
+        let inner = &self.inner;
+        let Some(shared) = inner.shared.as_ref() else {
+            return Err(GatewayError::Internal);
+        };
+        inner.learn_shared(shared, tenant, &actor.token).await;
+        let now = inner.clock.now();
+        let (taken, decided) = shared
+            .submit(
+                tenant,
+                now,
+                inner.policy.cooldown,
+                Uuid::now_v7(),
+                request,
+                &actor,
+                cells,
+            )
+            .await
+            .map_err(state_unavailable)?;
         let submitted = match decided {
             Some(decided) => Some(
                 self.follow_submitted(request, tenant, actor, now, decided)
@@ -994,37 +1006,6 @@ async fn follow(inner: &Inner, shared: &SharedRuns, cell: &Arc<RunCell>) {
 impl Scheduler {
     /// [`Scheduler::submit`] on the shared schedule: one script decides (join, start now, or
     /// schedule), then this replica keeps a local copy of the run for its caller.
-    /// The shared slot's decision for `request` (after taking `cells`, which may refuse:
-    /// then `None`), and the time it was made at.
-    async fn decide_shared(
-        &self,
-        request: Uuid,
-        tenant: &str,
-        actor: &Actor,
-        cells: &[ScriptCell],
-    ) -> Result<(Vec<Taken>, Option<shared::Submitted>, DateTime<Utc>), GatewayError> {
-        let inner = &self.inner;
-        let Some(shared) = inner.shared.as_ref() else {
-            return Err(GatewayError::Internal);
-        };
-        inner.learn_shared(shared, tenant, &actor.token).await;
-        let now = inner.clock.now();
-        let new_id = Uuid::now_v7();
-        let (taken, decided) = shared
-            .submit(
-                tenant,
-                now,
-                inner.policy.cooldown,
-                new_id,
-                request,
-                actor,
-                cells,
-            )
-            .await
-            .map_err(state_unavailable)?;
-        Ok((taken, decided, now))
-    }
-
     /// This process's side of what the shared slot decided for `request`.
     async fn follow_submitted(
         &self,
