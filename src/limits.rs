@@ -868,45 +868,7 @@ mod tests {
 #[cfg(test)]
 mod redis_tests {
     use super::*;
-    use crate::config::{OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
-    use crate::metrics::StateMetrics;
-    use crate::secret::Secret;
-
-    fn redis(prefix: &str) -> Option<Redis> {
-        let Ok(url) = std::env::var("REDIS_URL") else {
-            eprintln!("REDIS_URL is unset: skipping the Redis GCRA test");
-            return None;
-        };
-        let cfg = StateConfig {
-            backend: StateBackendKind::Redis,
-            redis_url: Some(RedisUrl::new(Secret::new(url), "test".into())),
-            key_prefix: prefix.into(),
-            timeout_ms: 2000,
-            on_unavailable: OnUnavailable {
-                limits: FailMode::Closed,
-            },
-            encryption_key: None,
-            replica_id: crate::domain::ReplicaId::parse("test").unwrap(),
-            replica_id_source: "test".into(),
-        };
-        Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
-    }
-
-    async fn delete_prefix(r: &Redis, prefix: &str) {
-        let mut conn = r.connection();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
+    use crate::state::testing::{delete_prefix, redis};
 
     /// Same admits, refusals and remaining counts; waits within a second of each other.
     fn assert_same(memory: &[Taken], shared: &[Taken]) {
@@ -927,7 +889,9 @@ mod redis_tests {
     #[tokio::test]
     async fn the_lua_gcra_admits_refuses_and_counts_as_governor_does_on_one_and_two_cells() {
         let prefix = format!("sg-test:{}:", uuid::Uuid::new_v4().simple());
-        let Some(r) = redis(&prefix) else { return };
+        let Some(r) = redis("the Redis GCRA", &prefix) else {
+            return;
+        };
         let caller = Rate {
             per_minute: 1,
             burst: 3,
@@ -980,7 +944,9 @@ mod redis_tests {
     #[tokio::test]
     async fn a_cell_left_alone_expires_when_it_is_whole_again() {
         let prefix = format!("sg-test:{}:", uuid::Uuid::new_v4().simple());
-        let Some(r) = redis(&prefix) else { return };
+        let Some(r) = redis("the Redis GCRA", &prefix) else {
+            return;
+        };
         let shared = RedisRates::new(r.clone());
         let rate = Rate {
             per_minute: 60,

@@ -259,3 +259,52 @@ mod sealer_tests {
         assert_ne!(s.seal("k", b"x"), s.seal("k", b"x"));
     }
 }
+
+/// What the unit tests of the steps on Redis share: a handle on the Redis at `REDIS_URL`
+/// under a prefix of their own, and the clean-up.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Redis;
+    use crate::config::{FailMode, OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
+    use crate::metrics::StateMetrics;
+    use crate::secret::Secret;
+
+    /// A handle with keys under `prefix`, or `None` (and `test` said to skip) without
+    /// `REDIS_URL`.
+    pub(crate) fn redis(test: &str, prefix: &str) -> Option<Redis> {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            eprintln!("{test}: REDIS_URL is unset, skipping (it needs a Redis)");
+            return None;
+        };
+        let cfg = StateConfig {
+            backend: StateBackendKind::Redis,
+            redis_url: Some(RedisUrl::new(Secret::new(url), "test".into())),
+            key_prefix: prefix.into(),
+            timeout_ms: 2000,
+            on_unavailable: OnUnavailable {
+                limits: FailMode::Closed,
+            },
+            encryption_key: None,
+            replica_id: crate::domain::ReplicaId::parse("test").unwrap(),
+            replica_id_source: "test".into(),
+        };
+        Some(Redis::new(&cfg, StateMetrics::default()).unwrap())
+    }
+
+    /// Deletes every key under `prefix`.
+    pub(crate) async fn delete_prefix(r: &Redis, prefix: &str) {
+        let mut conn = r.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}

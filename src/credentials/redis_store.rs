@@ -307,32 +307,14 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FailMode, OnUnavailable, RedisUrl, StateBackendKind, StateConfig};
     use crate::credentials::store::{Account, RefreshToken};
-    use crate::metrics::StateMetrics;
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
 
     /// A store of identity `bot` under a fresh prefix, or `None` (said why) without Redis.
     fn store(test: &str) -> Option<(RedisSessionStore, Redis, String)> {
-        let Ok(url) = std::env::var("REDIS_URL") else {
-            eprintln!("{test}: REDIS_URL is unset, skipping (it needs a Redis)");
-            return None;
-        };
         let prefix = format!("sg-unit:{}:", uuid::Uuid::new_v4().simple());
-        let cfg = StateConfig {
-            backend: StateBackendKind::Redis,
-            redis_url: Some(RedisUrl::new(Secret::new(url), "test".into())),
-            key_prefix: prefix.clone(),
-            timeout_ms: 2000,
-            on_unavailable: OnUnavailable {
-                limits: FailMode::Closed,
-            },
-            encryption_key: None,
-            replica_id: crate::domain::ReplicaId::parse("test").unwrap(),
-            replica_id_source: "test".into(),
-        };
-        let redis = Redis::new(&cfg, StateMetrics::default()).unwrap();
+        let redis = crate::state::testing::redis(test, &prefix)?;
         let store =
             RedisSessionStore::new(redis.clone(), "bot", "t", &key(7), Duration::from_secs(5));
         Some((store, redis, prefix))

@@ -89,12 +89,18 @@ pub(crate) fn postgres_setup(url: &str, schema: &str) -> Setup {
     setup
 }
 
-async fn rows(url: &str, schema: &str) -> Vec<(i64, String)> {
+/// A PostgreSQL client on `url`.
+pub(crate) async fn pg_client(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     client
+}
+
+async fn rows(url: &str, schema: &str) -> Vec<(i64, String)> {
+    pg_client(url)
+        .await
         .query(
             &format!(r#"SELECT seq, line FROM "{schema}".records ORDER BY seq"#),
             &[],
@@ -165,10 +171,7 @@ async fn postgres_records_cannot_be_updated_or_deleted() {
     let schema = fresh_schema(&url);
     let app = spawn_app_with(postgres_setup(&url, &schema)).await;
     assert_eq!(app.post_sync(&app.token()).await.status(), 202);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     let update = client
         .execute(
             &format!(r#"UPDATE "{schema}".records SET line = '{{}}' WHERE seq = 1"#),
