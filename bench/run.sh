@@ -224,10 +224,15 @@ stop_pid() {
 }
 
 USED_PORTS=" "
+# Listening ports come from below the kernel's ephemeral range: a port inside it can be free when
+# checked and taken a moment later as the local end of some outgoing connection (a storm opens
+# thousands), and the listener then fails with "Address already in use", as a CI run once did.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+(( EPHEMERAL_LOW > 11000 )) || die "the ephemeral port range starts at $EPHEMERAL_LOW: no room below it for listeners"
 free_port() {
   local p
   for _ in $(seq 500); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     [[ $USED_PORTS == *" $p "* ]] && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       USED_PORTS+="$p "
