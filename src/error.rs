@@ -196,6 +196,8 @@ pub enum GatewayError {
         /// Seconds the caller should wait.
         retry_after_secs: u64,
     },
+    /// A fault of the gateway itself, a state that should not occur: a 500 that tells the
+    /// caller nothing more.
     #[error("internal error")]
     Internal,
 }

@@ -4,6 +4,9 @@
 //! [`pipeline`]; each step is one module with one job. The simulators (`sim`) and the `dev`
 //! command exist only with the default `sim` feature; a production build leaves them out.
 
+// Every public item says what it is (the project's style); CI's `-D warnings` holds it.
+#![warn(missing_docs)]
+
 pub mod admit;
 pub mod audit;
 pub mod background;

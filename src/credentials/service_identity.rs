@@ -236,7 +236,6 @@ impl ServiceIdentity {
         }
     }
 
-    /// A Graph token acting as this identity, for `scope` (one of its configured scopes).
     /// The Graph token of the last refresh if it is still usable for `scope`, with no call
     /// and no wait (`None` while a refresh holds the session).
     pub fn cached_token(&self, scope: &str) -> Option<Arc<DelegatedToken>> {
@@ -247,6 +246,7 @@ impl ServiceIdentity {
         s.access.as_ref().filter(|t| t.is_usable()).cloned()
     }
 
+    /// A Graph token acting as this identity, for `scope` (one of its configured scopes).
     pub async fn token(&self, scope: &str) -> Result<Arc<DelegatedToken>, GatewayError> {
         if !self.scopes.iter().any(|s| s == scope) {
             tracing::error!(identity = %self.name, scope, "the service identity's scopes do not include the action's scope");
