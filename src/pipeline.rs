@@ -459,15 +459,11 @@ async fn sync(
 
     // 7-8. Credentials, then schedule (and on the warm path of the shared backend, the
     //      limits left pending in the same Redis script).
-    let (submitted, limit) = join_run(
-        gw,
-        acting,
-        record,
-        admitted.limit.clone(),
-        admitted.pending_limit.as_ref(),
-    )
-    .await
-    .map_err(plain)?;
+    let (submitted, taken_with_join) =
+        join_run(gw, acting, record, admitted.pending_limit.as_ref())
+            .await
+            .map_err(plain)?;
+    let limit = admitted.limit.clone().or(taken_with_join);
 
     // 9. A run started now is waited for, at most the Graph timeout; a scheduled one is not.
     let cell = match submitted {
@@ -503,18 +499,17 @@ async fn sync(
 /// A rate-limit check admission left `pending` is taken here: inside the join's own script
 /// when the token is at hand and the tenant's shared schedule is known (the warm path: one
 /// Redis round trip for both), otherwise first, before anything an over-limit caller could
-/// cause (an exchange, a refresh, a read of Graph's settings). Returns the run and where the
-/// caller stands against its limits (`limit`, or the pending check's answer).
+/// cause (an exchange, a refresh, a read of Graph's settings). Returns the run and, for a
+/// pending check, where the caller stands against its limits.
 async fn join_run(
     gw: &Gateway,
     acting: ActingIdentity,
     record: &mut RequestRecord,
-    limit: Option<RateLimitStatus>,
     pending: Option<&PendingCheck>,
 ) -> Result<(Submitted, Option<RateLimitStatus>), GatewayError> {
     let scope = &gw.runs.policy().graph_scope;
     let tenant = acting.tenant_id().to_string();
-    let mut limit = limit;
+    let mut limit = None;
     if let Some(pending) = pending {
         if let Some(joined) = join_taking_limits(gw, &acting, &tenant, record, pending).await {
             return joined;
@@ -776,7 +771,7 @@ async fn hook_delivery(
     }
 
     // 9-10. Credentials and schedule, as for `POST /sync`; Graph is never waited for.
-    let (submitted, _) = join_run(gw, admitted.acting.clone(), record, None, None).await?;
+    let (submitted, _) = join_run(gw, admitted.acting.clone(), record, None).await?;
     let cell = submitted.cell().clone();
     let run = cell.view();
     record.run_id = Some(run.id);
