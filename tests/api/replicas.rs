@@ -332,6 +332,38 @@ async fn a_warm_request_whose_stored_credentials_vanished_is_joined_and_takes_it
 }
 
 #[tokio::test]
+async fn a_warm_request_over_its_limit_hears_429_and_leaves_the_shared_schedule_as_it_was() {
+    let Some(url) = redis_url("a warm refusal leaves the schedule alone") else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let apps = replicas(1, &url, &prefix, |s| {
+        intune_in_virtual_time(s, 600).set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
+    })
+    .await;
+    let app = &apps[0];
+    let token = app.token();
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    // Warm now (the token exchanged, the tenant's schedule known): the join's script takes
+    // the limits, and the second request of the burst schedules the trailing run.
+    let scheduled: Value = app.post_sync(&token).await.json().await.unwrap();
+    assert_eq!(scheduled["state"], "scheduled");
+    let scheduled_id = scheduled["id"].as_str().unwrap();
+    let refused = app.post_sync(&token).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        header(&refused, "ratelimit").starts_with("\"per-caller\";r=0;t="),
+        "{:?}",
+        refused.headers()
+    );
+    assert!(header(&refused, "retry-after").parse::<u64>().unwrap() >= 1);
+    // The refused caller did not join the run.
+    let run = run_on(app, &token, scheduled_id).await;
+    assert_eq!(run["covers"]["count"], 1);
+    delete_keys(&url, &prefix).await;
+}
+
+#[tokio::test]
 async fn redis_holds_no_token_in_the_clear_while_a_run_waits_with_its_joiners_credentials() {
     let Some(url) = redis_url("no token in Redis") else {
         return;
