@@ -294,19 +294,30 @@ async fn a_warm_request_takes_its_limits_and_joins_its_run_in_one_redis_round_tr
     assert_eq!(run["covers"]["count"], N + 1);
 }
 
+/// One replica on Redis whose callers have a burst of two (Intune's window 600 s, in virtual
+/// time), and a caller token whose first `POST /sync` it answered 202 (started): the token is
+/// exchanged and the tenant's schedule known, so the caller's next requests take the warm path.
+async fn one_replica_after_a_first_sync_of_a_burst_of_two(
+    url: &str,
+    prefix: &str,
+) -> (TestApp, String) {
+    let app = replicas(1, url, prefix, |s| {
+        intune_in_virtual_time(s, 600).set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
+    })
+    .await
+    .remove(0);
+    let token = app.token();
+    assert_eq!(app.post_sync(&token).await.status(), 202);
+    (app, token)
+}
+
 #[tokio::test]
 async fn a_warm_request_whose_stored_credentials_vanished_is_joined_and_takes_its_limits_once() {
     let Some(url) = redis_url("limits taken once when the actor is resent") else {
         return;
     };
     let prefix = unique_prefix();
-    let apps = replicas(1, &url, &prefix, |s| {
-        intune_in_virtual_time(s, 600).set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
-    })
-    .await;
-    let app = &apps[0];
-    let token = app.token();
-    assert_eq!(app.post_sync(&token).await.status(), 202);
+    let (app, token) = one_replica_after_a_first_sync_of_a_burst_of_two(&url, &prefix).await;
     // The caller's sealed credentials are gone from Redis (expired, evicted): the replica
     // sends the join without them, hears that they are needed, and sends them again.
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -337,13 +348,7 @@ async fn a_warm_request_over_its_limit_hears_429_and_leaves_the_shared_schedule_
         return;
     };
     let prefix = unique_prefix();
-    let apps = replicas(1, &url, &prefix, |s| {
-        intune_in_virtual_time(s, 600).set("limits.per_caller", "{ per_minute = 1, burst = 2 }")
-    })
-    .await;
-    let app = &apps[0];
-    let token = app.token();
-    assert_eq!(app.post_sync(&token).await.status(), 202);
+    let (app, token) = one_replica_after_a_first_sync_of_a_burst_of_two(&url, &prefix).await;
     // Warm now (the token exchanged, the tenant's schedule known): the join's script takes
     // the limits, and the second request of the burst schedules the trailing run.
     let scheduled: Value = app.post_sync(&token).await.json().await.unwrap();
@@ -358,7 +363,7 @@ async fn a_warm_request_over_its_limit_hears_429_and_leaves_the_shared_schedule_
     );
     assert!(header(&refused, "retry-after").parse::<u64>().unwrap() >= 1);
     // The refused caller did not join the run.
-    let run = run_on(app, &token, scheduled_id).await;
+    let run = run_on(&app, &token, scheduled_id).await;
     assert_eq!(run["covers"]["count"], 1);
     delete_keys(&url, &prefix).await;
 }
