@@ -70,7 +70,7 @@ async fn an_audit_file_replaced_by_a_directory_fails_closed_and_is_never_rotated
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     // Every commit is past the rotation size, so the next one would rotate.
-    let app = spawn_app_with(
+    let mut app = spawn_app_with(
         Setup {
             audit_path: Some(path.clone()),
             ..Setup::default()
@@ -128,4 +128,7 @@ async fn an_audit_file_replaced_by_a_directory_fails_closed_and_is_never_rotated
     std::fs::rename(&moved, &path).unwrap();
     app.wait_until_ready().await;
     assert_eq!(app.post_sync(&token).await.status(), 202);
+    // The run goes on writing (and, at this size, rotating) after the answer: the trail is
+    // verified once the gateway has stopped, not while a rotation may be halfway.
+    app.stop().await;
 }
