@@ -303,8 +303,13 @@ async fn a_hung_writer_answers_503_within_the_bound_and_never_stalls_later_reque
 
     fault.set(Mode::Pass);
     app.wait_until_ready().await;
-    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    let answer = app.post_sync(&app.token()).await;
+    assert_eq!(answer.status(), 202);
     assert_eq!(app.sims.graph.sync_calls(), 1);
+    // The run's `finished` record may land just after the answer: read the trail once it has.
+    let run: Value = answer.json().await.unwrap();
+    app.wait_for_outcome_record(run["id"].as_str().unwrap(), "recorded")
+        .await;
     // The record that was in the hung commit landed after its caller was refused: the trail
     // says so, so verify does not count it as a run with an unknown outcome.
     let late: Vec<Value> = app
@@ -362,31 +367,6 @@ async fn sync_with_the_trail_failing_while_graph_answers(
     call.await.unwrap()
 }
 
-/// `GET /sync/runs/{id}`, polled until its `outcome_record` is `want` (at most 10 s).
-async fn wait_for_outcome_record(app: &crate::helpers::TestApp, id: &str, want: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let run: Value = app
-            .http
-            .get(format!("{}/sync/runs/{id}", app.address))
-            .bearer_auth(app.token())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if run["outcome_record"] == want {
-            return run;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "outcome_record never became {want}: {run}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_caller_whose_record_fails_after_graph_acted_gets_503_naming_the_run_and_its_location() {
     let dir = tempfile::tempdir().unwrap();
@@ -417,11 +397,11 @@ async fn a_run_whose_outcome_is_not_yet_durable_says_pending_until_it_is_written
     let p = problem_of(resp).await;
     let run_id = p["run"]["id"].as_str().unwrap().to_string();
 
-    let run = wait_for_outcome_record(&app, &run_id, "pending").await;
+    let run = app.wait_for_outcome_record(&run_id, "pending").await;
     assert_eq!(run["state"], "succeeded");
 
     fault.set(Mode::Pass);
-    wait_for_outcome_record(&app, &run_id, "recorded_late").await;
+    app.wait_for_outcome_record(&run_id, "recorded_late").await;
 }
 
 #[tokio::test]
@@ -439,10 +419,10 @@ async fn outcome_records_the_trail_could_not_take_are_written_late_once_it_recov
         .to_string();
     // The caller is answered once the run is final, which can be just before the run's own
     // `finished` record reaches the writer: wait until the trail has refused that one too.
-    wait_for_outcome_record(&app, &run_id, "pending").await;
+    app.wait_for_outcome_record(&run_id, "pending").await;
 
     fault.set(Mode::Pass);
-    wait_for_outcome_record(&app, &run_id, "recorded_late").await;
+    app.wait_for_outcome_record(&run_id, "recorded_late").await;
     let records = app.audit_records();
     let seq_of = |pred: &dyn Fn(&Value) -> bool| {
         let found: Vec<&Value> = records.iter().filter(|r| pred(r)).collect();

@@ -525,6 +525,28 @@ impl TestApp {
         }
     }
 
+    /// `GET /sync/runs/{id}`, polled until its `outcome_record` is `want` (or panics after
+    /// 10 s): a run's outcome reaches the trail after its callers may have had their answer.
+    pub async fn wait_for_outcome_record(&self, id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let run: Value = self
+                .get_as(&format!("/sync/runs/{id}"), &self.token())
+                .await
+                .json()
+                .await
+                .unwrap();
+            if run["outcome_record"] == want {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outcome_record never became {want}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls `/readyz` until 200 (or panics after 10 s).
     pub async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -604,6 +626,24 @@ impl TestApp {
         text.lines()
             .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
             .collect()
+    }
+
+    /// The `event` record of run `id` in the audit file, polled until it is there (or panics
+    /// after 10 s): a run's outcome reaches the trail after its callers may have had their
+    /// answer. Reads the file only, so the trail gains no record by the waiting.
+    pub async fn wait_for_run_record(&self, id: &str, event: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .audit_of_kind("run")
+                .into_iter()
+                .find(|r| r["run_id"] == id && r["event"] == event);
+            if let Some(record) = found {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "no {event} record of run {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The audit records of `kind` (`request`, `run`).

@@ -344,8 +344,13 @@ async fn an_unreachable_postgres_answers_503_and_graph_is_never_called() {
 
     proxy.set(Link::Up);
     app.wait_until_ready().await;
-    assert_eq!(app.post_sync(&app.token()).await.status(), 202);
+    let answer = app.post_sync(&app.token()).await;
+    assert_eq!(answer.status(), 202);
     assert_eq!(app.sims.graph.sync_calls(), 2);
+    // The run's `finished` row may land just after the answer: read the trail once it has.
+    let run: Value = answer.json().await.unwrap();
+    app.wait_for_outcome_record(run["id"].as_str().unwrap(), "recorded")
+        .await;
     let report = intact(&url, &schema).await;
     assert!(report.open_runs.is_empty(), "{}", report.render());
 }

@@ -177,6 +177,11 @@ async fn a_storm_of_1000_requests_from_100_users_makes_one_call_and_one_trailing
     );
     assert_eq!(app.sims.graph.accepted_syncs(), 2);
     assert_spacing_and_no_refusals_with(&app, Duration::from_secs(STORM_COOLDOWN));
+    // A run's `finished` record may land just after it is seen final.
+    for run in [first, trailing] {
+        app.wait_for_run_record(run["id"].as_str().unwrap(), "finished")
+            .await;
+    }
     let covered: usize = runs
         .iter()
         .map(|id| {

@@ -45,6 +45,9 @@ async fn the_audit_trail_records_the_run_before_the_call_and_the_outcome() {
         .await;
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
+    // The run's `finished` record may land just after the answer.
+    app.wait_for_run_record(body["id"].as_str().unwrap(), "finished")
+        .await;
 
     let records: Vec<Value> = app
         .audit_records()
